@@ -1,0 +1,21 @@
+//! The AIP wire format (Agent Interaction Protocol), and nothing else: no I/O.
+//!
+//! - [`messages`]: the envelopes (`ClientMessage`, `ServerMessage`), their enums and
+//!   building blocks (`Command`, `ActionResult`, `McpToolInfo`), strict parsing.
+//! - [`transfer`]: the optional binary / file-transfer frames (protocol.md §6).
+//! - [`validate`]: identifier rules, `task_name` sanitisation and validation.
+//! - [`plan`]: the explicit command plan a `request` may carry (server.md §5.2).
+//! - [`errors`]: the normative error texts the server sends.
+//! - [`time`]: timestamp formats used on the wire and over HTTP.
+
+pub mod errors;
+pub mod messages;
+pub mod plan;
+pub mod time;
+pub mod transfer;
+pub mod validate;
+
+pub use messages::{
+    parse_client_message, ActionResult, ClientMessage, ClientMessageType, ClientType, Command,
+    McpToolInfo, ParseError, ResultStatus, ServerMessage, ServerMessageType, TaskStatus, ToolType,
+};

@@ -1,0 +1,429 @@
+//! AIP envelopes and building blocks (protocol.md §2).
+//!
+//! Parsing is strict the way the reference's pydantic models are: required fields,
+//! exact lowercase enum values, no coercion between JSON types. Unknown fields are
+//! ignored, `null` equals absent, and a duplicated key keeps its last value.
+//! Serialisation emits every field in declaration order with `null` for unset ones,
+//! which reproduces the reference bytes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::time::wire_now;
+
+/// Kinds of message a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientMessageType {
+    Task,
+    Heartbeat,
+    CommandResults,
+    Error,
+    Register,
+    TaskEnd,
+    DeviceInfoRequest,
+    DeviceInfoResponse,
+}
+
+impl ClientMessageType {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Task => "task",
+            Self::Heartbeat => "heartbeat",
+            Self::CommandResults => "command_results",
+            Self::Error => "error",
+            Self::Register => "register",
+            Self::TaskEnd => "task_end",
+            Self::DeviceInfoRequest => "device_info_request",
+            Self::DeviceInfoResponse => "device_info_response",
+        }
+    }
+}
+
+/// Kinds of message the server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerMessageType {
+    Task,
+    Heartbeat,
+    TaskEnd,
+    Command,
+    Error,
+    DeviceInfoRequest,
+    DeviceInfoResponse,
+}
+
+/// Task / message status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Continue,
+    Completed,
+    Failed,
+    Ok,
+    Error,
+}
+
+/// Role a client registers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientType {
+    #[default]
+    Device,
+    Constellation,
+}
+
+impl ClientType {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Constellation => "constellation",
+        }
+    }
+}
+
+/// Outcome of one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultStatus {
+    Success,
+    Failure,
+    Skipped,
+    None,
+}
+
+/// Tool family of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolType {
+    DataCollection,
+    Action,
+}
+
+/// One tool invocation (element of `ServerMessage.actions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub tool_name: String,
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+    pub tool_type: ToolType,
+    #[serde(default)]
+    pub call_id: Option<String>,
+}
+
+/// Outcome of one command (element of `ClientMessage.action_results`; `Result` on the wire).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionResult {
+    pub status: ResultStatus,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub result: Option<Value>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub call_id: Option<String>,
+}
+
+/// Description of a device tool (protocol.md §2.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpToolInfo {
+    pub tool_key: String,
+    pub tool_name: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    pub namespace: String,
+    pub tool_type: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub input_schema: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub output_schema: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub meta: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub annotations: Option<Map<String, Value>>,
+}
+
+/// Client → server envelope (protocol.md §2.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientMessage {
+    #[serde(rename = "type")]
+    pub kind: ClientMessageType,
+    pub status: TaskStatus,
+    /// `None` (absent or `null`) means `device`; use [`ClientMessage::role`].
+    #[serde(default)]
+    pub client_type: Option<ClientType>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub task_name: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub target_id: Option<String>,
+    #[serde(default)]
+    pub request: Option<String>,
+    #[serde(default)]
+    pub action_results: Option<Vec<ActionResult>>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub prev_response_id: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+impl ClientMessage {
+    /// A message of `kind` with `status` and every optional field unset.
+    pub fn new(kind: ClientMessageType, status: TaskStatus) -> Self {
+        Self {
+            kind,
+            status,
+            client_type: None,
+            session_id: None,
+            task_name: None,
+            client_id: None,
+            target_id: None,
+            request: None,
+            action_results: None,
+            timestamp: Some(wire_now()),
+            request_id: None,
+            prev_response_id: None,
+            error: None,
+            metadata: None,
+        }
+    }
+
+    /// The claimed role (`client_type`, defaulting to `device`).
+    pub fn role(&self) -> ClientType {
+        self.client_type.unwrap_or_default()
+    }
+
+    /// Compact JSON, every field present.
+    pub fn to_json(&self) -> String {
+        to_json(self)
+    }
+}
+
+/// Server → client envelope (protocol.md §2.4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerMessage {
+    #[serde(rename = "type")]
+    pub kind: ServerMessageType,
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub user_request: Option<String>,
+    #[serde(default)]
+    pub agent_name: Option<String>,
+    #[serde(default)]
+    pub process_name: Option<String>,
+    #[serde(default)]
+    pub root_name: Option<String>,
+    #[serde(default)]
+    pub actions: Option<Vec<Command>>,
+    #[serde(default)]
+    pub messages: Option<Vec<String>>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub task_name: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(default)]
+    pub response_id: Option<String>,
+    #[serde(default)]
+    pub result: Option<Value>,
+}
+
+impl ServerMessage {
+    /// A message with a fresh `response_id` and the current timestamp.
+    pub fn new(kind: ServerMessageType, status: TaskStatus) -> Self {
+        Self {
+            kind,
+            status,
+            user_request: None,
+            agent_name: None,
+            process_name: None,
+            root_name: None,
+            actions: None,
+            messages: None,
+            error: None,
+            session_id: None,
+            task_name: None,
+            timestamp: Some(wire_now()),
+            response_id: Some(uuid::Uuid::new_v4().to_string()),
+            result: None,
+        }
+    }
+
+    /// `heartbeat`/`ok`: registration accepted, or heartbeat acknowledged.
+    pub fn heartbeat_ok() -> Self {
+        Self::new(ServerMessageType::Heartbeat, TaskStatus::Ok)
+    }
+
+    /// `heartbeat`/`ok` carrying the session id: task accepted.
+    pub fn task_ack(session_id: &str) -> Self {
+        let mut m = Self::heartbeat_ok();
+        m.session_id = Some(session_id.to_owned());
+        m
+    }
+
+    /// `error`/`error` with a text.
+    pub fn error(text: impl Into<String>) -> Self {
+        let mut m = Self::new(ServerMessageType::Error, TaskStatus::Error);
+        m.error = Some(text.into());
+        m
+    }
+
+    /// `task`/`continue`: a task assignment pushed to a device.
+    pub fn task_assignment(
+        session_id: &str,
+        task_name: &str,
+        request: &str,
+        agent_name: Option<&str>,
+    ) -> Self {
+        let mut m = Self::new(ServerMessageType::Task, TaskStatus::Continue);
+        m.user_request = Some(request.to_owned());
+        m.agent_name = agent_name.map(str::to_owned);
+        m.session_id = Some(session_id.to_owned());
+        m.task_name = Some(task_name.to_owned());
+        m
+    }
+
+    /// `task_end` with `completed` or `failed`.
+    pub fn task_end(
+        session_id: &str,
+        task_name: &str,
+        completed: bool,
+        result: Option<Value>,
+        error: Option<String>,
+    ) -> Self {
+        let status = if completed {
+            TaskStatus::Completed
+        } else {
+            TaskStatus::Failed
+        };
+        let mut m = Self::new(ServerMessageType::TaskEnd, status);
+        m.session_id = Some(session_id.to_owned());
+        m.task_name = Some(task_name.to_owned());
+        m.result = result;
+        m.error = error;
+        m
+    }
+
+    /// `device_info_response`/`ok`; its `response_id` echoes the request's `request_id`.
+    pub fn device_info_response(request_id: Option<String>, result: Value) -> Self {
+        let mut m = Self::new(ServerMessageType::DeviceInfoResponse, TaskStatus::Ok);
+        m.response_id = request_id;
+        m.result = Some(result);
+        m
+    }
+
+    /// Compact JSON, every field present in declaration order.
+    pub fn to_json(&self) -> String {
+        to_json(self)
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // These types only hold string-keyed maps, so serialisation cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"serialisation_error\":\"{e}\"}}"))
+}
+
+/// Why a frame is not a valid `ClientMessage`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct ParseError {
+    /// Human-readable cause, with the JSON path of the offending field when known.
+    pub detail: String,
+}
+
+/// Parses one text frame as a `ClientMessage` (protocol.md §2.1).
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
+    parse_strict(text)
+}
+
+/// Strict parse of any AIP model, with the §2.1 rules (duplicate keys: last wins).
+pub fn parse_strict<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ParseError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize(&mut de) {
+        Ok(v) => {
+            de.end().map_err(|e| ParseError {
+                detail: e.to_string(),
+            })?;
+            Ok(v)
+        }
+        Err(e) if e.inner().to_string().starts_with("duplicate field") => {
+            // serde's derive refuses duplicated keys; JSON objects keep the last one.
+            let value: Value = serde_json::from_str(text).map_err(|e| ParseError {
+                detail: e.to_string(),
+            })?;
+            serde_path_to_error::deserialize(value).map_err(describe)
+        }
+        Err(e) => Err(describe(e)),
+    }
+}
+
+fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> ParseError {
+    let path = e.path().to_string();
+    let inner = e.into_inner().to_string();
+    let detail = if path.is_empty() || path == "." {
+        inner
+    } else {
+        format!("{path}: {inner}")
+    };
+    ParseError { detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_client_type_means_device() {
+        let m = parse_client_message(r#"{"type":"heartbeat","status":"ok","client_type":null}"#)
+            .expect("valid");
+        assert_eq!(m.role(), ClientType::Device);
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_value() {
+        let m = parse_client_message(
+            r#"{"type":"heartbeat","status":"ok","client_id":"a","client_id":"b"}"#,
+        )
+        .expect("valid");
+        assert_eq!(m.client_id.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn strict_types_and_enums() {
+        for bad in [
+            r#"{"type":"TASK","status":"ok"}"#,
+            r#"{"type":"task"}"#,
+            r#"{"type":"task","status":"ok","client_id":5}"#,
+            r#"{"type":"task","status":"ok","metadata":[]}"#,
+            r#"{"type":"command_results","status":"ok","action_results":[{"error":"x"}]}"#,
+            r#"[1,2]"#,
+            r#"{"type":"task","status":"ok""#,
+            r#"{"type":"task","status":"ok"} trailing"#,
+        ] {
+            assert!(parse_client_message(bad).is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn error_detail_names_the_field() {
+        let e = parse_client_message(r#"{"type":"bogus","status":"ok"}"#).unwrap_err();
+        assert!(e.detail.starts_with("type: unknown variant"), "{}", e.detail);
+    }
+}

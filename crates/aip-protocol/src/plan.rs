@@ -1,0 +1,164 @@
+//! Explicit command plans (server.md §5.2): `{"steps": [...]}` or `{"actions": [...]}`
+//! carried in a task's `request`, or a bare command list.
+
+use serde::Deserialize;
+
+use crate::messages::{parse_strict, Command};
+
+/// Most steps a plan may have.
+pub const MAX_STEPS: usize = 100;
+
+/// One round of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanStep {
+    pub agent_name: Option<String>,
+    pub process_name: Option<String>,
+    pub root_name: Option<String>,
+    pub actions: Vec<Command>,
+}
+
+/// A validated plan. `agent_name: None` means "the platform's default".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub agent_name: Option<String>,
+    pub process_name: Option<String>,
+    pub root_name: Option<String>,
+    pub stop_on_failure: bool,
+    pub steps: Vec<PlanStep>,
+}
+
+#[derive(Deserialize)]
+struct RawStep {
+    #[serde(default)]
+    agent_name: Option<String>,
+    #[serde(default)]
+    process_name: Option<String>,
+    #[serde(default)]
+    root_name: Option<String>,
+    actions: Vec<Command>,
+}
+
+#[derive(Deserialize)]
+struct RawPlan {
+    #[serde(default)]
+    agent_name: Option<String>,
+    #[serde(default)]
+    process_name: Option<String>,
+    #[serde(default)]
+    root_name: Option<String>,
+    #[serde(default)]
+    stop_on_failure: Option<bool>,
+    #[serde(default)]
+    steps: Option<Vec<RawStep>>,
+    #[serde(default)]
+    actions: Option<Vec<Command>>,
+}
+
+/// True when a `request` is meant as a JSON plan (it starts with `{` after trimming).
+pub fn looks_like_plan(request: &str) -> bool {
+    request.trim_start().starts_with('{')
+}
+
+impl Plan {
+    /// Parses a JSON plan; the error text is the `<detail>` of `Invalid plan: <detail>`.
+    pub fn parse(request: &str) -> Result<Plan, String> {
+        let raw: RawPlan = parse_strict(request.trim()).map_err(|e| e.detail)?;
+        let steps = match (raw.steps, raw.actions) {
+            (Some(_), Some(_)) => return Err("exactly one of 'steps' and 'actions' must be present".into()),
+            (None, None) => return Err("exactly one of 'steps' and 'actions' must be present".into()),
+            (Some(steps), None) => steps
+                .into_iter()
+                .map(|s| PlanStep {
+                    agent_name: s.agent_name,
+                    process_name: s.process_name,
+                    root_name: s.root_name,
+                    actions: s.actions,
+                })
+                .collect(),
+            (None, Some(actions)) => vec![PlanStep {
+                agent_name: None,
+                process_name: None,
+                root_name: None,
+                actions,
+            }],
+        };
+        let plan = Plan {
+            agent_name: raw.agent_name,
+            process_name: raw.process_name,
+            root_name: raw.root_name,
+            stop_on_failure: raw.stop_on_failure.unwrap_or(true),
+            steps,
+        };
+        plan.check()?;
+        Ok(plan)
+    }
+
+    /// The `commands` shorthand: every command its own step, stop on failure.
+    pub fn from_commands(commands: Vec<Command>) -> Result<Plan, String> {
+        let plan = Plan {
+            agent_name: None,
+            process_name: None,
+            root_name: None,
+            stop_on_failure: true,
+            steps: commands
+                .into_iter()
+                .map(|c| PlanStep {
+                    agent_name: None,
+                    process_name: None,
+                    root_name: None,
+                    actions: vec![c],
+                })
+                .collect(),
+        };
+        plan.check()?;
+        Ok(plan)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.steps.is_empty() {
+            return Err("a plan needs at least one step".into());
+        }
+        if self.steps.len() > MAX_STEPS {
+            return Err(format!("a plan may have at most {MAX_STEPS} steps"));
+        }
+        if let Some(i) = self.steps.iter().position(|s| s.actions.is_empty()) {
+            return Err(format!("step {i} has no actions"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_steps_and_actions() {
+        let p = Plan::parse(r#" {"steps":[{"actions":[{"tool_name":"a","tool_type":"action"}]},{"agent_name":"AppAgent","actions":[{"tool_name":"b","tool_type":"data_collection","parameters":{}}]}]}"#).expect("plan");
+        assert_eq!(p.steps.len(), 2);
+        assert!(p.stop_on_failure);
+        assert_eq!(p.steps[1].agent_name.as_deref(), Some("AppAgent"));
+        let p = Plan::parse(r#"{"actions":[{"tool_name":"a","tool_type":"action"}],"stop_on_failure":false}"#).expect("plan");
+        assert_eq!(p.steps.len(), 1);
+        assert!(!p.stop_on_failure);
+    }
+
+    #[test]
+    fn refuses_bad_plans() {
+        for bad in [
+            "{",
+            "{}",
+            r#"{"actions":[]}"#,
+            r#"{"actions":[{"tool_name":"a","tool_type":"other"}]}"#,
+            r#"{"actions":[{"tool_name":"a","tool_type":"action"}],"steps":[]}"#,
+            r#"{"steps":[{"actions":[]}]}"#,
+        ] {
+            assert!(Plan::parse(bad).is_err(), "{bad}");
+        }
+        let many = format!(
+            r#"{{"steps":[{}]}}"#,
+            vec![r#"{"actions":[{"tool_name":"a","tool_type":"action"}]}"#; 101].join(",")
+        );
+        assert!(Plan::parse(&many).unwrap_err().contains("at most 100"));
+    }
+}
