@@ -51,15 +51,15 @@ pub fn session_active(id: &str) -> String {
     format!("session_id '{id}' is already active")
 }
 /// `Device did not accept the task within <n> s`
-pub fn not_accepted(secs: u64) -> String {
+pub fn not_accepted(secs: impl std::fmt::Display) -> String {
     format!("Device did not accept the task within {secs} s")
 }
 /// `Session timed out after <n> s`
-pub fn session_timed_out(secs: u64) -> String {
+pub fn session_timed_out(secs: impl std::fmt::Display) -> String {
     format!("Session timed out after {secs} s")
 }
 /// `Timed out waiting for command results after <n> s`
-pub fn command_timed_out(secs: u64) -> String {
+pub fn command_timed_out(secs: impl std::fmt::Display) -> String {
     format!("Timed out waiting for command results after {secs} s")
 }
 /// `Device <id> not found or no system info available`

@@ -424,6 +424,10 @@ mod tests {
     #[test]
     fn error_detail_names_the_field() {
         let e = parse_client_message(r#"{"type":"bogus","status":"ok"}"#).unwrap_err();
-        assert!(e.detail.starts_with("type: unknown variant"), "{}", e.detail);
+        assert!(
+            e.detail.starts_with("type: unknown variant"),
+            "{}",
+            e.detail
+        );
     }
 }

@@ -64,8 +64,12 @@ impl Plan {
     pub fn parse(request: &str) -> Result<Plan, String> {
         let raw: RawPlan = parse_strict(request.trim()).map_err(|e| e.detail)?;
         let steps = match (raw.steps, raw.actions) {
-            (Some(_), Some(_)) => return Err("exactly one of 'steps' and 'actions' must be present".into()),
-            (None, None) => return Err("exactly one of 'steps' and 'actions' must be present".into()),
+            (Some(_), Some(_)) => {
+                return Err("exactly one of 'steps' and 'actions' must be present".into())
+            }
+            (None, None) => {
+                return Err("exactly one of 'steps' and 'actions' must be present".into())
+            }
             (Some(steps), None) => steps
                 .into_iter()
                 .map(|s| PlanStep {
@@ -138,7 +142,10 @@ mod tests {
         assert_eq!(p.steps.len(), 2);
         assert!(p.stop_on_failure);
         assert_eq!(p.steps[1].agent_name.as_deref(), Some("AppAgent"));
-        let p = Plan::parse(r#"{"actions":[{"tool_name":"a","tool_type":"action"}],"stop_on_failure":false}"#).expect("plan");
+        let p = Plan::parse(
+            r#"{"actions":[{"tool_name":"a","tool_type":"action"}],"stop_on_failure":false}"#,
+        )
+        .expect("plan");
         assert_eq!(p.steps.len(), 1);
         assert!(!p.stop_on_failure);
     }

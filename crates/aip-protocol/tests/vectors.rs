@@ -44,7 +44,11 @@ fn every_vector_round_trips_or_is_refused() {
         .collect();
     entries.sort();
     for path in entries {
-        let name = path.file_stem().expect("stem").to_string_lossy().to_string();
+        let name = path
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .to_string();
         let text = std::fs::read_to_string(&path).expect("read");
         seen += 1;
         if name.starts_with("invalid_") {

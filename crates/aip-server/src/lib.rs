@@ -1,0 +1,113 @@
+//! The aip agent server library.
+//!
+//! - [`web`]: HTTP API and the `/ws` endpoint (upgrade checks, per-connection reader and
+//!   writer, registration, one handler per AIP message type).
+//! - [`registry`]: who is connected; [`conn`]: the bounded outgoing queue of a socket.
+//! - [`session`]: session manager, per-session jobs and drivers (plan driver built in).
+//! - [`storage`]: durable session records behind a trait; SQLite by default.
+//! - [`config`]: every option of `aip serve`; [`state`]: what handlers share.
+//!
+//! [`run`] serves on a listener it is given until the shutdown future resolves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub mod config;
+pub mod conn;
+pub mod registry;
+pub mod session;
+pub mod state;
+pub mod storage;
+pub mod web;
+
+pub use config::{PlatformMode, ServerConfig};
+pub use state::AppState;
+
+use session::CancelReason;
+use storage::sqlite::SqliteStore;
+
+/// Opens the embedded store under `config.data_dir` and serves until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
+        .await?
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let state = AppState::new(config, Arc::new(store), None);
+    serve(listener, state, shutdown).await
+}
+
+/// Serves `state` on `listener` until `shutdown`, then shuts down gracefully.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let interrupted = state.store.mark_interrupted(chrono::Utc::now()).await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            sessions = interrupted,
+            "sessions live at the last stop are now failed (server_restarted)"
+        );
+    }
+    let purger = tokio::spawn(purge_loop(state.clone()));
+    let app = web::router(state.clone());
+    let graceful_state = state.clone();
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        begin_shutdown(&graceful_state).await;
+    })
+    .await;
+    purger.abort();
+    result.context("serving")
+}
+
+/// Graceful shutdown (server.md §9): refuse new work, cancel live sessions with their
+/// `task_end`s, close every WebSocket with 1001.
+async fn begin_shutdown(state: &Arc<AppState>) {
+    tracing::info!("shutting down");
+    state.shutting_down.store(true, Ordering::Release);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        state.sessions.cancel_all(CancelReason::Shutdown),
+    )
+    .await;
+    state.shutdown.cancel();
+    // Give connections a moment to send their close frames.
+    let max = state.config.max_connections;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while state.conn_limit.available_permits() < max && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Removes expired results every minute (server.md §6).
+async fn purge_loop(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let retention =
+            chrono::Duration::from_std(state.config.retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff = chrono::Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        match state.store.purge(cutoff, state.config.max_results).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "expired session results removed"),
+            Err(e) => tracing::error!(cause = %e, "purging results failed"),
+        }
+    }
+}

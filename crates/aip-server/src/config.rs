@@ -1,0 +1,90 @@
+//! Server configuration (server.md §9). The CLI fills it from flags and `AIP_*` variables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the platform handed to session drivers is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformMode {
+    /// The executor's registered `metadata.platform` if windows/linux, else the host OS.
+    Auto,
+    Windows,
+    Linux,
+}
+
+/// Everything `aip serve` can be told.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub platform: PlatformMode,
+    /// Accept only loopback peers.
+    pub local_only: bool,
+    /// API key for HTTP and WebSocket; `None` turns authentication off.
+    pub api_key: Option<String>,
+    pub data_dir: PathBuf,
+    pub max_connections: usize,
+    /// Largest WebSocket message and HTTP body, in bytes.
+    pub max_message_size: usize,
+    pub max_active_sessions: usize,
+    pub registration_timeout: Duration,
+    pub ping_interval: Duration,
+    pub client_timeout: Duration,
+    /// `None` disables the session timeout.
+    pub session_timeout: Option<Duration>,
+    pub command_timeout: Duration,
+    pub accept_timeout: Duration,
+    pub retention: Duration,
+    pub max_results: u64,
+    /// How long a duplicate registration waits for the old connection to prove alive.
+    pub duplicate_probe_timeout: Duration,
+    /// Outgoing frames queued per connection before the client is dropped as too slow.
+    pub outgoing_queue: usize,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("platform", &self.platform)
+            .field("local_only", &self.local_only)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("data_dir", &self.data_dir)
+            .field("max_connections", &self.max_connections)
+            .field("max_message_size", &self.max_message_size)
+            .field("max_active_sessions", &self.max_active_sessions)
+            .field("session_timeout", &self.session_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            platform: PlatformMode::Auto,
+            local_only: false,
+            api_key: None,
+            data_dir: PathBuf::from("./aip-data"),
+            max_connections: 1000,
+            max_message_size: 100 * 1024 * 1024,
+            max_active_sessions: 1000,
+            registration_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            client_timeout: Duration::from_secs(90),
+            session_timeout: Some(Duration::from_secs(3600)),
+            command_timeout: Duration::from_secs(600),
+            accept_timeout: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_results: 1_000_000,
+            duplicate_probe_timeout: Duration::from_secs(5),
+            outgoing_queue: 256,
+        }
+    }
+}
+
+/// Seconds as the error texts print them: `30`, or `0.5` for fractions.
+pub fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}", s as u64)
+    } else {
+        format!("{s}")
+    }
+}

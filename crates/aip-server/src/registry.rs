@@ -1,0 +1,184 @@
+//! Who is connected (server.md §3.1): one entry per registered client, unique by
+//! `client_id`, with the sessions it requests and executes.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use aip_protocol::{ClientType, ServerMessage};
+use chrono::{DateTime, Utc};
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+
+use crate::conn::{ConnHandle, SendError};
+
+/// Most task assignments remembered per device while their echo is outstanding.
+const MAX_PENDING_ECHOES: usize = 1024;
+
+/// A `task` the server sent to a device whose echo has not arrived (protocol.md §3.6).
+#[derive(Debug, Clone)]
+pub struct PendingEcho {
+    pub session_id: String,
+    pub task_name: String,
+}
+
+/// One registered client.
+#[derive(Debug)]
+pub struct ClientEntry {
+    pub client_id: String,
+    pub role: ClientType,
+    pub conn: ConnHandle,
+    pub metadata: Option<Map<String, Value>>,
+    pub platform: Option<String>,
+    pub system_info: Option<Value>,
+    /// Constellations: the device named by `target_id` at registration.
+    pub scope: Option<String>,
+    pub connected_at: DateTime<Utc>,
+    seq: u64,
+    /// Live sessions this client requested.
+    pub as_requester: Mutex<HashSet<String>>,
+    /// Live sessions this client executes.
+    pub as_executor: Mutex<HashSet<String>>,
+    pending_echo: Mutex<VecDeque<PendingEcho>>,
+}
+
+impl ClientEntry {
+    /// A new entry; `seq` orders listings.
+    pub fn new(
+        client_id: String,
+        role: ClientType,
+        conn: ConnHandle,
+        metadata: Option<Map<String, Value>>,
+        scope: Option<String>,
+    ) -> Self {
+        let platform = metadata
+            .as_ref()
+            .and_then(|m| m.get("platform"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let system_info = match role {
+            ClientType::Device => metadata
+                .as_ref()
+                .and_then(|m| m.get("system_info"))
+                .filter(|v| v.is_object())
+                .cloned(),
+            ClientType::Constellation => None,
+        };
+        Self {
+            client_id,
+            role,
+            conn,
+            metadata,
+            platform,
+            system_info,
+            scope,
+            connected_at: Utc::now(),
+            seq: 0,
+            as_requester: Mutex::new(HashSet::new()),
+            as_executor: Mutex::new(HashSet::new()),
+            pending_echo: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Queues a message on this client's connection.
+    pub fn send(&self, msg: &ServerMessage) -> Result<(), SendError> {
+        self.conn.send(msg)
+    }
+
+    /// Remembers a task assignment awaiting its echo.
+    pub fn push_pending_echo(&self, pending: PendingEcho) {
+        let mut q = self.pending_echo.lock();
+        if q.len() >= MAX_PENDING_ECHOES {
+            q.pop_front();
+        }
+        q.push_back(pending);
+    }
+
+    /// Forgets a task assignment (dispatch aborted).
+    pub fn remove_pending_echo(&self, session_id: &str) {
+        self.pending_echo
+            .lock()
+            .retain(|p| p.session_id != session_id);
+    }
+
+    /// Takes the assignment a device `task` echoes: by `session_id`, else by `task_name`
+    /// (oldest first).
+    pub fn take_pending_echo(
+        &self,
+        session_id: Option<&str>,
+        task_name: Option<&str>,
+    ) -> Option<PendingEcho> {
+        let mut q = self.pending_echo.lock();
+        let pos = match session_id.filter(|s| !s.is_empty()) {
+            Some(sid) => q.iter().position(|p| p.session_id == sid)?,
+            None => {
+                let name = task_name?;
+                q.iter().position(|p| p.task_name == name)?
+            }
+        };
+        q.remove(pos)
+    }
+}
+
+/// All registered clients.
+#[derive(Debug, Default)]
+pub struct Registry {
+    clients: DashMap<String, Arc<ClientEntry>>,
+    seq: AtomicU64,
+}
+
+impl Registry {
+    /// Registers `entry` unless its `client_id` is taken; returns the holder otherwise.
+    pub fn try_insert(&self, mut entry: ClientEntry) -> Result<Arc<ClientEntry>, Arc<ClientEntry>> {
+        match self.clients.entry(entry.client_id.clone()) {
+            Entry::Occupied(o) => Err(o.get().clone()),
+            Entry::Vacant(v) => {
+                entry.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                let entry = Arc::new(entry);
+                v.insert(entry.clone());
+                Ok(entry)
+            }
+        }
+    }
+
+    /// Removes `client_id` if it is still held by connection `conn_id`.
+    pub fn remove_if_conn(&self, client_id: &str, conn_id: u64) -> Option<Arc<ClientEntry>> {
+        self.clients
+            .remove_if(client_id, |_, e| e.conn.id() == conn_id)
+            .map(|(_, e)| e)
+    }
+
+    /// The entry for `client_id`.
+    pub fn get(&self, client_id: &str) -> Option<Arc<ClientEntry>> {
+        self.clients.get(client_id).map(|e| e.clone())
+    }
+
+    /// The entry for `client_id` if it is still connection `conn_id`.
+    pub fn get_conn(&self, client_id: &str, conn_id: u64) -> Option<Arc<ClientEntry>> {
+        self.get(client_id).filter(|e| e.conn.id() == conn_id)
+    }
+
+    /// A registered device named `client_id`.
+    pub fn device(&self, client_id: &str) -> Option<Arc<ClientEntry>> {
+        self.get(client_id).filter(|e| e.role == ClientType::Device)
+    }
+
+    /// Every client, oldest registration first.
+    pub fn list(&self) -> Vec<Arc<ClientEntry>> {
+        let mut all: Vec<_> = self.clients.iter().map(|e| e.value().clone()).collect();
+        all.sort_by_key(|e| e.seq);
+        all
+    }
+
+    /// Number of registered clients.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// True when nobody is registered.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}

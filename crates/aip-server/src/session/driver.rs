@@ -1,0 +1,183 @@
+//! Session drivers (server.md §5): what decides each round's commands.
+//!
+//! The session job asks its driver for one [`Step`] at a time and hands it the rounds
+//! so far. Drivers never touch sockets; they can be dropped (cancelled) at any await.
+
+use aip_protocol::plan::Plan;
+use aip_protocol::{ActionResult, Command, ResultStatus};
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+/// What a driver is told about its session.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    pub session_id: String,
+    pub task_name: String,
+    pub request: String,
+    /// Effective platform: `windows` or `linux`.
+    pub platform: String,
+    pub executor_id: String,
+    pub executor_system_info: Option<Value>,
+    /// The executor's advertised tools (`metadata.tools`), if any.
+    pub executor_tools: Option<Value>,
+}
+
+/// One finished round: the commands sent and the results received (or synthesised).
+#[derive(Debug, Clone)]
+pub struct Round {
+    pub response_id: String,
+    pub actions: Vec<Command>,
+    pub action_results: Vec<ActionResult>,
+}
+
+impl Round {
+    /// `{"response_id", "action_results"}` as stored in the session result.
+    pub fn to_json(&self) -> Value {
+        json!({"response_id": self.response_id, "action_results": self.action_results})
+    }
+}
+
+/// `{"rounds": [...]}`.
+pub fn rounds_result(rounds: &[Round]) -> Value {
+    json!({"rounds": rounds.iter().map(Round::to_json).collect::<Vec<_>>()})
+}
+
+/// A driver's decision.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Send these commands as one `command` frame and wait for the results.
+    Commands {
+        agent_name: String,
+        process_name: Option<String>,
+        root_name: Option<String>,
+        actions: Vec<Command>,
+    },
+    /// End the session.
+    Finish {
+        completed: bool,
+        result: Option<Value>,
+        error: Option<String>,
+    },
+}
+
+/// A driver failure; the session fails with `Driver error: <detail>`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DriverError(pub String);
+
+/// Plans one session step by step.
+#[async_trait]
+pub trait SessionDriver: Send + Sync {
+    /// `agent_name` announced in the `task` assignment (`PlanAgent`, `LinuxAgent`, ...).
+    fn agent_name(&self) -> &str;
+    /// The next step, given every round so far.
+    async fn next_step(
+        &mut self,
+        ctx: &SessionContext,
+        rounds: &[Round],
+    ) -> Result<Step, DriverError>;
+}
+
+/// Creates drivers for natural-language requests (the LLM agent driver plugs in here).
+pub trait DriverFactory: Send + Sync + 'static {
+    /// A driver for this session, or `None` when this factory cannot plan it.
+    fn create(&self, ctx: &SessionContext) -> Option<Box<dyn SessionDriver>>;
+}
+
+/// The platform's default `agent_name`.
+pub fn default_agent_name(platform: &str) -> &'static str {
+    if platform == "windows" {
+        "HostAgent"
+    } else {
+        "LinuxAgent"
+    }
+}
+
+/// Built-in plan driver (server.md §5.2).
+pub struct PlanDriver {
+    plan: Result<Plan, String>,
+    next: usize,
+}
+
+impl PlanDriver {
+    /// A driver for a parsed plan, or for a plan that failed to parse (it finishes
+    /// `failed` with `Invalid plan: <detail>` at its first step).
+    pub fn new(plan: Result<Plan, String>) -> Self {
+        Self { plan, next: 0 }
+    }
+}
+
+#[async_trait]
+impl SessionDriver for PlanDriver {
+    fn agent_name(&self) -> &str {
+        "PlanAgent"
+    }
+
+    async fn next_step(
+        &mut self,
+        ctx: &SessionContext,
+        rounds: &[Round],
+    ) -> Result<Step, DriverError> {
+        let plan = match &self.plan {
+            Ok(p) => p,
+            Err(detail) => {
+                return Ok(Step::Finish {
+                    completed: false,
+                    result: None,
+                    error: Some(format!("Invalid plan: {detail}")),
+                })
+            }
+        };
+        if plan.stop_on_failure {
+            if let Some(last) = rounds.last() {
+                if let Some((i, failed)) = last
+                    .action_results
+                    .iter()
+                    .enumerate()
+                    .find(|(_, r)| r.status == ResultStatus::Failure)
+                {
+                    let tool = failed
+                        .call_id
+                        .as_deref()
+                        .and_then(|id| {
+                            last.actions
+                                .iter()
+                                .find(|c| c.call_id.as_deref() == Some(id))
+                        })
+                        .or_else(|| last.actions.get(i))
+                        .map(|c| c.tool_name.as_str())
+                        .unwrap_or("unknown");
+                    return Ok(Step::Finish {
+                        completed: false,
+                        result: Some(rounds_result(rounds)),
+                        error: Some(format!(
+                            "Command '{tool}' failed: {}",
+                            failed.error.as_deref().unwrap_or("")
+                        )),
+                    });
+                }
+            }
+        }
+        let Some(step) = plan.steps.get(self.next) else {
+            return Ok(Step::Finish {
+                completed: true,
+                result: Some(rounds_result(rounds)),
+                error: None,
+            });
+        };
+        self.next += 1;
+        Ok(Step::Commands {
+            agent_name: step
+                .agent_name
+                .clone()
+                .or_else(|| plan.agent_name.clone())
+                .unwrap_or_else(|| default_agent_name(&ctx.platform).to_owned()),
+            process_name: step
+                .process_name
+                .clone()
+                .or_else(|| plan.process_name.clone()),
+            root_name: step.root_name.clone().or_else(|| plan.root_name.clone()),
+            actions: step.actions.clone(),
+        })
+    }
+}

@@ -1,0 +1,450 @@
+//! One session's job: acceptance, rounds, delegation, timeouts, the final state.
+
+use std::sync::Arc;
+
+use aip_protocol::errors as text;
+use aip_protocol::{ActionResult, ResultStatus, ServerMessage, ServerMessageType, TaskStatus};
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::driver::{rounds_result, Round, SessionContext, Step};
+use super::{unindex, Acceptance, CancelReason, Planner, SessionEvent, SessionHandle};
+use crate::config::fmt_secs;
+use crate::registry::PendingEcho;
+use crate::state::AppState;
+use crate::storage::{SessionRecord, SessionState};
+
+/// How a session ended and who hears about it.
+struct Outcome {
+    state: SessionState,
+    reason: Option<&'static str>,
+    error: Option<String>,
+    result: Option<Value>,
+    notify_requester: bool,
+    notify_executor: bool,
+}
+
+impl Outcome {
+    fn ended(completed: bool, error: Option<String>, result: Option<Value>) -> Self {
+        Self {
+            state: if completed {
+                SessionState::Completed
+            } else {
+                SessionState::Failed
+            },
+            reason: None,
+            error,
+            result,
+            notify_requester: true,
+            notify_executor: true,
+        }
+    }
+
+    fn failed(reason: Option<&'static str>, error: String, result: Option<Value>) -> Self {
+        Self {
+            reason,
+            ..Self::ended(false, Some(error), result)
+        }
+    }
+}
+
+enum Accepted {
+    Echo,
+    Report(SessionEvent),
+}
+
+pub(super) struct SessionJob {
+    app: Arc<AppState>,
+    handle: Arc<SessionHandle>,
+    rx: mpsc::Receiver<SessionEvent>,
+    record: SessionRecord,
+    planner: Option<Planner>,
+    ctx: SessionContext,
+    rounds: Vec<Round>,
+    started: Instant,
+}
+
+impl SessionJob {
+    pub(super) fn new(
+        app: Arc<AppState>,
+        handle: Arc<SessionHandle>,
+        rx: mpsc::Receiver<SessionEvent>,
+        record: SessionRecord,
+        planner: Planner,
+        ctx: SessionContext,
+    ) -> Self {
+        Self {
+            app,
+            handle,
+            rx,
+            record,
+            planner: Some(planner),
+            ctx,
+            rounds: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let handle = self.handle.clone();
+        let session_timeout = self.app.config.session_timeout;
+        let deadline = session_timeout.map(|t| self.started + t);
+        let outcome = tokio::select! {
+            biased;
+            _ = handle.cancel.cancelled() => None,
+            _ = sleep_until(deadline) => Some(Outcome::failed(
+                Some("timeout"),
+                text::session_timed_out(fmt_secs(session_timeout.unwrap_or_default())),
+                None,
+            )),
+            o = self.drive() => Some(o),
+        };
+        let mut outcome = outcome.unwrap_or_else(|| self.cancelled());
+        if outcome.result.is_none() && !self.rounds.is_empty() {
+            // Whatever the device reported is kept, however the session ended.
+            outcome.result = Some(rounds_result(&self.rounds));
+        }
+        self.finish(outcome).await;
+    }
+
+    fn cancelled(&self) -> Outcome {
+        let reason = (*self.handle.cancel_reason.lock()).unwrap_or(CancelReason::Shutdown);
+        let (code, error, notify_requester, notify_executor) = match reason {
+            CancelReason::DeviceDisconnected => (
+                "device_disconnected",
+                text::DEVICE_DISCONNECTED,
+                true,
+                false,
+            ),
+            CancelReason::RequesterDisconnected => (
+                "requester_disconnected",
+                text::REQUESTER_DISCONNECTED,
+                false,
+                false,
+            ),
+            CancelReason::Shutdown => ("shutdown", text::SHUTTING_DOWN, true, true),
+            CancelReason::Api => (
+                "cancelled",
+                "Task was cancelled through the HTTP API",
+                true,
+                true,
+            ),
+        };
+        Outcome {
+            state: SessionState::Cancelled,
+            reason: Some(code),
+            error: Some(error.to_owned()),
+            result: None,
+            notify_requester,
+            notify_executor,
+        }
+    }
+
+    async fn drive(&mut self) -> Outcome {
+        let delegate = matches!(self.planner, Some(Planner::Delegate));
+        if delegate && self.handle.acceptance() == Acceptance::NotApplicable {
+            // A WebSocket task nothing here can plan: hand it to the device (§3.11).
+            if let Some(o) = self.push_task() {
+                return o;
+            }
+        }
+        if self.handle.acceptance() == Acceptance::Awaiting {
+            match self.await_acceptance().await {
+                Err(o) => return o,
+                Ok(Accepted::Echo) => {
+                    self.mark_running().await;
+                    if delegate {
+                        return Outcome::failed(None, text::NO_AGENT.to_owned(), None);
+                    }
+                }
+                Ok(Accepted::Report(first)) => {
+                    self.mark_running().await;
+                    return self.delegated(first).await;
+                }
+            }
+        }
+        self.driven().await
+    }
+
+    /// Sends the executor a `task` for a session it should run itself.
+    fn push_task(&mut self) -> Option<Outcome> {
+        let msg = ServerMessage::task_assignment(
+            &self.record.session_id,
+            &self.record.task_name,
+            &self.record.request,
+            None,
+        );
+        let Some(device) = self
+            .app
+            .registry
+            .get_conn(&self.handle.executor, self.handle.executor_conn)
+        else {
+            // Its disconnect cancels us.
+            return None;
+        };
+        self.handle
+            .set_pushed(msg.response_id.clone().unwrap_or_default());
+        device.push_pending_echo(PendingEcho {
+            session_id: self.record.session_id.clone(),
+            task_name: self.record.task_name.clone(),
+        });
+        if device.send(&msg).is_err() {
+            device.remove_pending_echo(&self.record.session_id);
+        }
+        None
+    }
+
+    async fn await_acceptance(&mut self) -> Result<Accepted, Outcome> {
+        let limit = self.app.config.accept_timeout;
+        let deadline = Instant::now() + limit;
+        loop {
+            let ev = match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Err(_) => {
+                    return Err(Outcome::failed(
+                        Some("not_accepted"),
+                        text::not_accepted(fmt_secs(limit)),
+                        None,
+                    ))
+                }
+                Ok(None) => {
+                    return Err(Outcome::failed(
+                        None,
+                        "Driver error: session channel closed".into(),
+                        None,
+                    ))
+                }
+                Ok(Some(ev)) => ev,
+            };
+            match ev {
+                SessionEvent::Echo => return Ok(Accepted::Echo),
+                ev @ (SessionEvent::Results { .. } | SessionEvent::ClientEnd { .. }) => {
+                    return Ok(Accepted::Report(ev))
+                }
+            }
+        }
+    }
+
+    async fn mark_running(&mut self) {
+        self.record.state = SessionState::Running;
+        self.record.started_at = Some(Utc::now());
+        self.record.echo_received = true;
+        self.persist().await;
+    }
+
+    async fn persist(&self) {
+        if let Err(e) = self.app.store.upsert(self.record.clone()).await {
+            tracing::error!(session_id = %self.record.session_id, cause = %e, "could not store session");
+        }
+    }
+
+    /// The device runs the task itself and reports (protocol.md §3.11).
+    async fn delegated(&mut self, first: SessionEvent) -> Outcome {
+        let task_rid = self.handle.task_response_id();
+        let mut next = Some(first);
+        loop {
+            let ev = match next.take() {
+                Some(ev) => ev,
+                None => match self.rx.recv().await {
+                    Some(ev) => ev,
+                    None => std::future::pending().await,
+                },
+            };
+            match ev {
+                SessionEvent::Results {
+                    prev_response_id,
+                    results,
+                } => {
+                    if prev_response_id.is_some() && prev_response_id == task_rid {
+                        self.rounds.push(Round {
+                            response_id: task_rid.clone().unwrap_or_default(),
+                            actions: Vec::new(),
+                            action_results: results,
+                        });
+                        self.record.result = Some(rounds_result(&self.rounds));
+                        self.persist().await;
+                    } else {
+                        tracing::warn!(session_id = %self.record.session_id, "command_results with a foreign prev_response_id dropped");
+                    }
+                }
+                SessionEvent::ClientEnd {
+                    completed,
+                    error,
+                    result,
+                } => {
+                    let mut value = rounds_result(&self.rounds);
+                    if let (Some(r), Some(obj)) = (result, value.as_object_mut()) {
+                        obj.insert("result".into(), r);
+                    }
+                    return Outcome {
+                        notify_executor: false,
+                        ..Outcome::ended(completed, error, Some(value))
+                    };
+                }
+                SessionEvent::Echo => {}
+            }
+        }
+    }
+
+    /// The server drives the session with its driver.
+    async fn driven(&mut self) -> Outcome {
+        let mut driver = match self.planner.take() {
+            Some(Planner::Driver(d)) => d,
+            _ => return Outcome::failed(None, "Driver error: no driver".into(), None),
+        };
+        loop {
+            let step = match driver.next_step(&self.ctx, &self.rounds).await {
+                Ok(step) => step,
+                Err(e) => return Outcome::failed(None, format!("Driver error: {e}"), None),
+            };
+            let (agent_name, process_name, root_name, mut actions) = match step {
+                Step::Finish {
+                    completed,
+                    result,
+                    error,
+                } => return Outcome::ended(completed, error, result),
+                Step::Commands {
+                    agent_name,
+                    process_name,
+                    root_name,
+                    actions,
+                } => (agent_name, process_name, root_name, actions),
+            };
+            if actions.is_empty() {
+                return Outcome::failed(None, "Driver error: a step has no actions".into(), None);
+            }
+            if agent_name.is_empty() {
+                return Outcome::failed(
+                    None,
+                    "Driver error: a step has no agent_name".into(),
+                    None,
+                );
+            }
+            for a in &mut actions {
+                if a.call_id.as_deref().is_none_or(str::is_empty) {
+                    a.call_id = Some(uuid::Uuid::new_v4().to_string());
+                }
+            }
+            let mut msg = ServerMessage::new(ServerMessageType::Command, TaskStatus::Continue);
+            msg.agent_name = Some(agent_name);
+            msg.process_name = process_name;
+            msg.root_name = root_name;
+            msg.actions = Some(actions.clone());
+            msg.session_id = Some(self.record.session_id.clone());
+            msg.task_name = Some(self.record.task_name.clone());
+            let rid = msg.response_id.clone().unwrap_or_default();
+            if let Some(device) = self
+                .app
+                .registry
+                .get_conn(&self.handle.executor, self.handle.executor_conn)
+            {
+                let _ = device.send(&msg);
+            }
+            let results = self.await_results(&rid, &actions).await;
+            self.rounds.push(Round {
+                response_id: rid,
+                actions,
+                action_results: results,
+            });
+            self.record.result = Some(rounds_result(&self.rounds));
+            self.persist().await;
+        }
+    }
+
+    async fn await_results(
+        &mut self,
+        rid: &str,
+        actions: &[aip_protocol::Command],
+    ) -> Vec<ActionResult> {
+        let limit = self.app.config.command_timeout;
+        let deadline = Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Err(_) | Ok(None) => {
+                    tracing::warn!(session_id = %self.record.session_id, "command timed out");
+                    let error = text::command_timed_out(fmt_secs(limit));
+                    return actions
+                        .iter()
+                        .map(|a| ActionResult {
+                            status: ResultStatus::Failure,
+                            error: Some(error.clone()),
+                            result: None,
+                            namespace: None,
+                            call_id: a.call_id.clone(),
+                        })
+                        .collect();
+                }
+                Ok(Some(SessionEvent::Results {
+                    prev_response_id,
+                    results,
+                })) => {
+                    if prev_response_id.as_deref() == Some(rid) {
+                        return results;
+                    }
+                    tracing::warn!(session_id = %self.record.session_id, "late or foreign command_results dropped");
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+
+    async fn finish(mut self, o: Outcome) {
+        let sid = self.record.session_id.clone();
+        self.record.state = o.state;
+        self.record.reason = o.reason.map(str::to_owned);
+        self.record.error = o.error.clone();
+        self.record.result = o.result.clone();
+        self.record.finished_at = Some(Utc::now());
+        // Stored before anyone is told.
+        self.persist().await;
+        self.app.sessions.release(&sid);
+        unindex(&self.app, &self.handle);
+
+        let end = ServerMessage::task_end(
+            &sid,
+            &self.record.task_name,
+            o.state == SessionState::Completed,
+            o.result,
+            o.error,
+        );
+        let h = &self.handle;
+        let requester_is_executor = h.owner.as_deref() == Some(h.executor.as_str())
+            && h.owner_conn == Some(h.executor_conn);
+        if requester_is_executor {
+            // A device's own session: it hears once, unless it ended the session itself.
+            if o.notify_executor {
+                if let Some(e) = self.app.registry.get_conn(&h.executor, h.executor_conn) {
+                    let _ = e.send(&end);
+                }
+            }
+        } else {
+            if o.notify_requester {
+                if let (Some(owner), Some(conn)) = (&h.owner, h.owner_conn) {
+                    if let Some(e) = self.app.registry.get_conn(owner, conn) {
+                        let _ = e.send(&end);
+                    }
+                }
+            }
+            if o.notify_executor {
+                if let Some(e) = self.app.registry.get_conn(&h.executor, h.executor_conn) {
+                    let _ = e.send(&end);
+                }
+            }
+        }
+        tracing::info!(
+            session_id = %sid,
+            state = o.state.as_str(),
+            reason = o.reason.unwrap_or(""),
+            "session ended"
+        );
+        h.done.cancel();
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,364 @@
+//! Session manager (server.md §4): creates sessions, runs each as an independent job
+//! ([`job`]), routes device reports to it and cancels it.
+//!
+//! All state changes of one session happen inside its job, so results, timeouts,
+//! cancellations and completion cannot race into two terminal states. Everybody else
+//! talks to the job through its [`SessionHandle`]: an event channel and a cancel token.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use aip_protocol::ActionResult;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::AppState;
+use crate::storage::{Origin, SessionRecord, StoreError};
+
+pub mod driver;
+mod job;
+
+use driver::{SessionContext, SessionDriver};
+
+/// What plans a session.
+pub enum Planner {
+    /// A driver decides the rounds (plan or agent).
+    Driver(Box<dyn SessionDriver>),
+    /// Nothing on the server can plan it: the device runs it itself (protocol.md §3.11).
+    Delegate,
+}
+
+/// How the executor has taken up a task that was pushed to it (protocol.md §3.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Acceptance {
+    /// No `task` was pushed (the requester is driving it directly).
+    NotApplicable = 0,
+    /// A `task` was pushed; neither echo nor report yet.
+    Awaiting = 1,
+    /// The device echoed: the server drives it.
+    Echoed = 2,
+    /// The device reported first: it runs the task itself.
+    Reported = 3,
+}
+
+impl Acceptance {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Awaiting,
+            2 => Self::Echoed,
+            3 => Self::Reported,
+            _ => Self::NotApplicable,
+        }
+    }
+}
+
+/// Why a session is cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    DeviceDisconnected,
+    RequesterDisconnected,
+    Shutdown,
+    /// `DELETE /api/sessions/{id}`.
+    Api,
+}
+
+/// Something that happened to a session, delivered to its job.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// The executor echoed the pushed `task`; the acknowledgement is already queued.
+    Echo,
+    /// A `command_results` from the executor.
+    Results {
+        prev_response_id: Option<String>,
+        results: Vec<ActionResult>,
+    },
+    /// A `task_end` from the executor of a session it runs itself.
+    ClientEnd {
+        completed: bool,
+        error: Option<String>,
+        result: Option<Value>,
+    },
+}
+
+/// Shared view of a live session.
+pub struct SessionHandle {
+    pub session_id: String,
+    pub task_name: String,
+    pub origin: Origin,
+    /// Requester client id; `None` for the HTTP API.
+    pub owner: Option<String>,
+    pub owner_conn: Option<u64>,
+    pub executor: String,
+    pub executor_conn: u64,
+    acceptance: AtomicU8,
+    task_response_id: Mutex<Option<String>>,
+    events: mpsc::Sender<SessionEvent>,
+    cancel: CancellationToken,
+    cancel_reason: Mutex<Option<CancelReason>>,
+    done: CancellationToken,
+}
+
+impl SessionHandle {
+    /// Current acceptance state.
+    pub fn acceptance(&self) -> Acceptance {
+        Acceptance::from_u8(self.acceptance.load(Ordering::Acquire))
+    }
+
+    /// Moves `from` → `to`; false if the state was something else.
+    pub fn transition(&self, from: Acceptance, to: Acceptance) -> bool {
+        self.acceptance
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Records that a `task` with `response_id` was pushed to the executor.
+    pub fn set_pushed(&self, response_id: String) {
+        *self.task_response_id.lock() = Some(response_id);
+        self.acceptance
+            .store(Acceptance::Awaiting as u8, Ordering::Release);
+    }
+
+    /// `response_id` of the pushed `task`, if any.
+    pub fn task_response_id(&self) -> Option<String> {
+        self.task_response_id.lock().clone()
+    }
+
+    /// Delivers an event to the job (waits if the job is behind: backpressure on the
+    /// sender's connection only).
+    pub async fn deliver(&self, event: SessionEvent) {
+        if self.events.send(event).await.is_err() {
+            tracing::debug!(session_id = %self.session_id, "event for a finished session dropped");
+        }
+    }
+
+    /// Cancels the session; the first reason wins.
+    pub fn cancel(&self, reason: CancelReason) {
+        {
+            let mut r = self.cancel_reason.lock();
+            if r.is_none() {
+                *r = Some(reason);
+            }
+        }
+        self.cancel.cancel();
+    }
+
+    /// Resolves once the job has stored its final state.
+    pub async fn finished(&self) {
+        self.done.cancelled().await
+    }
+}
+
+/// Why a session could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("Too many active sessions")]
+    TooMany,
+    #[error("session_id is live")]
+    Live { owner: Option<String> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Live sessions and the active-session limit.
+pub struct SessionManager {
+    live: DashMap<String, Arc<SessionHandle>>,
+    active: AtomicUsize,
+    max_active: usize,
+}
+
+/// Everything needed to create a session.
+pub struct NewSession {
+    pub record: SessionRecord,
+    pub owner_conn: Option<u64>,
+    pub executor_conn: u64,
+    pub planner: Planner,
+    pub ctx: SessionContext,
+}
+
+/// A created (stored, indexed) session whose job has not started yet.
+pub struct PendingSession {
+    pub handle: Arc<SessionHandle>,
+    rx: mpsc::Receiver<SessionEvent>,
+    record: SessionRecord,
+    planner: Planner,
+    ctx: SessionContext,
+}
+
+impl SessionManager {
+    /// An empty manager allowing `max_active` live sessions.
+    pub fn new(max_active: usize) -> Self {
+        Self {
+            live: DashMap::new(),
+            active: AtomicUsize::new(0),
+            max_active,
+        }
+    }
+
+    /// The live session `session_id`.
+    pub fn get(&self, session_id: &str) -> Option<Arc<SessionHandle>> {
+        self.live.get(session_id).map(|h| h.clone())
+    }
+
+    /// Number of live sessions.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Every live session.
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        self.live.iter().map(|h| h.value().clone()).collect()
+    }
+
+    fn reserve(&self) -> bool {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_active).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, session_id: &str) {
+        if self.live.remove(session_id).is_some() {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Stores and indexes a new session. The caller queues its first frames, then calls
+    /// [`PendingSession::start`] (or [`PendingSession::abort`]).
+    pub async fn create(
+        &self,
+        app: &Arc<AppState>,
+        new: NewSession,
+    ) -> Result<PendingSession, CreateError> {
+        if !self.reserve() {
+            return Err(CreateError::TooMany);
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let record = new.record;
+        let handle = Arc::new(SessionHandle {
+            session_id: record.session_id.clone(),
+            task_name: record.task_name.clone(),
+            origin: record.origin,
+            owner: record.owner.clone(),
+            owner_conn: new.owner_conn,
+            executor: record.executor.clone(),
+            executor_conn: new.executor_conn,
+            acceptance: AtomicU8::new(Acceptance::NotApplicable as u8),
+            task_response_id: Mutex::new(None),
+            events: tx,
+            cancel: CancellationToken::new(),
+            cancel_reason: Mutex::new(None),
+            done: CancellationToken::new(),
+        });
+        match self.live.entry(record.session_id.clone()) {
+            Entry::Occupied(o) => {
+                let owner = o.get().owner.clone();
+                drop(o);
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                return Err(CreateError::Live { owner });
+            }
+            Entry::Vacant(v) => {
+                v.insert(handle.clone());
+            }
+        }
+        if let Err(e) = app.store.upsert(record.clone()).await {
+            self.release(&record.session_id);
+            return Err(e.into());
+        }
+        // Index by requester and executor; if either vanished meanwhile, its disconnect
+        // procedure may have missed us, so cancel now.
+        let sid = &record.session_id;
+        if let (Some(owner), Some(conn)) = (&handle.owner, handle.owner_conn) {
+            match app.registry.get_conn(owner, conn) {
+                Some(e) => {
+                    e.as_requester.lock().insert(sid.clone());
+                }
+                None => handle.cancel(CancelReason::RequesterDisconnected),
+            }
+        }
+        match app
+            .registry
+            .get_conn(&handle.executor, handle.executor_conn)
+        {
+            Some(e) => {
+                e.as_executor.lock().insert(sid.clone());
+            }
+            None => handle.cancel(CancelReason::DeviceDisconnected),
+        }
+        if let (Some(owner), Some(conn)) = (&handle.owner, handle.owner_conn) {
+            if app.registry.get_conn(owner, conn).is_none() {
+                handle.cancel(CancelReason::RequesterDisconnected);
+            }
+        }
+        if app
+            .registry
+            .get_conn(&handle.executor, handle.executor_conn)
+            .is_none()
+        {
+            handle.cancel(CancelReason::DeviceDisconnected);
+        }
+        Ok(PendingSession {
+            handle,
+            rx,
+            record,
+            planner: new.planner,
+            ctx: new.ctx,
+        })
+    }
+
+    /// Cancels every live session (shutdown) and waits until they are stored.
+    pub async fn cancel_all(&self, reason: CancelReason) {
+        let all = self.all();
+        for h in &all {
+            h.cancel(reason);
+        }
+        for h in all {
+            h.finished().await;
+        }
+    }
+}
+
+impl PendingSession {
+    /// Starts the session's job.
+    pub fn start(self, app: &Arc<AppState>) {
+        let job = job::SessionJob::new(
+            app.clone(),
+            self.handle,
+            self.rx,
+            self.record,
+            self.planner,
+            self.ctx,
+        );
+        tokio::spawn(job.run());
+    }
+
+    /// Undoes [`SessionManager::create`]: the session never existed.
+    pub async fn abort(self, app: &Arc<AppState>) {
+        let sid = &self.handle.session_id;
+        app.sessions.release(sid);
+        unindex(app, &self.handle);
+        if let Some(e) = app.registry.get(&self.handle.executor) {
+            e.remove_pending_echo(sid);
+        }
+        if let Err(e) = app.store.delete(sid).await {
+            tracing::error!(session_id = %sid, cause = %e, "could not delete an aborted session");
+        }
+        self.handle.done.cancel();
+    }
+}
+
+fn unindex(app: &AppState, h: &SessionHandle) {
+    if let Some(owner) = &h.owner {
+        if let Some(e) = app.registry.get(owner) {
+            e.as_requester.lock().remove(&h.session_id);
+        }
+    }
+    if let Some(e) = app.registry.get(&h.executor) {
+        e.as_executor.lock().remove(&h.session_id);
+    }
+}

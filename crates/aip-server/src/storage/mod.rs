@@ -1,0 +1,148 @@
+//! Session records and the result store behind a trait (server.md §6).
+//!
+//! The embedded default is SQLite ([`sqlite::SqliteStore`]); a shared backend for
+//! several instances (Redis) implements the same trait.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+pub mod sqlite;
+
+/// Lifecycle state of a session (server.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    Created,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl SessionState {
+    /// The string used in storage and over HTTP.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`SessionState::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => Self::Created,
+            "running" => Self::Running,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// `completed`, `failed` and `cancelled` are final.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Who asked for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    Device,
+    Constellation,
+    Http,
+}
+
+impl Origin {
+    /// The string used in storage and over HTTP.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Constellation => "constellation",
+            Self::Http => "http",
+        }
+    }
+
+    /// Parses [`Origin::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "device" => Self::Device,
+            "constellation" => Self::Constellation,
+            "http" => Self::Http,
+            _ => return None,
+        })
+    }
+}
+
+/// Everything stored about one session (server.md §3.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub session_id: String,
+    pub task_name: String,
+    pub request: String,
+    pub origin: Origin,
+    /// Requester's client id; `None` for the HTTP API.
+    pub owner: Option<String>,
+    /// Device that receives the commands.
+    pub executor: String,
+    pub platform: String,
+    pub state: SessionState,
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    pub result: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// HTTP / delegated sessions: the device's echo (or first report) arrived.
+    pub echo_received: bool,
+}
+
+/// Selection for [`SessionStore::list`].
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub state: Option<SessionState>,
+    /// Sessions whose owner or executor is this client.
+    pub client_id: Option<String>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Durable session records.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Inserts or replaces the record with this `session_id`; durable when it returns.
+    async fn upsert(&self, record: SessionRecord) -> Result<(), StoreError>;
+    /// Removes a record (a dispatch that could not be queued); durable when it returns.
+    async fn delete(&self, session_id: &str) -> Result<(), StoreError>;
+    /// The record with this `session_id`.
+    async fn get(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// The most recently created record with this `task_name`.
+    async fn latest_by_task_name(
+        &self,
+        task_name: &str,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+    /// Records matching the filter, newest first.
+    async fn list(&self, filter: &SessionFilter) -> Result<Vec<SessionRecord>, StoreError>;
+    /// At start-up: every `created`/`running` record becomes `failed` / `server_restarted`.
+    async fn mark_interrupted(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Deletes ended records finished before `finished_before`, then the oldest-finished
+    /// ended records beyond `max_results`. Live records are never purged.
+    async fn purge(
+        &self,
+        finished_before: DateTime<Utc>,
+        max_results: u64,
+    ) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,981 @@
+//! The embedded SQLite session store.
+//!
+//! Design:
+//!
+//! * **One database file**, `<dir>/aip.sqlite3`, in WAL mode with `synchronous=FULL`:
+//!   a commit fsyncs the WAL, so a write that has returned survives `kill -9` and
+//!   power loss.
+//! * **Group commit on a dedicated writer thread.** A single `std::thread` owns the
+//!   only write connection. Callers send their operation, with a
+//!   [`tokio::sync::oneshot`] reply channel, over a bounded [`tokio::sync::mpsc`]
+//!   channel. The thread blocks for the first operation, drains whatever else is
+//!   already queued (up to [`MAX_BATCH`]), runs them all in one `BEGIN IMMEDIATE`
+//!   transaction (each operation inside its own savepoint, so one failing
+//!   operation does not undo the others), commits once — one fsync for the whole
+//!   batch — and only then answers every waiter. If the commit fails, every waiter
+//!   of the batch gets the error. When the last [`SqliteStore`] handle is dropped the
+//!   channel closes and the thread exits, closing the connection.
+//! * **Reads on their own connections.** A small pool of read connections, each
+//!   behind a `std::sync::Mutex`, is used from [`tokio::task::spawn_blocking`]; WAL
+//!   lets them run concurrently with the writer. No lock is held across an `.await`.
+//! * Schema version is kept in `PRAGMA user_version` (currently 1). Times are
+//!   stored as microseconds since the Unix epoch, `result` as JSON text.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Origin, SessionFilter, SessionRecord, SessionState, SessionStore, StoreError};
+
+/// File name of the database inside the store directory.
+pub const DB_FILE_NAME: &str = "aip.sqlite3";
+/// Current schema version (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+/// Capacity of the queue in front of the writer thread.
+const QUEUE_CAPACITY: usize = 4096;
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 513;
+/// Number of read connections.
+const READERS: usize = 2;
+/// `list` limit used when the filter says 0.
+const DEFAULT_LIST_LIMIT: usize = 100;
+/// How long a connection waits on a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id    TEXT PRIMARY KEY,
+    task_name     TEXT NOT NULL,
+    request       TEXT NOT NULL,
+    origin        TEXT NOT NULL,
+    owner         TEXT NULL,
+    executor      TEXT NOT NULL,
+    platform      TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    reason        TEXT,
+    error         TEXT,
+    result        TEXT,
+    created_at    INTEGER NOT NULL,
+    started_at    INTEGER NULL,
+    finished_at   INTEGER NULL,
+    echo_received INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_task_created ON sessions (task_name, created_at);
+CREATE INDEX IF NOT EXISTS sessions_state ON sessions (state);
+CREATE INDEX IF NOT EXISTS sessions_finished ON sessions (finished_at);
+CREATE INDEX IF NOT EXISTS sessions_owner ON sessions (owner);
+CREATE INDEX IF NOT EXISTS sessions_executor ON sessions (executor);
+";
+
+const COLUMNS: &str = "session_id, task_name, request, origin, owner, executor, platform, \
+     state, reason, error, result, created_at, started_at, finished_at, echo_received";
+
+const UPSERT_SQL: &str = "
+INSERT INTO sessions (session_id, task_name, request, origin, owner, executor, platform,
+                      state, reason, error, result, created_at, started_at, finished_at,
+                      echo_received)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+ON CONFLICT(session_id) DO UPDATE SET
+    task_name = excluded.task_name,
+    request = excluded.request,
+    origin = excluded.origin,
+    owner = excluded.owner,
+    executor = excluded.executor,
+    platform = excluded.platform,
+    state = excluded.state,
+    reason = excluded.reason,
+    error = excluded.error,
+    result = excluded.result,
+    created_at = excluded.created_at,
+    started_at = excluded.started_at,
+    finished_at = excluded.finished_at,
+    echo_received = excluded.echo_received";
+
+const ENDED: &str = "('completed', 'failed', 'cancelled')";
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+/// The SQLite-backed [`SessionStore`]. Cheap to clone; all clones share the writer
+/// thread and the read connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: mpsc::Sender<Job>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+/// A record converted to column values (done by the caller, off the writer thread).
+struct Row {
+    session_id: String,
+    task_name: String,
+    request: String,
+    origin: &'static str,
+    owner: Option<String>,
+    executor: String,
+    platform: String,
+    state: &'static str,
+    reason: Option<String>,
+    error: Option<String>,
+    result: Option<String>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    echo_received: bool,
+}
+
+enum WriteOp {
+    Upsert(Box<Row>),
+    Delete(String),
+    MarkInterrupted {
+        now: i64,
+    },
+    Purge {
+        finished_before: i64,
+        max_results: u64,
+    },
+}
+
+struct Job {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`: the directory, the database file
+    /// `dir/aip.sqlite3` and its schema. Starts the writer thread.
+    pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE_NAME);
+
+        let mut writer = Connection::open(&path).map_err(db_err)?;
+        writer.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        let mode: String = writer
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Database(format!(
+                "could not enable WAL journal mode (got {mode})"
+            )));
+        }
+        writer
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        init_schema(&mut writer)?;
+
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = Connection::open(&path).map_err(db_err)?;
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+            conn.pragma_update(None, "query_only", true)
+                .map_err(db_err)?;
+            readers.push(Mutex::new(conn));
+        }
+
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name("aip-sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::Database(format!("spawning the writer thread: {e}")))?;
+
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                writer: tx,
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// Sends one write to the writer thread and waits until it is committed.
+    async fn write(&self, op: WriteOp) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` with a read connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.reader()?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    /// A free read connection, or else waits for one (round-robin).
+    fn reader(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        for conn in &self.readers {
+            match conn.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            }
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len().max(1);
+        match self.readers.get(i) {
+            Some(conn) => conn.lock().map_err(|_| poisoned()),
+            None => Err(StoreError::Database("no read connection".into())),
+        }
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Database("read connection lock poisoned".into())
+}
+
+fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(db_err)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Database(format!(
+            "database schema version {version} is newer than supported ({SCHEMA_VERSION})"
+        )));
+    }
+    tx.execute_batch(SCHEMA).map_err(db_err)?;
+    if version != SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(db_err)?;
+    }
+    tx.commit().map_err(db_err)
+}
+
+// ---------------------------------------------------------------------------
+// Writer thread
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, &mut batch);
+    }
+}
+
+/// Runs every job of `batch` in one transaction, commits, then answers the waiters.
+fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+    let outcome = (|| -> rusqlite::Result<Vec<Result<u64, StoreError>>> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(batch.len());
+        for job in batch.iter() {
+            let sp = tx.savepoint()?;
+            match apply(&sp, &job.op) {
+                Ok(n) => {
+                    sp.commit()?;
+                    results.push(Ok(n));
+                }
+                // Dropping the savepoint rolls this job back; the others stay.
+                Err(e) => {
+                    drop(sp);
+                    results.push(Err(db_err(e)));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(results)
+    })();
+    match outcome {
+        Ok(results) => {
+            for (job, result) in batch.drain(..).zip(results) {
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(StoreError::Database(msg.clone())));
+            }
+        }
+    }
+}
+
+fn apply(conn: &Connection, op: &WriteOp) -> rusqlite::Result<u64> {
+    let n = match op {
+        WriteOp::Upsert(r) => conn.prepare_cached(UPSERT_SQL)?.execute(params![
+            r.session_id,
+            r.task_name,
+            r.request,
+            r.origin,
+            r.owner,
+            r.executor,
+            r.platform,
+            r.state,
+            r.reason,
+            r.error,
+            r.result,
+            r.created_at,
+            r.started_at,
+            r.finished_at,
+            r.echo_received,
+        ])?,
+        WriteOp::Delete(id) => conn
+            .prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+            .execute([id])?,
+        WriteOp::MarkInterrupted { now } => conn
+            .prepare_cached(
+                "UPDATE sessions SET state = 'failed', reason = 'server_restarted', \
+                 error = 'Server restarted while the task was running', finished_at = ?1 \
+                 WHERE state IN ('created', 'running')",
+            )?
+            .execute([now])?,
+        WriteOp::Purge {
+            finished_before,
+            max_results,
+        } => {
+            let by_age = conn
+                .prepare_cached(&format!(
+                    "DELETE FROM sessions WHERE state IN {ENDED} AND finished_at < ?1"
+                ))?
+                .execute([finished_before])?;
+            let ended: i64 = conn
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*) FROM sessions WHERE state IN {ENDED}"
+                ))?
+                .query_row([], |row| row.get(0))?;
+            let max = i64::try_from(*max_results).unwrap_or(i64::MAX);
+            let by_count = if ended > max {
+                // NULL finished_at sorts first, i.e. counts as oldest.
+                conn.prepare_cached(&format!(
+                    "DELETE FROM sessions WHERE rowid IN (
+                         SELECT rowid FROM sessions WHERE state IN {ENDED}
+                         ORDER BY finished_at ASC, rowid ASC LIMIT ?1)"
+                ))?
+                .execute([ended - max])?
+            } else {
+                0
+            };
+            by_age + by_count
+        }
+    };
+    Ok(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+// ---------------------------------------------------------------------------
+// Rows
+
+fn to_row(r: SessionRecord) -> Result<Row, StoreError> {
+    let result = match &r.result {
+        Some(v) => Some(serde_json::to_string(v).map_err(db_err)?),
+        None => None,
+    };
+    Ok(Row {
+        session_id: r.session_id,
+        task_name: r.task_name,
+        request: r.request,
+        origin: r.origin.as_str(),
+        owner: r.owner,
+        executor: r.executor,
+        platform: r.platform,
+        state: r.state.as_str(),
+        reason: r.reason,
+        error: r.error,
+        result,
+        created_at: r.created_at.timestamp_micros(),
+        started_at: r.started_at.map(|t| t.timestamp_micros()),
+        finished_at: r.finished_at.map(|t| t.timestamp_micros()),
+        echo_received: r.echo_received,
+    })
+}
+
+/// Column values as read, before validation.
+struct RawRow {
+    session_id: String,
+    task_name: String,
+    request: String,
+    origin: String,
+    owner: Option<String>,
+    executor: String,
+    platform: String,
+    state: String,
+    reason: Option<String>,
+    error: Option<String>,
+    result: Option<String>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    echo_received: bool,
+}
+
+fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        session_id: row.get(0)?,
+        task_name: row.get(1)?,
+        request: row.get(2)?,
+        origin: row.get(3)?,
+        owner: row.get(4)?,
+        executor: row.get(5)?,
+        platform: row.get(6)?,
+        state: row.get(7)?,
+        reason: row.get(8)?,
+        error: row.get(9)?,
+        result: row.get(10)?,
+        created_at: row.get(11)?,
+        started_at: row.get(12)?,
+        finished_at: row.get(13)?,
+        echo_received: row.get(14)?,
+    })
+}
+
+fn micros(v: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(v)
+        .ok_or_else(|| StoreError::Database(format!("timestamp out of range: {v}")))
+}
+
+impl TryFrom<RawRow> for SessionRecord {
+    type Error = StoreError;
+
+    fn try_from(r: RawRow) -> Result<Self, StoreError> {
+        let origin = Origin::parse(&r.origin)
+            .ok_or_else(|| StoreError::Database(format!("unknown origin {:?}", r.origin)))?;
+        let state = SessionState::parse(&r.state)
+            .ok_or_else(|| StoreError::Database(format!("unknown state {:?}", r.state)))?;
+        let result = match r.result {
+            Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                StoreError::Database(format!("bad result JSON for {}: {e}", r.session_id))
+            })?),
+            None => None,
+        };
+        Ok(SessionRecord {
+            session_id: r.session_id,
+            task_name: r.task_name,
+            request: r.request,
+            origin,
+            owner: r.owner,
+            executor: r.executor,
+            platform: r.platform,
+            state,
+            reason: r.reason,
+            error: r.error,
+            result,
+            created_at: micros(r.created_at)?,
+            started_at: r.started_at.map(micros).transpose()?,
+            finished_at: r.finished_at.map(micros).transpose()?,
+            echo_received: r.echo_received,
+        })
+    }
+}
+
+fn query_one(
+    conn: &Connection,
+    sql: &str,
+    param: &str,
+) -> Result<Option<SessionRecord>, StoreError> {
+    let raw = conn
+        .prepare_cached(sql)
+        .map_err(db_err)?
+        .query_row([param], raw_row)
+        .optional()
+        .map_err(db_err)?;
+    raw.map(SessionRecord::try_from).transpose()
+}
+
+// ---------------------------------------------------------------------------
+// The trait
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn upsert(&self, record: SessionRecord) -> Result<(), StoreError> {
+        let row = to_row(record)?;
+        self.write(WriteOp::Upsert(Box::new(row))).await.map(|_| ())
+    }
+
+    async fn delete(&self, session_id: &str) -> Result<(), StoreError> {
+        self.write(WriteOp::Delete(session_id.to_owned()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn get(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let id = session_id.to_owned();
+        self.read(move |conn| {
+            query_one(
+                conn,
+                &format!("SELECT {COLUMNS} FROM sessions WHERE session_id = ?1"),
+                &id,
+            )
+        })
+        .await
+    }
+
+    async fn latest_by_task_name(
+        &self,
+        task_name: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let name = task_name.to_owned();
+        self.read(move |conn| {
+            query_one(
+                conn,
+                &format!(
+                    "SELECT {COLUMNS} FROM sessions WHERE task_name = ?1 \
+                     ORDER BY created_at DESC, rowid DESC LIMIT 1"
+                ),
+                &name,
+            )
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &SessionFilter) -> Result<Vec<SessionRecord>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| {
+            use rusqlite::types::Value;
+            let mut clauses = Vec::new();
+            let mut args: Vec<Value> = Vec::new();
+            if let Some(state) = filter.state {
+                args.push(Value::Text(state.as_str().to_owned()));
+                clauses.push(format!("state = ?{}", args.len()));
+            }
+            if let Some(client) = filter.client_id {
+                args.push(Value::Text(client));
+                let n = args.len();
+                clauses.push(format!("(owner = ?{n} OR executor = ?{n})"));
+            }
+            let limit = if filter.limit == 0 {
+                DEFAULT_LIST_LIMIT
+            } else {
+                filter.limit
+            };
+            args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+            let where_sql = if clauses.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", clauses.join(" AND "))
+            };
+            let sql = format!(
+                "SELECT {COLUMNS} FROM sessions {where_sql} \
+                 ORDER BY created_at DESC, rowid DESC LIMIT ?{}",
+                args.len()
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+            let raws = stmt
+                .query_map(rusqlite::params_from_iter(args), raw_row)
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            raws.into_iter().map(SessionRecord::try_from).collect()
+        })
+        .await
+    }
+
+    async fn mark_interrupted(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write(WriteOp::MarkInterrupted {
+            now: now.timestamp_micros(),
+        })
+        .await
+    }
+
+    async fn purge(
+        &self,
+        finished_before: DateTime<Utc>,
+        max_results: u64,
+    ) -> Result<u64, StoreError> {
+        self.write(WriteOp::Purge {
+            finished_before: finished_before.timestamp_micros(),
+            max_results,
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn t(micros: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(micros).unwrap()
+    }
+
+    fn rec(id: &str, task: &str, state: SessionState, created: i64) -> SessionRecord {
+        SessionRecord {
+            session_id: id.into(),
+            task_name: task.into(),
+            request: format!("request {id}"),
+            origin: Origin::Device,
+            owner: Some("owner-1".into()),
+            executor: "exec-1".into(),
+            platform: "linux".into(),
+            state,
+            reason: None,
+            error: None,
+            result: None,
+            created_at: t(created),
+            started_at: None,
+            finished_at: if state.is_terminal() {
+                Some(t(created + 10))
+            } else {
+                None
+            },
+            echo_received: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn upsert_get_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert!(dir.path().join(DB_FILE_NAME).exists());
+
+        let full = SessionRecord {
+            session_id: "s1".into(),
+            task_name: "task".into(),
+            request: "do it — ünïcode".into(),
+            origin: Origin::Constellation,
+            owner: Some("alice".into()),
+            executor: "dev".into(),
+            platform: "windows".into(),
+            state: SessionState::Completed,
+            reason: Some("done".into()),
+            error: Some("none really".into()),
+            result: Some(json!({
+                "zeta": 1,
+                "alpha": {"y": [1, 2, {"b": null, "a": true}], "x": "s"},
+                "mid": 2.5
+            })),
+            created_at: Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap()
+                + chrono::Duration::microseconds(123_456),
+            started_at: Some(t(1_700_000_000_000_001)),
+            finished_at: Some(t(1_700_000_000_999_999)),
+            echo_received: true,
+        };
+        store.upsert(full.clone()).await.unwrap();
+        let got = store.get("s1").await.unwrap().unwrap();
+        assert_eq!(got, full);
+        assert_eq!(
+            serde_json::to_string(got.result.as_ref().unwrap()).unwrap(),
+            serde_json::to_string(full.result.as_ref().unwrap()).unwrap(),
+            "key order preserved"
+        );
+
+        let sparse = SessionRecord {
+            origin: Origin::Http,
+            owner: None,
+            ..rec("s2", "task", SessionState::Created, 5)
+        };
+        store.upsert(sparse.clone()).await.unwrap();
+        assert_eq!(store.get("s2").await.unwrap().unwrap(), sparse);
+        assert!(store.get("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn upsert_replaces_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let mut r = rec("s", "task", SessionState::Running, 100);
+        r.started_at = Some(t(101));
+        store.upsert(r.clone()).await.unwrap();
+        r.state = SessionState::Completed;
+        r.finished_at = Some(t(200));
+        r.result = Some(json!({"ok": true}));
+        r.owner = None;
+        store.upsert(r.clone()).await.unwrap();
+        assert_eq!(store.get("s").await.unwrap().unwrap(), r);
+        assert_eq!(
+            store.list(&SessionFilter::default()).await.unwrap().len(),
+            1
+        );
+
+        store.delete("s").await.unwrap();
+        assert!(store.get("s").await.unwrap().is_none());
+        // Deleting something absent is fine.
+        store.delete("s").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn latest_by_task_name_picks_newest_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .upsert(rec("b", "t", SessionState::Completed, 300))
+            .await
+            .unwrap();
+        store
+            .upsert(rec("a", "t", SessionState::Completed, 100))
+            .await
+            .unwrap();
+        store
+            .upsert(rec("c", "other", SessionState::Completed, 900))
+            .await
+            .unwrap();
+        store
+            .upsert(rec("d", "t", SessionState::Running, 200))
+            .await
+            .unwrap();
+        let latest = store.latest_by_task_name("t").await.unwrap().unwrap();
+        assert_eq!(latest.session_id, "b");
+        assert!(store.latest_by_task_name("zzz").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn list_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let mut a = rec("a", "t", SessionState::Running, 1);
+        a.owner = Some("x".into());
+        a.executor = "y".into();
+        let mut b = rec("b", "t", SessionState::Completed, 2);
+        b.owner = None;
+        b.executor = "x".into();
+        let mut c = rec("c", "t", SessionState::Running, 3);
+        c.owner = Some("z".into());
+        c.executor = "z".into();
+        for r in [a, b, c] {
+            store.upsert(r).await.unwrap();
+        }
+        let ids = |v: Vec<SessionRecord>| v.into_iter().map(|r| r.session_id).collect::<Vec<_>>();
+
+        let all = store.list(&SessionFilter::default()).await.unwrap();
+        assert_eq!(ids(all), ["c", "b", "a"]);
+
+        let running = SessionFilter {
+            state: Some(SessionState::Running),
+            ..Default::default()
+        };
+        assert_eq!(ids(store.list(&running).await.unwrap()), ["c", "a"]);
+
+        let client_x = SessionFilter {
+            client_id: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(store.list(&client_x).await.unwrap()), ["b", "a"]);
+
+        let both = SessionFilter {
+            state: Some(SessionState::Running),
+            client_id: Some("x".into()),
+            limit: 0,
+        };
+        assert_eq!(ids(store.list(&both).await.unwrap()), ["a"]);
+
+        let limited = SessionFilter {
+            limit: 2,
+            ..Default::default()
+        };
+        assert_eq!(ids(store.list(&limited).await.unwrap()), ["c", "b"]);
+
+        for i in 0..150 {
+            store
+                .upsert(rec(
+                    &format!("m{i}"),
+                    "many",
+                    SessionState::Created,
+                    1000 + i,
+                ))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.list(&SessionFilter::default()).await.unwrap().len(),
+            DEFAULT_LIST_LIMIT
+        );
+    }
+
+    #[tokio::test]
+    async fn mark_interrupted_fails_live_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .upsert(rec("c", "t", SessionState::Created, 1))
+            .await
+            .unwrap();
+        store
+            .upsert(rec("r", "t", SessionState::Running, 2))
+            .await
+            .unwrap();
+        let mut done = rec("d", "t", SessionState::Completed, 3);
+        done.result = Some(json!(42));
+        store.upsert(done.clone()).await.unwrap();
+        let cancelled = rec("x", "t", SessionState::Cancelled, 4);
+        store.upsert(cancelled.clone()).await.unwrap();
+
+        let now = t(1_000_000);
+        assert_eq!(store.mark_interrupted(now).await.unwrap(), 2);
+        for id in ["c", "r"] {
+            let r = store.get(id).await.unwrap().unwrap();
+            assert_eq!(r.state, SessionState::Failed);
+            assert_eq!(r.reason.as_deref(), Some("server_restarted"));
+            assert_eq!(
+                r.error.as_deref(),
+                Some("Server restarted while the task was running")
+            );
+            assert_eq!(r.finished_at, Some(now));
+        }
+        assert_eq!(store.get("d").await.unwrap().unwrap(), done);
+        assert_eq!(store.get("x").await.unwrap().unwrap(), cancelled);
+        assert_eq!(store.mark_interrupted(now).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn purge_by_age_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        // Ended records finishing at 10, 20, ..., 100.
+        for i in 1..=10 {
+            let mut r = rec(&format!("e{i}"), "t", SessionState::Completed, i);
+            r.finished_at = Some(t(i * 10));
+            store.upsert(r).await.unwrap();
+        }
+        // Live records, old.
+        store
+            .upsert(rec("live1", "t", SessionState::Running, 0))
+            .await
+            .unwrap();
+        store
+            .upsert(rec("live2", "t", SessionState::Created, 0))
+            .await
+            .unwrap();
+
+        // By age: finished before 35 -> e1, e2, e3.
+        assert_eq!(store.purge(t(35), 1000).await.unwrap(), 3);
+        assert!(store.get("e3").await.unwrap().is_none());
+        assert!(store.get("e4").await.unwrap().is_some());
+
+        // By count: keep 4 newest-finished of the 7 remaining ended.
+        assert_eq!(store.purge(t(0), 4).await.unwrap(), 3);
+        let left: Vec<String> = store
+            .list(&SessionFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.session_id)
+            .collect();
+        let mut left_sorted = left.clone();
+        left_sorted.sort();
+        assert_eq!(left_sorted, ["e10", "e7", "e8", "e9", "live1", "live2"]);
+
+        // Both at once; live records are never purged.
+        assert_eq!(store.purge(t(85), 1).await.unwrap(), 3);
+        assert!(store.get("e10").await.unwrap().is_some());
+        assert_eq!(store.purge(t(i64::MAX / 2), 0).await.unwrap(), 1);
+        assert_eq!(
+            store.list(&SessionFilter::default()).await.unwrap().len(),
+            2
+        );
+        assert_eq!(store.purge(t(i64::MAX / 2), 0).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn durable_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rec("s", "t", SessionState::Completed, 77);
+        r.result = Some(json!({"b": 1, "a": [1, 2]}));
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            let clone = store.clone();
+            clone.upsert(r.clone()).await.unwrap();
+            let shared: Arc<dyn SessionStore> = Arc::new(store);
+            assert!(shared.get("s").await.unwrap().is_some());
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.get("s").await.unwrap().unwrap(), r);
+        // Schema version recorded.
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn open_creates_missing_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a").join("b");
+        let store = SqliteStore::open(&nested).unwrap();
+        store
+            .upsert(rec("s", "t", SessionState::Created, 1))
+            .await
+            .unwrap();
+        assert!(nested.join(DB_FILE_NAME).exists());
+    }
+
+    #[tokio::test]
+    async fn bad_stored_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .upsert(rec("s", "t", SessionState::Created, 1))
+            .await
+            .unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        conn.busy_timeout(BUSY_TIMEOUT).unwrap();
+        conn.execute("UPDATE sessions SET state = 'weird'", [])
+            .unwrap();
+        assert!(matches!(store.get("s").await, Err(StoreError::Database(_))));
+        conn.execute("UPDATE sessions SET state = 'created', origin = 'mars'", [])
+            .unwrap();
+        assert!(matches!(
+            store.list(&SessionFilter::default()).await,
+            Err(StoreError::Database(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_upserts_are_batched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let mut handles = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                let mut r = rec(&format!("s{i:03}"), "t", SessionState::Completed, i);
+                r.result = Some(json!({ "i": i }));
+                store.upsert(r).await
+            }));
+        }
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        for i in 0..200 {
+            let r = store.get(&format!("s{i:03}")).await.unwrap().unwrap();
+            assert_eq!(r.result, Some(json!({ "i": i })));
+        }
+        let all = store
+            .list(&SessionFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 200);
+    }
+}

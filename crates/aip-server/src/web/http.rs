@@ -1,0 +1,408 @@
+//! REST API (http-api.md): dispatch, task results, clients, health, sessions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aip_protocol::time::http_timestamp;
+use aip_protocol::validate::{is_valid_http_task_name, MAX_ID_LEN};
+use aip_protocol::ServerMessage;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::auth::header_authorized;
+use crate::registry::PendingEcho;
+use crate::session::driver::SessionContext;
+use crate::session::{CancelReason, CreateError, NewSession, Planner};
+use crate::state::{parse_commands, AppState};
+use crate::storage::{Origin, SessionFilter, SessionRecord, SessionState, StoreError};
+
+/// An error answer: `{"detail": "<text>"}` with a status code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    detail: String,
+}
+
+impl ApiError {
+    /// An error with this status and detail text.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    fn not_found(detail: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"detail": self.detail}))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(cause = %e, "storage failure in an HTTP request");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Storage error: {e}"),
+        )
+    }
+}
+
+/// Unknown route.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("Not Found")
+}
+
+/// Known route, wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+}
+
+/// `GET /api/health`.
+pub async fn health(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let shutting_down = app.is_shutting_down();
+    let mut body = json!({
+        "status": if shutting_down { "shutting_down" } else { "healthy" },
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "connected_clients": app.registry.len(),
+        "active_sessions": app.sessions.active(),
+    });
+    if header_authorized(&app, &headers) {
+        let ids: Vec<String> = app
+            .registry
+            .list()
+            .iter()
+            .map(|c| c.client_id.clone())
+            .collect();
+        body["online_clients"] = json!(ids);
+    }
+    let status = if shutting_down {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `GET /api/clients`.
+pub async fn clients(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let all = app.registry.list();
+    Json(json!({
+        "online_clients": all.iter().map(|c| c.client_id.clone()).collect::<Vec<_>>(),
+        "clients": all.iter().map(|c| json!({
+            "client_id": c.client_id,
+            "type": c.role.as_str(),
+            "connected_at": http_timestamp(c.connected_at),
+            "last_seen": http_timestamp(c.conn.last_seen()),
+            "platform": c.platform,
+            "target_id": c.scope,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+fn non_empty_str<'a>(body: &'a Value, key: &str) -> Option<&'a str> {
+    body.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn present<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
+    body.get(key).filter(|v| !v.is_null())
+}
+
+/// `POST /api/dispatch` (http-api.md §3): checks in the normative order.
+pub async fn dispatch(
+    State(app): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if !body.is_object() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Request body must be a JSON object",
+        ));
+    }
+    let request = body
+        .get("request")
+        .and_then(Value::as_str)
+        .filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("Empty task content"))?
+        .to_owned();
+    let target = match (
+        non_empty_str(&body, "target_id"),
+        non_empty_str(&body, "client_id"),
+    ) {
+        (None, None) => return Err(ApiError::bad_request("Empty client ID")),
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request(
+                "target_id and client_id refer to different clients",
+            ))
+        }
+        (Some(a), _) | (None, Some(a)) => a.to_owned(),
+    };
+    let task_name = match present(&body, "task_name") {
+        None => uuid::Uuid::new_v4().to_string(),
+        Some(v) => match v.as_str().filter(|n| is_valid_http_task_name(n)) {
+            Some(n) => n.to_owned(),
+            None => return Err(ApiError::bad_request(
+                "Invalid task_name: must be a non-empty string of characters [A-Za-z0-9._-], at most 128 long, and must not start with '.'",
+            )),
+        },
+    };
+    let session_id = match present(&body, "session_id") {
+        None => uuid::Uuid::new_v4().to_string(),
+        Some(v) => match v
+            .as_str()
+            .filter(|s| (1..=MAX_ID_LEN).contains(&s.chars().count()))
+        {
+            Some(s) => s.to_owned(),
+            None => return Err(ApiError::bad_request("Invalid session_id")),
+        },
+    };
+    let commands = match present(&body, "commands") {
+        None => None,
+        Some(v) => Some(
+            parse_commands(v)
+                .map_err(|e| ApiError::bad_request(format!("Invalid commands: {e}")))?,
+        ),
+    };
+    if app.sessions.get(&session_id).is_some() || app.store.get(&session_id).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "session_id already in use",
+        ));
+    }
+    let device = app
+        .registry
+        .get(&target)
+        .ok_or_else(|| ApiError::not_found("Client not online"))?;
+    if device.role != aip_protocol::ClientType::Device {
+        return Err(ApiError::bad_request("Target is not a device client"));
+    }
+    if app.is_shutting_down() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server is shutting down",
+        ));
+    }
+
+    let platform = app.effective_platform(device.platform.as_deref());
+    let ctx = SessionContext {
+        session_id: session_id.clone(),
+        task_name: task_name.clone(),
+        request: request.clone(),
+        platform: platform.clone(),
+        executor_id: device.client_id.clone(),
+        executor_system_info: device.system_info.clone(),
+        executor_tools: device
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("tools"))
+            .cloned(),
+    };
+    let planner = app.planner(&ctx, commands);
+    let agent_name = match &planner {
+        Planner::Driver(d) => Some(d.agent_name().to_owned()),
+        Planner::Delegate => None,
+    };
+    let record = SessionRecord {
+        session_id: session_id.clone(),
+        task_name: task_name.clone(),
+        request: request.clone(),
+        origin: Origin::Http,
+        owner: None,
+        executor: device.client_id.clone(),
+        platform,
+        state: SessionState::Created,
+        reason: None,
+        error: None,
+        result: None,
+        created_at: Utc::now(),
+        started_at: None,
+        finished_at: None,
+        echo_received: false,
+    };
+    let pending = app
+        .sessions
+        .create(
+            &app,
+            NewSession {
+                record,
+                owner_conn: None,
+                executor_conn: device.conn.id(),
+                planner,
+                ctx,
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            CreateError::TooMany => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Too many active sessions")
+            }
+            CreateError::Live { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "session_id already in use")
+            }
+            CreateError::Store(e) => e.into(),
+        })?;
+
+    let msg =
+        ServerMessage::task_assignment(&session_id, &task_name, &request, agent_name.as_deref());
+    pending
+        .handle
+        .set_pushed(msg.response_id.clone().unwrap_or_default());
+    device.push_pending_echo(PendingEcho {
+        session_id: session_id.clone(),
+        task_name: task_name.clone(),
+    });
+    let still_there = app
+        .registry
+        .get_conn(&device.client_id, device.conn.id())
+        .is_some();
+    if !still_there || device.send(&msg).is_err() {
+        pending.abort(&app).await;
+        return Err(ApiError::not_found("Client not online"));
+    }
+    pending.start(&app);
+    tracing::info!(session_id = %session_id, client_id = %device.client_id, "task dispatched over HTTP");
+    Ok(Json(json!({
+        "status": "dispatched",
+        "session_id": session_id,
+        "task_name": task_name,
+        "client_id": device.client_id,
+    })))
+}
+
+/// The HTTP view of a session (http-api.md §4.2).
+pub fn session_view(r: &SessionRecord) -> Value {
+    let mut v = if r.state.is_terminal() {
+        json!({
+            "status": "done",
+            "result": r.result,
+            "state": r.state.as_str(),
+            "error": r.error,
+            "reason": r.reason,
+        })
+    } else {
+        json!({"status": "pending", "state": r.state.as_str()})
+    };
+    v["session_id"] = json!(r.session_id);
+    v["task_name"] = json!(r.task_name);
+    v["client_id"] = json!(r.executor);
+    v["created_at"] = json!(http_timestamp(r.created_at));
+    if let Some(f) = r.finished_at {
+        v["finished_at"] = json!(http_timestamp(f));
+    }
+    v["origin"] = json!(r.origin.as_str());
+    v["requester"] = json!(r.owner);
+    v["started_at"] = json!(r.started_at.map(http_timestamp));
+    v
+}
+
+/// `GET /api/task_result/{id}`: by session id, else the newest with that task name.
+pub async fn task_result(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = match app.store.get(&id).await? {
+        Some(r) => r,
+        None => app
+            .store
+            .latest_by_task_name(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Task not found"))?,
+    };
+    Ok(Json(session_view(&record)))
+}
+
+/// `GET /api/sessions?state=&client_id=&limit=`: newest first.
+pub async fn list_sessions(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let state = match q.get("state").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(SessionState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid state: expected created, running, completed, failed or cancelled",
+            )
+        })?),
+    };
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::bad_request("Invalid limit: expected 1 to 1000"))?,
+    };
+    let filter = SessionFilter {
+        state,
+        client_id: q.get("client_id").filter(|s| !s.is_empty()).cloned(),
+        limit,
+    };
+    let records = app.store.list(&filter).await?;
+    Ok(Json(json!({
+        "sessions": records.iter().map(session_view).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /api/sessions/{id}`: by session id only.
+pub async fn get_session(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = app
+        .store
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Task not found"))?;
+    Ok(Json(session_view(&record)))
+}
+
+/// `DELETE /api/sessions/{id}`: cancels a live session and returns its final view.
+pub async fn cancel_session(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(handle) = app.sessions.get(&id) else {
+        return match app.store.get(&id).await? {
+            Some(_) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "Session already finished",
+            )),
+            None => Err(ApiError::not_found("Task not found")),
+        };
+    };
+    handle.cancel(CancelReason::Api);
+    if tokio::time::timeout(Duration::from_secs(10), handle.finished())
+        .await
+        .is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Session did not stop in time",
+        ));
+    }
+    let record = app
+        .store
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Task not found"))?;
+    tracing::info!(session_id = %id, "session cancelled over HTTP");
+    Ok(Json(session_view(&record)))
+}

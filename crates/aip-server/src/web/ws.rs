@@ -1,0 +1,322 @@
+//! The `/ws` endpoint: upgrade checks, registration handshake, the per-connection
+//! reader/writer pair, liveness, and the disconnect procedure (protocol.md §1, §3.1–3.3, §5).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aip_protocol::errors as text;
+use aip_protocol::validate::is_valid_client_id;
+use aip_protocol::{parse_client_message, ClientMessageType, ClientType, ServerMessage};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitStream, StreamExt};
+use futures_util::SinkExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use super::auth::{header_key, key_matches};
+use super::http::ApiError;
+use super::messages::ClientConn;
+use crate::conn::{close, ConnHandle, Outgoing};
+use crate::registry::ClientEntry;
+use crate::session::CancelReason;
+use crate::state::AppState;
+
+/// Initial read buffer per connection (tungstenite's default is 128 KiB).
+const READ_BUFFER: usize = 4 * 1024;
+/// Write buffer per connection before a flush.
+const WRITE_BUFFER: usize = 4 * 1024;
+
+/// `GET /ws`: checks the token and the connection limit, then upgrades.
+pub async fn upgrade(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(expected) = &app.config.api_key {
+        let given = query
+            .get("token")
+            .map(String::as_str)
+            .or_else(|| header_key(&headers));
+        if !given.is_some_and(|k| key_matches(expected, k)) {
+            tracing::warn!("WebSocket upgrade with a missing or wrong token refused");
+            return ApiError::new(StatusCode::FORBIDDEN, "Invalid API key").into_response();
+        }
+    }
+    if app.is_shutting_down() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Server is shutting down")
+            .into_response();
+    }
+    let Ok(permit) = app.conn_limit.clone().try_acquire_owned() else {
+        tracing::warn!("connection limit reached; upgrade refused");
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Too many connections")
+            .into_response();
+    };
+    let max = app.config.max_message_size;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .on_upgrade(move |socket| connection(app, socket, permit))
+}
+
+/// Runs one WebSocket until it ends, then cleans up exactly once.
+async fn connection(app: Arc<AppState>, socket: WebSocket, _permit: OwnedSemaphorePermit) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(app.config.outgoing_queue);
+    let conn = ConnHandle::new(app.next_conn_id(), tx);
+
+    let mut writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            let (msg, last) = match frame {
+                Outgoing::Text(s) => (Message::Text(s.into()), false),
+                Outgoing::Ping => (Message::Ping(Default::default()), false),
+                Outgoing::Close(code, reason) => (
+                    Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })),
+                    true,
+                ),
+            };
+            if sink.send(msg).await.is_err() || last {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let code = match register(&app, &conn, &mut stream).await {
+        Err(code) => code,
+        Ok(entry) => {
+            let client_id = entry.client_id.clone();
+            let code = message_loop(&app, &conn, entry, &mut stream, &mut writer).await;
+            disconnect(&app, &client_id, conn.id());
+            code
+        }
+    };
+    if let Some(code) = code {
+        let _ = conn.send_raw(Outgoing::Close(code, ""));
+    }
+    drop(conn);
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(s) = src {
+        if let Some(t) = s.downcast_ref::<tungstenite::Error>() {
+            return matches!(t, tungstenite::Error::Capacity(_));
+        }
+        src = s.source();
+    }
+    e.to_string().contains("too long") || e.to_string().contains("Space limit")
+}
+
+/// Waits for the `register` frame and answers it; `Err` carries the close code
+/// (`None`: the peer is already gone).
+async fn register(
+    app: &Arc<AppState>,
+    conn: &ConnHandle,
+    stream: &mut SplitStream<WebSocket>,
+) -> Result<Arc<ClientEntry>, Option<u16>> {
+    let deadline = Instant::now() + app.config.registration_timeout;
+    let refuse = |error: String| {
+        tracing::warn!(reason = %error, "registration refused");
+        let _ = conn.send(&ServerMessage::error(error));
+        Err(Some(close::POLICY))
+    };
+    let text = loop {
+        let frame = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return refuse(text::REGISTRATION_TIMED_OUT.to_owned());
+            }
+            _ = app.shutdown.cancelled() => return Err(Some(close::GOING_AWAY)),
+            frame = stream.next() => frame,
+        };
+        match frame {
+            None => return Err(None),
+            Some(Err(e)) if is_too_big(&e) => return Err(Some(close::TOO_BIG)),
+            Some(Err(_)) => return Err(None),
+            Some(Ok(Message::Text(t))) => {
+                conn.touch();
+                break t;
+            }
+            Some(Ok(Message::Binary(_))) => {
+                return refuse(text::invalid_registration("binary frame"));
+            }
+            Some(Ok(Message::Close(_))) => return Err(None),
+            Some(Ok(_)) => conn.touch(),
+        }
+    };
+    let msg = match parse_client_message(text.as_str()) {
+        Ok(m) => m,
+        Err(e) => return refuse(text::invalid_registration(&e.detail)),
+    };
+    if msg.kind != ClientMessageType::Register {
+        return refuse(text::FIRST_MESSAGE_NOT_REGISTER.to_owned());
+    }
+    let Some(client_id) = msg.client_id.clone().filter(|c| !c.is_empty()) else {
+        return refuse(text::CLIENT_ID_REQUIRED.to_owned());
+    };
+    if !is_valid_client_id(&client_id) {
+        return refuse(text::INVALID_CLIENT_ID.to_owned());
+    }
+    let role = msg.role();
+    let scope = match role {
+        ClientType::Constellation => msg.target_id.clone().filter(|t| !t.is_empty()),
+        ClientType::Device => None,
+    };
+    if let Some(target) = &scope {
+        if app.registry.device(target).is_none() {
+            return refuse(text::target_not_connected(target));
+        }
+    }
+    let metadata = msg.metadata;
+    let mut attempt = 0;
+    let entry = loop {
+        let entry = ClientEntry::new(
+            client_id.clone(),
+            role,
+            conn.clone(),
+            metadata.clone(),
+            scope.clone(),
+        );
+        match app.registry.try_insert(entry) {
+            Ok(e) => break e,
+            Err(existing) if attempt == 0 => {
+                attempt += 1;
+                if probe_alive(app, &existing).await {
+                    tracing::warn!(client_id = %client_id, "duplicate registration refused; the live connection stays");
+                    return refuse(text::duplicate_client(&client_id));
+                }
+                tracing::warn!(client_id = %client_id, "previous connection is dead; replacing it");
+                disconnect(app, &client_id, existing.conn.id());
+                existing.conn.kill(close::GOING_AWAY);
+            }
+            Err(_) => return refuse(text::duplicate_client(&client_id)),
+        }
+    };
+    if conn.send(&ServerMessage::heartbeat_ok()).is_err() {
+        disconnect(app, &client_id, conn.id());
+        return Err(None);
+    }
+    tracing::info!(client_id = %client_id, role = role.as_str(), platform = entry.platform.as_deref().unwrap_or(""), "client registered");
+    Ok(entry)
+}
+
+/// Pings the holder of a `client_id` and waits for any inbound frame (protocol.md §4.2).
+async fn probe_alive(app: &AppState, existing: &ClientEntry) -> bool {
+    let before = existing.conn.last_seen_micros();
+    if existing.conn.send_raw(Outgoing::Ping).is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + app.config.duplicate_probe_timeout;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if existing.conn.last_seen_micros() > before {
+            return true;
+        }
+        if app
+            .registry
+            .get_conn(&existing.client_id, existing.conn.id())
+            .is_none()
+        {
+            return false;
+        }
+    }
+    false
+}
+
+/// Reads and dispatches messages until the connection ends; returns the close code.
+async fn message_loop(
+    app: &Arc<AppState>,
+    conn: &ConnHandle,
+    entry: Arc<ClientEntry>,
+    stream: &mut SplitStream<WebSocket>,
+    writer: &mut tokio::task::JoinHandle<()>,
+) -> Option<u16> {
+    let cfg = &app.config;
+    let check_every = cfg
+        .ping_interval
+        .min(cfg.client_timeout / 3)
+        .max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ping = Instant::now();
+    let client_timeout_us = i64::try_from(cfg.client_timeout.as_micros()).unwrap_or(i64::MAX);
+    let mut client = ClientConn::new(app.clone(), entry);
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.killed() => return Some(conn.kill_code()),
+            _ = app.shutdown.cancelled() => return Some(close::GOING_AWAY),
+            _ = &mut *writer => return None,
+            frame = stream.next() => match frame {
+                None => return None,
+                Some(Err(e)) if is_too_big(&e) => {
+                    tracing::warn!(client_id = %client.id(), "message over the size limit; closing");
+                    return Some(close::TOO_BIG);
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(client_id = %client.id(), cause = %e, "read error");
+                    return None;
+                }
+                Some(Ok(msg)) => {
+                    conn.touch();
+                    match msg {
+                        Message::Text(t) => client.on_text(t.as_str()).await,
+                        Message::Binary(_) => client.on_binary(),
+                        Message::Close(_) => return Some(close::NORMAL),
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                let silent = chrono::Utc::now().timestamp_micros() - conn.last_seen_micros();
+                if silent > client_timeout_us {
+                    tracing::warn!(client_id = %client.id(), "no frame within the client timeout; closing");
+                    return Some(close::GOING_AWAY);
+                }
+                if last_ping.elapsed() >= cfg.ping_interval {
+                    last_ping = Instant::now();
+                    let _ = conn.send_raw(Outgoing::Ping);
+                }
+            }
+        }
+    }
+}
+
+/// The disconnect procedure (server.md §7), run once per connection: whoever removes
+/// the registry entry cancels its sessions.
+pub fn disconnect(app: &AppState, client_id: &str, conn_id: u64) {
+    let Some(entry) = app.registry.remove_if_conn(client_id, conn_id) else {
+        return;
+    };
+    let (sessions, reason) = match entry.role {
+        ClientType::Device => (
+            std::mem::take(&mut *entry.as_executor.lock()),
+            CancelReason::DeviceDisconnected,
+        ),
+        ClientType::Constellation => (
+            std::mem::take(&mut *entry.as_requester.lock()),
+            CancelReason::RequesterDisconnected,
+        ),
+    };
+    tracing::info!(client_id, sessions = sessions.len(), "client disconnected");
+    for sid in sessions {
+        if let Some(h) = app.sessions.get(&sid) {
+            h.cancel(reason);
+        }
+    }
+}
