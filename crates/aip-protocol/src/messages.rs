@@ -423,7 +423,7 @@ mod tests {
 
     #[test]
     fn error_detail_names_the_field() {
-        let e = parse_client_message(r#"{"type":"bogus","status":"ok"}"#).unwrap_err();
+        let e = parse_client_message(r#"{"type":"bogus","status":"ok"}"#).expect_err("invalid");
         assert!(
             e.detail.starts_with("type: unknown variant"),
             "{}",

@@ -166,6 +166,6 @@ mod tests {
             r#"{{"steps":[{}]}}"#,
             vec![r#"{"actions":[{"tool_name":"a","tool_type":"action"}]}"#; 101].join(",")
         );
-        assert!(Plan::parse(&many).unwrap_err().contains("at most 100"));
+        assert!(Plan::parse(&many).expect_err("too many").contains("at most 100"));
     }
 }

@@ -198,31 +198,19 @@ impl SessionJob {
 
     async fn await_acceptance(&mut self) -> Result<Accepted, Outcome> {
         let limit = self.app.config.accept_timeout;
-        let deadline = Instant::now() + limit;
-        loop {
-            let ev = match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Err(_) => {
-                    return Err(Outcome::failed(
-                        Some("not_accepted"),
-                        text::not_accepted(fmt_secs(limit)),
-                        None,
-                    ))
-                }
-                Ok(None) => {
-                    return Err(Outcome::failed(
-                        None,
-                        "Driver error: session channel closed".into(),
-                        None,
-                    ))
-                }
-                Ok(Some(ev)) => ev,
-            };
-            match ev {
-                SessionEvent::Echo => return Ok(Accepted::Echo),
-                ev @ (SessionEvent::Results { .. } | SessionEvent::ClientEnd { .. }) => {
-                    return Ok(Accepted::Report(ev))
-                }
-            }
+        match tokio::time::timeout(limit, self.rx.recv()).await {
+            Err(_) => Err(Outcome::failed(
+                Some("not_accepted"),
+                text::not_accepted(fmt_secs(limit)),
+                None,
+            )),
+            Ok(None) => Err(Outcome::failed(
+                None,
+                "Driver error: session channel closed".into(),
+                None,
+            )),
+            Ok(Some(SessionEvent::Echo)) => Ok(Accepted::Echo),
+            Ok(Some(ev)) => Ok(Accepted::Report(ev)),
         }
     }
 

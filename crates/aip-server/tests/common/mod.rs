@@ -29,7 +29,11 @@ pub struct TestApp {
 /// Server logs in tests only when asked: `TEST_LOG=1` (or a filter like `TEST_LOG=debug`).
 fn init_tracing() {
     if let Ok(filter) = std::env::var("TEST_LOG") {
-        let filter = if filter == "1" { "info".to_owned() } else { filter };
+        let filter = if filter == "1" {
+            "info".to_owned()
+        } else {
+            filter
+        };
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_test_writer()
@@ -51,7 +55,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestApp {
 
 /// Starts a server on an existing data dir (restart tests).
 pub async fn spawn_on(config: ServerConfig, data_dir: tempfile::TempDir) -> TestApp {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
     let api_key = config.api_key.clone();
@@ -93,7 +99,11 @@ impl TestApp {
 
     /// GET with the key (if any); returns status and JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self.authed(self.http.get(self.url(path))).send().await.expect("GET");
+        let resp = self
+            .authed(self.http.get(self.url(path)))
+            .send()
+            .await
+            .expect("GET");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -115,7 +125,11 @@ impl TestApp {
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let resp = self.authed(self.http.delete(self.url(path))).send().await.expect("DELETE");
+        let resp = self
+            .authed(self.http.delete(self.url(path)))
+            .send()
+            .await
+            .expect("DELETE");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -128,7 +142,10 @@ impl TestApp {
             if code == 200 && body["status"] == "done" {
                 return body;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{id} not done: {code} {body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} not done: {code} {body}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -144,7 +161,10 @@ impl TestApp {
             if listed == present {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "client {id} present={listed}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "client {id} present={listed}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -155,8 +175,11 @@ impl TestApp {
 
     /// A registered device.
     pub async fn device(&self, id: &str) -> Ws {
-        self.device_with(id, json!({"platform": "linux", "system_info": {"hostname": id, "cpu_count": 2}}))
-            .await
+        self.device_with(
+            id,
+            json!({"platform": "linux", "system_info": {"hostname": id, "cpu_count": 2}}),
+        )
+        .await
     }
 
     pub async fn device_with(&self, id: &str, metadata: Value) -> Ws {
@@ -200,7 +223,9 @@ pub enum Ended {
 
 impl Ws {
     pub async fn connect(url: &str) -> Ws {
-        let (inner, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        let (inner, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
         Ws { inner }
     }
 
@@ -209,7 +234,10 @@ impl Ws {
     }
 
     pub async fn send_text(&mut self, s: String) {
-        self.inner.send(Message::Text(s.into())).await.expect("ws send");
+        self.inner
+            .send(Message::Text(s.into()))
+            .await
+            .expect("ws send");
     }
 
     /// The next text frame as JSON (skipping pings); panics on close or timeout.
