@@ -177,14 +177,30 @@ async fn wrong_field_types_after_registration_are_invalid_message_and_connection
 #[tokio::test]
 async fn malformed_first_frame_is_invalid_registration_and_closes_1008() {
     let app = spawn_app().await;
-    refused_registration(&app, "{not json".into(), "Invalid registration message: ", true)
-        .await;
-    let wrong_type = json!({"type": "register", "status": "ok", "client_type": "device", "client_id": 42});
-    refused_registration(&app, wrong_type.to_string(), "Invalid registration message: ", true)
-        .await;
+    refused_registration(
+        &app,
+        "{not json".into(),
+        "Invalid registration message: ",
+        true,
+    )
+    .await;
+    let wrong_type =
+        json!({"type": "register", "status": "ok", "client_type": "device", "client_id": 42});
+    refused_registration(
+        &app,
+        wrong_type.to_string(),
+        "Invalid registration message: ",
+        true,
+    )
+    .await;
     let no_status = json!({"type": "register", "client_id": "d1"});
-    refused_registration(&app, no_status.to_string(), "Invalid registration message: ", true)
-        .await;
+    refused_registration(
+        &app,
+        no_status.to_string(),
+        "Invalid registration message: ",
+        true,
+    )
+    .await;
     // The server still accepts a proper registration afterwards.
     let mut d = app.device("d1").await;
     assert_alive(&mut d, "d1").await;
@@ -193,7 +209,8 @@ async fn malformed_first_frame_is_invalid_registration_and_closes_1008() {
 #[tokio::test]
 async fn heartbeat_as_first_frame_is_refused_and_closes_1008() {
     let app = spawn_app().await;
-    let hb = json!({"type": "heartbeat", "status": "ok", "client_type": "device", "client_id": "d1"});
+    let hb =
+        json!({"type": "heartbeat", "status": "ok", "client_type": "device", "client_id": "d1"});
     refused_registration(
         &app,
         hb.to_string(),
@@ -217,9 +234,21 @@ async fn seed_style_register_frame_is_invalid_registration_and_closes_1008() {
     let app = spawn_app().await;
     let seed = json!({"message_type": "REGISTER", "client_id": "windows_agent_001",
                       "client_type": "device", "metadata": {"platform": "windows"}});
-    refused_registration(&app, seed.to_string(), "Invalid registration message: ", true).await;
+    refused_registration(
+        &app,
+        seed.to_string(),
+        "Invalid registration message: ",
+        true,
+    )
+    .await;
     let upper = json!({"type": "REGISTER", "status": "ok", "client_id": "windows_agent_001"});
-    refused_registration(&app, upper.to_string(), "Invalid registration message: ", true).await;
+    refused_registration(
+        &app,
+        upper.to_string(),
+        "Invalid registration message: ",
+        true,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -233,7 +262,8 @@ async fn register_without_or_with_empty_client_id_is_refused_and_closes_1008() {
         false,
     )
     .await;
-    let null = json!({"type": "register", "status": "ok", "client_type": "device", "client_id": null});
+    let null =
+        json!({"type": "register", "status": "ok", "client_type": "device", "client_id": null});
     refused_registration(
         &app,
         null.to_string(),
@@ -241,7 +271,8 @@ async fn register_without_or_with_empty_client_id_is_refused_and_closes_1008() {
         false,
     )
     .await;
-    let empty = json!({"type": "register", "status": "ok", "client_type": "device", "client_id": ""});
+    let empty =
+        json!({"type": "register", "status": "ok", "client_type": "device", "client_id": ""});
     refused_registration(
         &app,
         empty.to_string(),
@@ -255,7 +286,8 @@ async fn register_without_or_with_empty_client_id_is_refused_and_closes_1008() {
 async fn register_with_overlong_or_control_char_client_id_is_invalid_client_id() {
     let app = spawn_app().await;
     let long = "a".repeat(300);
-    let frame = json!({"type": "register", "status": "ok", "client_type": "device", "client_id": long});
+    let frame =
+        json!({"type": "register", "status": "ok", "client_type": "device", "client_id": long});
     refused_registration(&app, frame.to_string(), "Invalid client_id", false).await;
     let ctrl = json!({"type": "register", "status": "ok", "client_type": "device", "client_id": "bad\nid"});
     refused_registration(&app, ctrl.to_string(), "Invalid client_id", false).await;
@@ -304,10 +336,18 @@ async fn spoofed_client_id_is_refused_and_connection_stays() {
     let mut d2 = app.device("d2").await;
     d1.send(json!({"type": "heartbeat", "status": "ok", "client_id": "d2"}))
         .await;
-    expect_error(&mut d1, "client_id does not match the registered connection").await;
+    expect_error(
+        &mut d1,
+        "client_id does not match the registered connection",
+    )
+    .await;
     d1.send(json!({"type": "task", "status": "continue", "client_id": "d2", "request": PLAN}))
         .await;
-    expect_error(&mut d1, "client_id does not match the registered connection").await;
+    expect_error(
+        &mut d1,
+        "client_id does not match the registered connection",
+    )
+    .await;
     assert_alive(&mut d1, "d1").await;
     d2.expect_silence(QUIET).await;
     assert_alive(&mut d2, "d2").await;
@@ -331,16 +371,30 @@ async fn spoofed_client_type_on_task_is_refused_and_nothing_reaches_the_target()
         "timestamp": "2025-01-01T10:02:50.001000+00:00"
     }))
     .await;
-    expect_error(&mut dw, "client_type does not match the registered connection").await;
+    expect_error(
+        &mut dw,
+        "client_type does not match the registered connection",
+    )
+    .await;
     // Also for command_results and device_info_request (privileged types).
-    dw.send(json!({"type": "command_results", "status": "continue", "client_type": "constellation",
-                   "client_id": "device_win_001", "session_id": "x", "action_results": []}))
-        .await;
-    expect_error(&mut dw, "client_type does not match the registered connection").await;
+    dw.send(
+        json!({"type": "command_results", "status": "continue", "client_type": "constellation",
+                   "client_id": "device_win_001", "session_id": "x", "action_results": []}),
+    )
+    .await;
+    expect_error(
+        &mut dw,
+        "client_type does not match the registered connection",
+    )
+    .await;
     dw.send(json!({"type": "device_info_request", "status": "ok", "client_type": "constellation",
                    "client_id": "device_win_001", "target_id": "device_linux_002", "request_id": "r1"}))
         .await;
-    expect_error(&mut dw, "client_type does not match the registered connection").await;
+    expect_error(
+        &mut dw,
+        "client_type does not match the registered connection",
+    )
+    .await;
     dl.expect_silence(QUIET).await;
     assert_alive(&mut dw, "device_win_001").await;
     assert_alive(&mut dl, "device_linux_002").await;
@@ -354,10 +408,16 @@ async fn constellation_task_without_client_type_is_a_role_mismatch() {
     let mut d = app.device("d1").await;
     let mut k = app.constellation("k1", None).await;
     // Absent client_type counts as "device" for privileged types (§4.1).
-    k.send(json!({"type": "task", "status": "continue", "client_id": "k1", "target_id": "d1",
-                  "session_id": "s1", "request": PLAN}))
-        .await;
-    expect_error(&mut k, "client_type does not match the registered connection").await;
+    k.send(
+        json!({"type": "task", "status": "continue", "client_id": "k1", "target_id": "d1",
+                  "session_id": "s1", "request": PLAN}),
+    )
+    .await;
+    expect_error(
+        &mut k,
+        "client_type does not match the registered connection",
+    )
+    .await;
     d.expect_silence(QUIET).await;
     assert_no_task(&app, "s1").await;
     assert_alive(&mut k, "k1").await;
@@ -385,8 +445,12 @@ async fn constellation_heartbeat_claiming_device_type_is_still_acked() {
     assert_eq!(ack["status"], "ok", "{ack}");
     assert!(ack["session_id"].is_null(), "{ack}");
     // The registered role is unchanged: it may still send constellation tasks.
-    k.send(plan_task("galaxy_main@device_win_001", "device_win_001", "s1"))
-        .await;
+    k.send(plan_task(
+        "galaxy_main@device_win_001",
+        "device_win_001",
+        "s1",
+    ))
+    .await;
     expect_ack(&mut k, "s1").await;
 }
 
@@ -398,9 +462,11 @@ async fn device_task_targeting_another_device_is_refused_and_creates_no_session(
     let app = spawn_app().await;
     let mut d1 = app.device("d1").await;
     let mut d2 = app.device("d2").await;
-    d1.send(json!({"type": "task", "status": "continue", "client_type": "device", "client_id": "d1",
-                   "target_id": "d2", "session_id": "s1", "task_name": "cross", "request": PLAN}))
-        .await;
+    d1.send(
+        json!({"type": "task", "status": "continue", "client_type": "device", "client_id": "d1",
+                   "target_id": "d2", "session_id": "s1", "task_name": "cross", "request": PLAN}),
+    )
+    .await;
     expect_error(&mut d1, "Device clients may not target other devices").await;
     d2.expect_silence(QUIET).await;
     d1.expect_silence(Duration::from_millis(50)).await;
@@ -490,15 +556,19 @@ async fn constellation_task_refusals_have_exact_texts_and_create_nothing() {
 async fn command_results_for_unknown_session_are_dropped_silently_and_create_nothing() {
     let app = spawn_app().await;
     let mut d = app.device("d1").await;
-    d.send(json!({"type": "command_results", "status": "continue", "client_type": "device",
+    d.send(
+        json!({"type": "command_results", "status": "continue", "client_type": "device",
                   "client_id": "d1", "session_id": "nope", "prev_response_id": "r",
-                  "action_results": [{"status": "success", "result": 1}]}))
-        .await;
+                  "action_results": [{"status": "success", "result": 1}]}),
+    )
+    .await;
     d.expect_silence(QUIET).await;
     // Without any session_id at all.
-    d.send(json!({"type": "command_results", "status": "continue", "client_id": "d1",
-                  "action_results": null}))
-        .await;
+    d.send(
+        json!({"type": "command_results", "status": "continue", "client_id": "d1",
+                  "action_results": null}),
+    )
+    .await;
     d.expect_silence(QUIET).await;
     assert_no_task(&app, "nope").await;
     assert_no_sessions(&app).await;
@@ -528,7 +598,10 @@ async fn command_results_from_non_executor_are_dropped_and_executor_session_comp
 
     d1.send(results_for(&cmd, "d1")).await;
     let end = expect_task_end(&mut k, "s1", "completed").await;
-    assert_eq!(end["result"]["rounds"][0]["action_results"][0]["status"], "success");
+    assert_eq!(
+        end["result"]["rounds"][0]["action_results"][0]["status"],
+        "success"
+    );
     expect_task_end(&mut d1, "s1", "completed").await;
     let done = app.wait_done("s1").await;
     assert_eq!(done["state"], "completed", "{done}");
@@ -547,8 +620,10 @@ async fn command_results_from_non_executor_are_dropped_and_executor_session_comp
 async fn task_end_for_unknown_session_is_unsupported_and_connection_stays() {
     let app = spawn_app().await;
     let mut d = app.device("d1").await;
-    d.send(json!({"type": "task_end", "status": "completed", "client_id": "d1", "session_id": "nope"}))
-        .await;
+    d.send(
+        json!({"type": "task_end", "status": "completed", "client_id": "d1", "session_id": "nope"}),
+    )
+    .await;
     expect_error(&mut d, "Unsupported message type: task_end").await;
     d.send(json!({"type": "task_end", "status": "failed", "client_id": "d1"}))
         .await;
@@ -568,14 +643,18 @@ async fn task_end_from_non_executor_is_unsupported_and_session_continues() {
     expect_ack(&mut k, "s1").await;
     let cmd = expect_command(&mut d1, "s1").await;
 
-    d2.send(json!({"type": "task_end", "status": "failed", "client_id": "d2", "session_id": "s1",
-                   "error": "forged"}))
-        .await;
+    d2.send(
+        json!({"type": "task_end", "status": "failed", "client_id": "d2", "session_id": "s1",
+                   "error": "forged"}),
+    )
+    .await;
     expect_error(&mut d2, "Unsupported message type: task_end").await;
     // The requesting constellation may not end it either.
-    k.send(json!({"type": "task_end", "status": "completed", "client_type": "constellation",
-                  "client_id": "k1", "session_id": "s1"}))
-        .await;
+    k.send(
+        json!({"type": "task_end", "status": "completed", "client_type": "constellation",
+                  "client_id": "k1", "session_id": "s1"}),
+    )
+    .await;
     expect_error(&mut k, "Unsupported message type: task_end").await;
     k.expect_silence(Duration::from_millis(100)).await;
     let (_, pending) = app.get("/api/task_result/s1").await;
@@ -599,8 +678,10 @@ async fn task_end_from_executor_of_server_planned_session_is_unsupported() {
     expect_ack(&mut k, "s1").await;
     let cmd = expect_command(&mut d, "s1").await;
     // The server drives this session; the device does not run it itself (§3.11).
-    d.send(json!({"type": "task_end", "status": "completed", "client_id": "d1", "session_id": "s1"}))
-        .await;
+    d.send(
+        json!({"type": "task_end", "status": "completed", "client_id": "d1", "session_id": "s1"}),
+    )
+    .await;
     expect_error(&mut d, "Unsupported message type: task_end").await;
     k.expect_silence(Duration::from_millis(100)).await;
     d.send(results_for(&cmd, "d1")).await;
@@ -629,9 +710,11 @@ async fn reusing_another_clients_session_id_is_refused_and_owner_session_continu
     k2.send(nl).await;
     expect_error(&mut k2, "session_id 's1' is owned by another client").await;
     // A device asking for the id is refused too.
-    d.send(json!({"type": "task", "status": "continue", "client_id": "d1", "session_id": "s1",
-                  "request": PLAN}))
-        .await;
+    d.send(
+        json!({"type": "task", "status": "continue", "client_id": "d1", "session_id": "s1",
+                  "request": PLAN}),
+    )
+    .await;
     expect_error(&mut d, "session_id 's1' is owned by another client").await;
     d.expect_silence(QUIET).await;
     k1.expect_silence(Duration::from_millis(50)).await;
@@ -670,7 +753,11 @@ async fn owner_reusing_its_active_session_id_is_refused_and_session_continues() 
     expect_task_end(&mut k, "s1", "completed").await;
     let done = app.wait_done("s1").await;
     assert_eq!(done["state"], "completed", "{done}");
-    assert_eq!(done["result"]["rounds"].as_array().unwrap().len(), 1, "{done}");
+    assert_eq!(
+        done["result"]["rounds"].as_array().unwrap().len(),
+        1,
+        "{done}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -695,8 +782,13 @@ async fn websocket_task_name_with_slashes_is_sanitised() {
     let end = expect_task_end(&mut k, "galaxy_main@task_1", "completed").await;
     assert_eq!(end["task_name"], "galaxy_galaxy_main_open_notepad", "{end}");
     let done = app.wait_done("galaxy_main@task_1").await;
-    assert_eq!(done["task_name"], "galaxy_galaxy_main_open_notepad", "{done}");
-    let (code, by_name) = app.get("/api/task_result/galaxy_galaxy_main_open_notepad").await;
+    assert_eq!(
+        done["task_name"], "galaxy_galaxy_main_open_notepad",
+        "{done}"
+    );
+    let (code, by_name) = app
+        .get("/api/task_result/galaxy_galaxy_main_open_notepad")
+        .await;
     assert_eq!(code, 200, "{by_name}");
     assert_eq!(by_name["session_id"], "galaxy_main@task_1", "{by_name}");
 }
@@ -711,12 +803,17 @@ async fn websocket_task_name_with_backslash_and_dots_is_sanitised() {
         ("a..b", Some("a_b")),
         ("..", None),
     ] {
-        d.send(json!({"type": "task", "status": "continue", "client_type": "device",
-                      "client_id": "d1", "task_name": given, "request": PLAN}))
-            .await;
+        d.send(
+            json!({"type": "task", "status": "continue", "client_type": "device",
+                      "client_id": "d1", "task_name": given, "request": PLAN}),
+        )
+        .await;
         let ack = d.recv().await;
         assert_eq!(ack["type"], "heartbeat", "{ack}");
-        let sid = ack["session_id"].as_str().expect("ack session_id").to_owned();
+        let sid = ack["session_id"]
+            .as_str()
+            .expect("ack session_id")
+            .to_owned();
         let cmd = expect_command(&mut d, &sid).await;
         d.send(results_for(&cmd, "d1")).await;
         let end = expect_task_end(&mut d, &sid, "completed").await;
@@ -767,19 +864,43 @@ async fn http_dispatch_refusals_have_exact_status_and_detail() {
     let mut d = app.device("d1").await;
     let _k = app.constellation("k1", None).await;
     let cases: Vec<(Value, u16, &str)> = vec![
-        (json!({"target_id": "ghost", "request": "x"}), 404, "Client not online"),
-        (json!({"client_id": "ghost", "request": "x"}), 404, "Client not online"),
-        (json!({"target_id": "d1", "request": ""}), 400, "Empty task content"),
+        (
+            json!({"target_id": "ghost", "request": "x"}),
+            404,
+            "Client not online",
+        ),
+        (
+            json!({"client_id": "ghost", "request": "x"}),
+            404,
+            "Client not online",
+        ),
+        (
+            json!({"target_id": "d1", "request": ""}),
+            400,
+            "Empty task content",
+        ),
         (json!({"target_id": "d1"}), 400, "Empty task content"),
-        (json!({"target_id": "d1", "request": 5}), 400, "Empty task content"),
+        (
+            json!({"target_id": "d1", "request": 5}),
+            400,
+            "Empty task content",
+        ),
         (json!({"request": "x"}), 400, "Empty client ID"),
-        (json!({"request": "x", "target_id": "", "client_id": ""}), 400, "Empty client ID"),
+        (
+            json!({"request": "x", "target_id": "", "client_id": ""}),
+            400,
+            "Empty client ID",
+        ),
         (
             json!({"request": "x", "target_id": "d1", "client_id": "d2"}),
             400,
             "target_id and client_id refer to different clients",
         ),
-        (json!({"target_id": "k1", "request": "x"}), 400, "Target is not a device client"),
+        (
+            json!({"target_id": "k1", "request": "x"}),
+            400,
+            "Target is not a device client",
+        ),
         (
             json!({"target_id": "d1", "request": "x", "session_id": "s".repeat(257)}),
             400,
@@ -791,8 +912,16 @@ async fn http_dispatch_refusals_have_exact_status_and_detail() {
             "Invalid session_id",
         ),
         // Order: request before target, target before task_name, task_name before online.
-        (json!({"target_id": "ghost", "request": ""}), 400, "Empty task content"),
-        (json!({"target_id": "ghost", "request": "x", "task_name": "../e"}), 400, HTTP_BAD_TASK_NAME),
+        (
+            json!({"target_id": "ghost", "request": ""}),
+            400,
+            "Empty task content",
+        ),
+        (
+            json!({"target_id": "ghost", "request": "x", "task_name": "../e"}),
+            400,
+            HTTP_BAD_TASK_NAME,
+        ),
     ];
     for (body, status, detail) in cases {
         let (code, resp) = app.dispatch(body.clone()).await;
@@ -802,7 +931,11 @@ async fn http_dispatch_refusals_have_exact_status_and_detail() {
     for raw in ["not json", "[1,2]", "\"x\"", ""] {
         let (code, resp) = app.post_raw("/api/dispatch", raw.to_owned()).await;
         assert_eq!(code, 422, "{raw}: {resp}");
-        assert_eq!(resp, json!({"detail": "Request body must be a JSON object"}), "{raw}");
+        assert_eq!(
+            resp,
+            json!({"detail": "Request body must be a JSON object"}),
+            "{raw}"
+        );
     }
     d.expect_silence(QUIET).await;
     assert_no_sessions(&app).await;
@@ -814,7 +947,9 @@ async fn http_dispatch_with_used_session_id_is_409_and_first_session_unaffected(
     let app = spawn_app().await;
     let mut d = app.device("d1").await;
     let (code, ok) = app
-        .dispatch(json!({"target_id": "d1", "request": PLAN, "session_id": "h1", "task_name": "first"}))
+        .dispatch(
+            json!({"target_id": "d1", "request": PLAN, "session_id": "h1", "task_name": "first"}),
+        )
         .await;
     assert_eq!(code, 200, "{ok}");
     let task = d.recv().await;
@@ -838,9 +973,11 @@ async fn http_dispatch_with_used_session_id_is_409_and_first_session_unaffected(
     assert_no_task(&app, "second").await;
 
     // The first session runs normally: echo, command, results.
-    d.send(json!({"type": "task", "status": "continue", "client_type": "device", "client_id": "d1",
-                  "task_name": "first", "request": PLAN}))
-        .await;
+    d.send(
+        json!({"type": "task", "status": "continue", "client_type": "device", "client_id": "d1",
+                  "task_name": "first", "request": PLAN}),
+    )
+    .await;
     // Frames for h1 (ack, command) and w1 (command) may interleave.
     let mut h1_cmd = None;
     let mut acked = false;
@@ -922,13 +1059,12 @@ async fn announced_binary_payload_gets_exactly_one_error() {
 #[tokio::test]
 async fn abrupt_device_disconnect_cancels_its_session_and_tells_the_constellation() {
     let app = spawn_app().await;
-    let d = app.device("d1").await;
+    let mut d = app.device("d1").await;
     let mut k = app.constellation("k1", None).await;
     let mut task = plan_task("k1", "d1", "s1");
     task["task_name"] = json!("galaxy/open");
     k.send(task).await;
     expect_ack(&mut k, "s1").await;
-    let mut d = d;
     expect_command(&mut d, "s1").await;
     drop(d); // TCP close without a WebSocket close handshake.
 
@@ -966,16 +1102,21 @@ async fn unanswered_command_times_out_and_fails_the_session() {
 
     let end = expect_task_end(&mut k, "s1", "failed").await;
     assert_eq!(
-        end["error"],
-        "Command 't' failed: Timed out waiting for command results after 0.3 s",
+        end["error"], "Command 't' failed: Timed out waiting for command results after 0.3 s",
         "{end}"
     );
     let dend = expect_task_end(&mut d, "s1", "failed").await;
     assert_eq!(dend["error"], end["error"], "{dend}");
     let done = app.wait_done("s1").await;
     assert_eq!(done["state"], "failed", "{done}");
-    assert_eq!(done["result"]["rounds"][0]["action_results"][0]["status"], "failure", "{done}");
-    assert_eq!(done["result"]["rounds"][0]["action_results"][0]["call_id"], cmd["actions"][0]["call_id"], "{done}");
+    assert_eq!(
+        done["result"]["rounds"][0]["action_results"][0]["status"], "failure",
+        "{done}"
+    );
+    assert_eq!(
+        done["result"]["rounds"][0]["action_results"][0]["call_id"], cmd["actions"][0]["call_id"],
+        "{done}"
+    );
 
     // Late results are dropped silently and change nothing (§4.4 rule 3).
     d.send(results_for(&cmd, "d1")).await;
@@ -998,28 +1139,44 @@ async fn device_info_request_refusals_have_exact_texts() {
     let mut scoped = app.constellation("k1@d1", Some("d1")).await;
     let mut free = app.constellation("k2", None).await;
 
-    d1.send(json!({"type": "device_info_request", "status": "ok", "client_type": "device",
-                   "client_id": "d1", "target_id": "d2", "request_id": "r1"}))
-        .await;
-    expect_error(&mut d1, "DEVICE_INFO_REQUEST is permitted only for constellation clients").await;
+    d1.send(
+        json!({"type": "device_info_request", "status": "ok", "client_type": "device",
+                   "client_id": "d1", "target_id": "d2", "request_id": "r1"}),
+    )
+    .await;
+    expect_error(
+        &mut d1,
+        "DEVICE_INFO_REQUEST is permitted only for constellation clients",
+    )
+    .await;
 
-    free.send(json!({"type": "device_info_request", "status": "ok", "client_type": "constellation",
-                     "client_id": "k2", "request_id": "r2"}))
-        .await;
+    free.send(
+        json!({"type": "device_info_request", "status": "ok", "client_type": "constellation",
+                     "client_id": "k2", "request_id": "r2"}),
+    )
+    .await;
     expect_error(&mut free, "DEVICE_INFO_REQUEST requires target_id").await;
 
     scoped
-        .send(json!({"type": "device_info_request", "status": "ok", "client_type": "constellation",
-                     "client_id": "k1@d1", "target_id": "d2", "request_id": "r3"}))
+        .send(
+            json!({"type": "device_info_request", "status": "ok", "client_type": "constellation",
+                     "client_id": "k1@d1", "target_id": "d2", "request_id": "r3"}),
+        )
         .await;
-    expect_error(&mut scoped, "Not authorized to request device info for this device").await;
+    expect_error(
+        &mut scoped,
+        "Not authorized to request device info for this device",
+    )
+    .await;
 
     // Everyone still works; the scoped constellation may ask about its own device.
     assert_alive(&mut d1, "d1").await;
     assert_alive(&mut free, "k2").await;
     scoped
-        .send(json!({"type": "device_info_request", "status": "ok", "client_type": "constellation",
-                     "client_id": "k1@d1", "target_id": "d1", "request_id": "r4"}))
+        .send(
+            json!({"type": "device_info_request", "status": "ok", "client_type": "constellation",
+                     "client_id": "k1@d1", "target_id": "d1", "request_id": "r4"}),
+        )
         .await;
     let info = scoped.recv().await;
     assert_eq!(info["type"], "device_info_response", "{info}");
@@ -1040,9 +1197,11 @@ async fn client_error_with_empty_text_is_echoed_as_unknown_error() {
     d.send(json!({"type": "error", "status": "error", "client_id": "d1"}))
         .await;
     expect_error(&mut d, "Unknown error").await;
-    d.send(json!({"type": "error", "status": "error", "client_id": "d1",
-                  "error": "Failed to send task request: connection reset"}))
-        .await;
+    d.send(
+        json!({"type": "error", "status": "error", "client_id": "d1",
+                  "error": "Failed to send task request: connection reset"}),
+    )
+    .await;
     expect_error(&mut d, "Failed to send task request: connection reset").await;
     assert_alive(&mut d, "d1").await;
     assert_no_sessions(&app).await;
