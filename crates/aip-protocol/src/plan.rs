@@ -166,6 +166,8 @@ mod tests {
             r#"{{"steps":[{}]}}"#,
             vec![r#"{"actions":[{"tool_name":"a","tool_type":"action"}]}"#; 101].join(",")
         );
-        assert!(Plan::parse(&many).expect_err("too many").contains("at most 100"));
+        assert!(Plan::parse(&many)
+            .expect_err("too many")
+            .contains("at most 100"));
     }
 }

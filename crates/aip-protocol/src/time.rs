@@ -16,3 +16,13 @@ pub fn wire_now() -> String {
 pub fn http_timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
+
+/// Seconds as error texts print them: `30`, or `0.5` for fractions.
+pub fn fmt_secs(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}", s as u64)
+    } else {
+        format!("{s}")
+    }
+}

@@ -79,12 +79,4 @@ impl Default for ServerConfig {
     }
 }
 
-/// Seconds as the error texts print them: `30`, or `0.5` for fractions.
-pub fn fmt_secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s.fract() == 0.0 {
-        format!("{}", s as u64)
-    } else {
-        format!("{s}")
-    }
-}
+pub use aip_protocol::time::fmt_secs;

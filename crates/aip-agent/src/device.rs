@@ -1,0 +1,463 @@
+//! The device agent's connection lifecycle (protocol.md §3.1, §3.4–3.6, §5.4).
+//!
+//! Connect → register (platform, system_info, tags, tools) → heartbeat every interval,
+//! echo task assignments so the server drives them, run each `command` through the
+//! [`ToolSet`] and answer with one `command_results`; on any loss, reconnect forever
+//! with exponential backoff and jitter under the same `client_id`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aip_protocol::{
+    ActionResult, ClientMessage, ClientMessageType, ClientType, ResultStatus, ServerMessage,
+    ServerMessageType, TaskStatus,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Map};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::{
+    frame::coding::CloseCode, CloseFrame, WebSocketConfig,
+};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::tools::ToolSet;
+
+/// Everything `aip device` is told.
+#[derive(Clone)]
+pub struct DeviceConfig {
+    /// `ws://host:port/ws` (a `?token=` is added when `api_key` is set).
+    pub server: String,
+    pub client_id: String,
+    pub api_key: Option<String>,
+    /// `linux`, `windows` or `macos`.
+    pub platform: String,
+    pub tags: BTreeMap<String, String>,
+    pub heartbeat_interval: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A connection that stayed registered this long resets the backoff.
+    pub healthy_after: Duration,
+    /// On shutdown, how long running commands may finish before they are aborted.
+    pub shutdown_grace: Duration,
+    pub max_message_size: usize,
+}
+
+impl std::fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceConfig")
+            .field("server", &self.server)
+            .field("client_id", &self.client_id)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("platform", &self.platform)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceConfig {
+    /// Defaults: local server, host name as id, 20 s heartbeats, 1 s → 60 s backoff.
+    pub fn new(server: impl Into<String>, client_id: impl Into<String>) -> Self {
+        Self {
+            server: server.into(),
+            client_id: client_id.into(),
+            api_key: None,
+            platform: crate::system::host_platform().to_owned(),
+            tags: BTreeMap::new(),
+            heartbeat_interval: Duration::from_secs(20),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            healthy_after: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            max_message_size: 100 * 1024 * 1024,
+        }
+    }
+
+    fn url(&self) -> String {
+        match &self.api_key {
+            None => self.server.clone(),
+            Some(key) => {
+                let sep = if self.server.contains('?') { '&' } else { '?' };
+                format!("{}{sep}token={}", self.server, encode_query(key))
+            }
+        }
+    }
+}
+
+fn encode_query(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Exponential backoff with jitter: each delay is drawn from [base/2, base], and base
+/// doubles up to the cap.
+#[derive(Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    base: Duration,
+}
+
+impl Backoff {
+    /// Starts at `initial`, caps at `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            base: initial,
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.base;
+        self.base = (self.base * 2).min(self.max);
+        let jitter: f64 = rand::random_range(0.5..=1.0);
+        base.mul_f64(jitter)
+    }
+
+    /// Back to the initial delay (after a healthy connection).
+    pub fn reset(&mut self) {
+        self.base = self.initial;
+    }
+}
+
+/// How one connection ended.
+#[derive(Debug)]
+enum Ended {
+    /// Asked to stop.
+    Shutdown,
+    /// The server refused the registration.
+    Refused(String),
+    /// Connect failed or the connection was lost.
+    Lost(String),
+}
+
+/// A device agent.
+pub struct Device {
+    config: DeviceConfig,
+    tools: Arc<ToolSet>,
+}
+
+impl Device {
+    /// An agent offering `tools`.
+    pub fn new(config: DeviceConfig, tools: ToolSet) -> Self {
+        Self {
+            config,
+            tools: Arc::new(tools),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, reconnecting whenever the connection is lost.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        loop {
+            tracing::info!(server = %self.config.server, client_id = %self.config.client_id, "connecting");
+            let mut registered_at = None;
+            let ended = self.connect_once(&shutdown, &mut registered_at).await;
+            if registered_at.is_some_and(|t: Instant| t.elapsed() >= self.config.healthy_after) {
+                backoff.reset();
+            }
+            let why = match ended {
+                Ended::Shutdown => {
+                    tracing::info!(client_id = %self.config.client_id, "stopped");
+                    return;
+                }
+                Ended::Refused(e) => format!("registration refused: {e}"),
+                Ended::Lost(e) => e,
+            };
+            let delay = backoff.next_delay();
+            tracing::warn!(client_id = %self.config.client_id, reason = %why, retry_in_ms = delay.as_millis() as u64, "disconnected; reconnecting");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn register_message(&self) -> ClientMessage {
+        let c = &self.config;
+        let mut msg = ClientMessage::new(ClientMessageType::Register, TaskStatus::Ok);
+        msg.client_type = Some(ClientType::Device);
+        msg.client_id = Some(c.client_id.clone());
+        let mut meta = Map::new();
+        meta.insert(
+            "system_info".into(),
+            crate::system::system_info(&c.client_id, &c.platform, &c.tags),
+        );
+        meta.insert(
+            "registration_time".into(),
+            json!(aip_protocol::time::wire_now()),
+        );
+        meta.insert("platform".into(), json!(c.platform));
+        meta.insert("tags".into(), json!(c.tags));
+        meta.insert("tools".into(), json!(self.tools.infos()));
+        msg.metadata = Some(meta);
+        msg
+    }
+
+    fn message(&self, kind: ClientMessageType, status: TaskStatus) -> ClientMessage {
+        let mut msg = ClientMessage::new(kind, status);
+        msg.client_type = Some(ClientType::Device);
+        msg.client_id = Some(self.config.client_id.clone());
+        msg
+    }
+
+    async fn connect_once(
+        &self,
+        shutdown: &CancellationToken,
+        registered_at: &mut Option<Instant>,
+    ) -> Ended {
+        let mut ws_config = WebSocketConfig::default();
+        ws_config.max_message_size = Some(self.config.max_message_size);
+        ws_config.max_frame_size = Some(self.config.max_message_size);
+        let connect =
+            tokio_tungstenite::connect_async_with_config(self.config.url(), Some(ws_config), false);
+        let ws = tokio::select! {
+            _ = shutdown.cancelled() => return Ended::Shutdown,
+            r = tokio::time::timeout(Duration::from_secs(10), connect) => match r {
+                Err(_) => return Ended::Lost("connect timed out".into()),
+                Ok(Err(e)) => return Ended::Lost(format!("connect failed: {e}")),
+                Ok(Ok((ws, _))) => ws,
+            },
+        };
+        let (mut sink, mut stream) = ws.split();
+        let register = self.register_message().to_json();
+        if let Err(e) = sink.send(Message::Text(register.into())).await {
+            return Ended::Lost(format!("sending the registration failed: {e}"));
+        }
+        // The first frame answers the registration: heartbeat/ok or an error.
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.next().await {
+                    Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+                    Some(Ok(Message::Close(f))) => {
+                        return Err(format!(
+                            "closed during registration: {:?}",
+                            f.map(|f| f.reason.to_string())
+                        ))
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(format!("registration failed: {e}")),
+                    None => return Err("closed during registration".into()),
+                }
+            }
+        })
+        .await;
+        let answer = match answer {
+            Err(_) => return Ended::Lost("no answer to the registration".into()),
+            Ok(Err(e)) => return Ended::Lost(e),
+            Ok(Ok(t)) => t,
+        };
+        match serde_json::from_str::<ServerMessage>(&answer) {
+            Ok(m) if m.status == TaskStatus::Ok => {}
+            Ok(m) => return Ended::Refused(m.error.unwrap_or_else(|| "unknown reason".into())),
+            Err(e) => return Ended::Lost(format!("unreadable registration answer: {e}")),
+        }
+        *registered_at = Some(Instant::now());
+        tracing::info!(client_id = %self.config.client_id, tools = self.tools.infos().len(), "registered");
+
+        let (tx, mut rx) = mpsc::channel::<Message>(256);
+        let mut writer = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let close = matches!(m, Message::Close(_));
+                if sink.send(m).await.is_err() || close {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut by_session: HashMap<String, Vec<AbortHandle>> = HashMap::new();
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.reset();
+        let mut last_rx = Instant::now();
+        let silence_limit = self.config.heartbeat_interval * 3;
+
+        let ended = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ended::Shutdown,
+                _ = &mut writer => break Ended::Lost("connection lost while sending".into()),
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = tick.tick() => {
+                    if last_rx.elapsed() > silence_limit {
+                        break Ended::Lost(format!("nothing heard from the server for {} s", silence_limit.as_secs()));
+                    }
+                    let hb = self.message(ClientMessageType::Heartbeat, TaskStatus::Ok);
+                    if tx.try_send(Message::Text(hb.to_json().into())).is_err() {
+                        break Ended::Lost("outgoing queue full or closed".into());
+                    }
+                }
+                frame = stream.next() => {
+                    last_rx = Instant::now();
+                    match frame {
+                        None => break Ended::Lost("the server closed the connection".into()),
+                        Some(Err(e)) => break Ended::Lost(format!("read error: {e}")),
+                        Some(Ok(Message::Close(f))) => {
+                            let why = f.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
+                            break Ended::Lost(format!("the server closed the connection ({why})"));
+                        }
+                        Some(Ok(Message::Text(t))) => {
+                            self.on_text(t.as_str(), &tx, &mut running, &mut by_session);
+                        }
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+        };
+        if matches!(ended, Ended::Shutdown) {
+            let grace = self.config.shutdown_grace;
+            if !running.is_empty() {
+                tracing::info!(
+                    commands = running.len(),
+                    grace_s = grace.as_secs(),
+                    "waiting for running commands"
+                );
+            }
+            let _ = tokio::time::timeout(grace, async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            running.abort_all();
+            let _ = tx
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "device shutting down".into(),
+                })))
+                .await;
+            drop(tx);
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        } else {
+            running.abort_all();
+        }
+        writer.abort();
+        ended
+    }
+
+    fn on_text(
+        &self,
+        text: &str,
+        tx: &mpsc::Sender<Message>,
+        running: &mut JoinSet<()>,
+        by_session: &mut HashMap<String, Vec<AbortHandle>>,
+    ) {
+        let msg: ServerMessage = match aip_protocol::messages::parse_strict(text) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(cause = %e, "unreadable message from the server");
+                return;
+            }
+        };
+        match msg.kind {
+            ServerMessageType::Task => {
+                // Echo, as the reference device does: the server then drives the session.
+                let mut echo = self.message(ClientMessageType::Task, TaskStatus::Continue);
+                echo.session_id = msg.session_id.clone();
+                echo.task_name = msg.task_name.clone();
+                echo.request = msg.user_request.clone();
+                let mut meta = Map::new();
+                meta.insert("platform".into(), json!(self.config.platform));
+                echo.metadata = Some(meta);
+                tracing::info!(
+                    session_id = msg.session_id.as_deref().unwrap_or(""),
+                    "task received; accepting"
+                );
+                let _ = tx.try_send(Message::Text(echo.to_json().into()));
+            }
+            ServerMessageType::Command => {
+                let session_id = msg.session_id.clone().unwrap_or_default();
+                let tools = self.tools.clone();
+                let tx = tx.clone();
+                let base = self.message(ClientMessageType::CommandResults, msg.status);
+                let handle = running.spawn(async move {
+                    let results = run_actions(&tools, msg.actions.unwrap_or_default()).await;
+                    let mut reply = base;
+                    reply.session_id = msg.session_id;
+                    reply.prev_response_id = msg.response_id;
+                    reply.action_results = Some(results);
+                    let _ = tx.send(Message::Text(reply.to_json().into())).await;
+                });
+                let handles = by_session.entry(session_id).or_default();
+                handles.retain(|h| !h.is_finished());
+                handles.push(handle);
+            }
+            ServerMessageType::TaskEnd => {
+                let sid = msg.session_id.unwrap_or_default();
+                tracing::info!(session_id = %sid, status = ?msg.status, error = msg.error.as_deref().unwrap_or(""), "task ended");
+                for h in by_session.remove(&sid).unwrap_or_default() {
+                    h.abort();
+                }
+            }
+            ServerMessageType::Error => {
+                tracing::warn!(
+                    error = msg.error.as_deref().unwrap_or(""),
+                    "the server reported an error"
+                );
+            }
+            ServerMessageType::Heartbeat
+            | ServerMessageType::DeviceInfoRequest
+            | ServerMessageType::DeviceInfoResponse => {}
+        }
+    }
+}
+
+/// Runs a round's actions in order; after the first failure the rest are skipped.
+pub async fn run_actions(
+    tools: &ToolSet,
+    actions: Vec<aip_protocol::Command>,
+) -> Vec<ActionResult> {
+    let mut results = Vec::with_capacity(actions.len());
+    let mut failed = false;
+    for action in actions {
+        if failed {
+            results.push(ActionResult {
+                status: ResultStatus::Skipped,
+                error: Some("Skipped due to previous failure (early_exit=True).".into()),
+                result: None,
+                namespace: None,
+                call_id: action.call_id.clone(),
+            });
+            continue;
+        }
+        let r = tools.run(&action).await;
+        failed = r.status == ResultStatus::Failure;
+        results.push(r);
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut bases = Vec::new();
+        for _ in 0..9 {
+            let d = b.next_delay();
+            bases.push(d);
+        }
+        assert!(bases[0] >= Duration::from_millis(500) && bases[0] <= Duration::from_secs(1));
+        assert!(bases[1] >= Duration::from_secs(1) && bases[1] <= Duration::from_secs(2));
+        assert!(bases[8] >= Duration::from_secs(30) && bases[8] <= Duration::from_secs(60));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn token_is_added_to_the_url_encoded() {
+        let mut c = DeviceConfig::new("ws://h:1/ws", "d");
+        c.api_key = Some("a b&c".into());
+        assert_eq!(c.url(), "ws://h:1/ws?token=a%20b%26c");
+    }
+}

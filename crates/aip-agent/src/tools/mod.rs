@@ -1,0 +1,218 @@
+//! Tools a device offers: the [`Tool`] trait, and the [`ToolSet`] that resolves a
+//! `Command` to a tool, applies the operator's policy and turns every outcome — success,
+//! failure, refusal, panic, hang — into one AIP `Result`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aip_protocol::{ActionResult, Command, McpToolInfo, ResultStatus};
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+pub mod builtin;
+pub mod mcp;
+
+/// What a tool call produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolOutcome {
+    /// `status: success` with this `result`.
+    Success(Value),
+    /// `status: failure` with this `error`, and an optional `result` (e.g. partial output).
+    Failure {
+        error: String,
+        result: Option<Value>,
+    },
+}
+
+impl ToolOutcome {
+    /// A failure without a result.
+    pub fn fail(error: impl Into<String>) -> Self {
+        Self::Failure {
+            error: error.into(),
+            result: None,
+        }
+    }
+}
+
+/// One callable tool.
+#[async_trait]
+pub trait Tool: Send + Sync + 'static {
+    /// How the tool is advertised in `metadata.tools` (MCPToolInfo shape).
+    fn info(&self) -> McpToolInfo;
+    /// Runs the tool. `params` is the command's `parameters` (empty when absent).
+    async fn call(&self, params: Map<String, Value>) -> ToolOutcome;
+}
+
+/// Decides whether a call may run; `Err` carries the refusal text naming the rule.
+pub trait Policy: Send + Sync + 'static {
+    /// Checked before every call with the resolved tool name and its parameters.
+    fn check(&self, tool_name: &str, params: &Map<String, Value>) -> Result<(), String>;
+}
+
+/// Allows everything.
+pub struct AllowAll;
+
+impl Policy for AllowAll {
+    fn check(&self, _: &str, _: &Map<String, Value>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The tools of one device, by name.
+pub struct ToolSet {
+    tools: BTreeMap<String, Arc<dyn Tool>>,
+    /// Short names that resolve to a qualified one (`tool` → `server.tool`).
+    aliases: BTreeMap<String, String>,
+    policy: Arc<dyn Policy>,
+    /// Upper bound for any single call; a tool that hangs longer fails.
+    call_limit: Duration,
+}
+
+impl ToolSet {
+    /// An empty set under `policy`.
+    pub fn new(policy: Arc<dyn Policy>, call_limit: Duration) -> Self {
+        Self {
+            tools: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            policy,
+            call_limit,
+        }
+    }
+
+    /// Adds a tool under its `tool_name`.
+    pub fn add(&mut self, tool: Arc<dyn Tool>) {
+        let name = tool.info().tool_name;
+        self.tools.insert(name, tool);
+    }
+
+    /// Adds a tool under `qualified` (e.g. `server.tool`) and makes `short` resolve to it
+    /// unless `short` is already taken (then the short name stays ambiguous and unused).
+    pub fn add_qualified(&mut self, qualified: String, short: String, tool: Arc<dyn Tool>) {
+        self.tools.insert(qualified.clone(), tool);
+        if self.tools.contains_key(&short) {
+            return;
+        }
+        match self.aliases.get(&short) {
+            Some(existing) if existing != &qualified => {
+                // Ambiguous: two servers offer it; only qualified names work.
+                self.aliases.insert(short, String::new());
+            }
+            Some(_) => {}
+            None => {
+                self.aliases.insert(short, qualified);
+            }
+        }
+    }
+
+    /// The tool a name resolves to, with its canonical name.
+    pub fn resolve(&self, name: &str) -> Option<(&str, &Arc<dyn Tool>)> {
+        if let Some((k, t)) = self.tools.get_key_value(name) {
+            return Some((k.as_str(), t));
+        }
+        let target = self.aliases.get(name).filter(|t| !t.is_empty())?;
+        self.tools
+            .get_key_value(target)
+            .map(|(k, t)| (k.as_str(), t))
+    }
+
+    /// The advertisement of every tool the policy lets run, for `metadata.tools`.
+    pub fn infos(&self) -> Vec<McpToolInfo> {
+        let no_params = Map::new();
+        self.tools
+            .iter()
+            .filter(|(name, _)| self.policy.check(name, &no_params).is_ok())
+            .map(|(name, t)| {
+                let mut info = t.info();
+                info.tool_name = name.clone();
+                info
+            })
+            .collect()
+    }
+
+    /// Runs one command and always produces a `Result` echoing its `call_id`.
+    pub async fn run(&self, command: &Command) -> ActionResult {
+        let outcome = self.run_outcome(command).await;
+        let (namespace, call_id) = (
+            self.resolve(&command.tool_name)
+                .map(|(_, t)| t.info().namespace),
+            command.call_id.clone(),
+        );
+        match outcome {
+            ToolOutcome::Success(result) => ActionResult {
+                status: ResultStatus::Success,
+                error: None,
+                result: Some(result),
+                namespace,
+                call_id,
+            },
+            ToolOutcome::Failure { error, result } => ActionResult {
+                status: ResultStatus::Failure,
+                error: Some(error),
+                result,
+                namespace,
+                call_id,
+            },
+        }
+    }
+
+    async fn run_outcome(&self, command: &Command) -> ToolOutcome {
+        let Some((name, tool)) = self.resolve(&command.tool_name) else {
+            return ToolOutcome::fail(format!("Unknown tool '{}'", command.tool_name));
+        };
+        let params = command.parameters.clone().unwrap_or_default();
+        if let Err(refusal) = self.policy.check(name, &params) {
+            tracing::warn!(tool = name, refusal = %refusal, "call refused by policy");
+            return ToolOutcome::fail(refusal);
+        }
+        let tool = tool.clone();
+        // Its own task, so that a panic becomes a failure instead of taking us down.
+        let mut task = tokio::spawn(async move { tool.call(params).await });
+        match tokio::time::timeout(self.call_limit, &mut task).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) if e.is_panic() => {
+                ToolOutcome::fail(format!("Tool '{name}' crashed: {}", panic_text(e)))
+            }
+            Ok(Err(e)) => ToolOutcome::fail(format!("Tool '{name}' was cancelled: {e}")),
+            Err(_) => {
+                task.abort();
+                ToolOutcome::fail(format!(
+                    "Tool '{name}' did not finish within {} s",
+                    self.call_limit.as_secs()
+                ))
+            }
+        }
+    }
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    let payload = e.into_panic();
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_owned()
+    }
+}
+
+/// Reads a string parameter.
+pub fn str_param<'a>(params: &'a Map<String, Value>, key: &str) -> Result<&'a str, String> {
+    match params.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(format!("parameter '{key}' must be a string, got {other}")),
+        None => Err(format!("missing required parameter '{key}'")),
+    }
+}
+
+/// Reads an optional string parameter.
+pub fn opt_str_param<'a>(
+    params: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a str>, String> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!("parameter '{key}' must be a string, got {other}")),
+    }
+}

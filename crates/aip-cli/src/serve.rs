@@ -1,0 +1,123 @@
+//! `aip serve`: the agent server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aip_server::{PlatformMode, ServerConfig};
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use crate::common::{positive_secs, secs, shutdown_signal, LogArgs};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlatformArg {
+    Auto,
+    Windows,
+    Linux,
+}
+
+/// Options of `aip serve`; each can also be set as an `AIP_*` environment variable.
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    /// Bind address; 0.0.0.0 or :: for all interfaces.
+    #[arg(long, env = "AIP_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Listening port (HTTP and WebSocket).
+    #[arg(long, env = "AIP_PORT", default_value_t = 5000)]
+    port: u16,
+    /// Platform handed to session drivers; auto = the device's registered platform.
+    #[arg(long, env = "AIP_PLATFORM", value_enum, default_value = "auto")]
+    platform: PlatformArg,
+    /// Accept only loopback peers (127.0.0.0/8, ::1) on HTTP and WebSocket.
+    #[arg(long, env = "AIP_LOCAL")]
+    local: bool,
+    /// API key for HTTP (X-API-Key or Bearer) and WebSocket (?token=). Unset: no auth.
+    #[arg(long, env = "AIP_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Directory of the SQLite result store.
+    #[arg(long, env = "AIP_DATA_DIR", default_value = "./aip-data")]
+    data_dir: PathBuf,
+    /// Most WebSocket connections; more are refused with 503.
+    #[arg(long, env = "AIP_MAX_CONNECTIONS", default_value_t = 1000)]
+    max_connections: usize,
+    /// Largest WebSocket message and HTTP body, in bytes.
+    #[arg(long, env = "AIP_MAX_MESSAGE_SIZE", default_value_t = 104_857_600)]
+    max_message_size: usize,
+    /// Most sessions in created/running state.
+    #[arg(long, env = "AIP_MAX_ACTIVE_SESSIONS", default_value_t = 1000)]
+    max_active_sessions: usize,
+    /// Seconds allowed for the first (register) frame.
+    #[arg(long, env = "AIP_REGISTRATION_TIMEOUT", default_value = "10", value_parser = positive_secs)]
+    registration_timeout: Duration,
+    /// Seconds between server WebSocket pings.
+    #[arg(long, env = "AIP_PING_INTERVAL", default_value = "30", value_parser = positive_secs)]
+    ping_interval: Duration,
+    /// Seconds of silence after which a client is considered dead.
+    #[arg(long, env = "AIP_CLIENT_TIMEOUT", default_value = "90", value_parser = positive_secs)]
+    client_timeout: Duration,
+    /// Session lifetime limit in seconds; 0 disables it.
+    #[arg(long, env = "AIP_SESSION_TIMEOUT", default_value = "3600", value_parser = secs)]
+    session_timeout: Duration,
+    /// Seconds to wait for one round's command results.
+    #[arg(long, env = "AIP_COMMAND_TIMEOUT", default_value = "600", value_parser = positive_secs)]
+    command_timeout: Duration,
+    /// Seconds to wait for a device to accept an HTTP-dispatched task.
+    #[arg(long, env = "AIP_ACCEPT_TIMEOUT", default_value = "30", value_parser = positive_secs)]
+    accept_timeout: Duration,
+    /// How long ended sessions are kept (e.g. 7d, 12h, 3600s).
+    #[arg(long, env = "AIP_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// Most ended sessions kept; the oldest-finished go first.
+    #[arg(long, env = "AIP_MAX_RESULTS", default_value_t = 1_000_000)]
+    max_results: u64,
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    args.log.init();
+    let config = ServerConfig {
+        platform: match args.platform {
+            PlatformArg::Auto => PlatformMode::Auto,
+            PlatformArg::Windows => PlatformMode::Windows,
+            PlatformArg::Linux => PlatformMode::Linux,
+        },
+        local_only: args.local,
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+        data_dir: args.data_dir,
+        max_connections: args.max_connections,
+        max_message_size: args.max_message_size,
+        max_active_sessions: args.max_active_sessions,
+        registration_timeout: args.registration_timeout,
+        ping_interval: args.ping_interval,
+        client_timeout: args.client_timeout,
+        session_timeout: (!args.session_timeout.is_zero()).then_some(args.session_timeout),
+        command_timeout: args.command_timeout,
+        accept_timeout: args.accept_timeout,
+        retention: args.retention,
+        max_results: args.max_results,
+        ..ServerConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(
+        address = %addr,
+        tls = false,
+        auth = config.api_key.is_some(),
+        local_only = config.local_only,
+        platform = ?config.platform,
+        driver = "plan; natural language is delegated to the device",
+        data_dir = %config.data_dir.display(),
+        "aip server listening"
+    );
+    if config.api_key.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!("authentication is off on a non-loopback address: anyone on the network can dispatch commands to devices (set --api-key)");
+    }
+    aip_server::run(listener, config, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
