@@ -44,6 +44,9 @@ pub struct DeviceConfig {
     /// On shutdown, how long running commands may finish before they are aborted.
     pub shutdown_grace: Duration,
     pub max_message_size: usize,
+    /// A model to run delegated natural-language tasks (`task` with `agent_name` null)
+    /// on this device; `None`: every task is echoed for the server to drive.
+    pub llm: Option<aip_llm::LlmClient>,
 }
 
 impl std::fmt::Debug for DeviceConfig {
@@ -72,6 +75,7 @@ impl DeviceConfig {
             healthy_after: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             max_message_size: 100 * 1024 * 1024,
+            llm: None,
         }
     }
 
@@ -358,6 +362,28 @@ impl Device {
             }
         };
         match msg.kind {
+            ServerMessageType::Task if msg.agent_name.is_none() && self.config.llm.is_some() => {
+                // Nothing on the server plans it: run it here with our own model (§3.11).
+                let Some(client) = self.config.llm.clone() else {
+                    return;
+                };
+                let session_id = msg.session_id.clone().unwrap_or_default();
+                tracing::info!(session_id = %session_id, "delegated task received; running it with the local model");
+                let job = DelegatedTask {
+                    tools: self.tools.clone(),
+                    tx: tx.clone(),
+                    results: self.message(ClientMessageType::CommandResults, TaskStatus::Continue),
+                    end: self.message(ClientMessageType::TaskEnd, TaskStatus::Completed),
+                    platform: self.config.platform.clone(),
+                    system_info: crate::system::system_info(
+                        &self.config.client_id,
+                        &self.config.platform,
+                        &self.config.tags,
+                    ),
+                };
+                let handle = running.spawn(job.run(client, msg));
+                by_session.entry(session_id).or_default().push(handle);
+            }
             ServerMessageType::Task => {
                 // Echo, as the reference device does: the server then drives the session.
                 let mut echo = self.message(ClientMessageType::Task, TaskStatus::Continue);
@@ -407,6 +433,79 @@ impl Device {
             | ServerMessageType::DeviceInfoRequest
             | ServerMessageType::DeviceInfoResponse => {}
         }
+    }
+}
+
+/// A delegated task run on this device by the local model: one `command_results` per
+/// model step (`prev_response_id` = the task's `response_id`), then our own `task_end`.
+struct DelegatedTask {
+    tools: Arc<ToolSet>,
+    tx: mpsc::Sender<Message>,
+    results: ClientMessage,
+    end: ClientMessage,
+    platform: String,
+    system_info: serde_json::Value,
+}
+
+impl DelegatedTask {
+    async fn run(self, client: aip_llm::LlmClient, task: ServerMessage) {
+        use aip_llm::{AgentLoop, Decision, LoopContext, ToolSpec};
+        let ctx = LoopContext {
+            request: task.user_request.clone().unwrap_or_default(),
+            platform: self.platform.clone(),
+            system_info: Some(self.system_info.clone()),
+            tools: self
+                .tools
+                .infos()
+                .iter()
+                .map(ToolSpec::from_tool_info)
+                .collect(),
+        };
+        let mut agent = AgentLoop::with_client(client, ctx);
+        let mut feedback = None;
+        let (completed, answer, error) = loop {
+            match agent.next(feedback.take()).await {
+                Ok(Decision::Call(calls)) => {
+                    let commands = calls
+                        .iter()
+                        .map(|c| c.to_command(aip_protocol::ToolType::Action))
+                        .collect();
+                    let results = run_actions(&self.tools, commands).await;
+                    let mut report = self.results.clone();
+                    report.session_id = task.session_id.clone();
+                    report.prev_response_id = task.response_id.clone();
+                    report.action_results = Some(results.clone());
+                    let _ = self.tx.send(Message::Text(report.to_json().into())).await;
+                    feedback = Some(results);
+                }
+                Ok(Decision::Finish { completed, answer }) => {
+                    let error = (!completed).then(|| answer.clone());
+                    break (completed, Some(answer), error);
+                }
+                Err(e) => break (false, None, Some(e.to_string())),
+            }
+        };
+        let mut end = self.end;
+        end.status = if completed {
+            TaskStatus::Completed
+        } else {
+            TaskStatus::Failed
+        };
+        end.session_id = task.session_id;
+        end.error = error;
+        let mut meta = Map::new();
+        meta.insert(
+            "result".into(),
+            json!({"answer": answer, "transcript": agent.transcript()}),
+        );
+        end.metadata = Some(meta);
+        tracing::info!(
+            session_id = end.session_id.as_deref().unwrap_or(""),
+            completed,
+            steps = agent.steps(),
+            "delegated task finished"
+        );
+        let _ = self.tx.send(Message::Text(end.to_json().into())).await;
     }
 }
 

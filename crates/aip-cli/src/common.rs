@@ -103,3 +103,89 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
 }
+
+/// `--llm-*`: the model that plans natural-language tasks (server) or runs delegated ones
+/// (device). All unset: no model.
+#[derive(Args, Clone)]
+pub struct LlmArgs {
+    /// OpenAI-compatible base URL, e.g. https://api.openai.com/v1 or http://localhost:11434/v1.
+    #[arg(long, env = "AIP_LLM_BASE_URL")]
+    pub llm_base_url: Option<String>,
+    /// Model name (the deployment name for Azure OpenAI).
+    #[arg(long, env = "AIP_LLM_MODEL")]
+    pub llm_model: Option<String>,
+    /// Name of the environment variable holding the API key (the key itself is never logged).
+    #[arg(long, env = "AIP_LLM_API_KEY_ENV")]
+    pub llm_api_key_env: Option<String>,
+    /// Most model calls per task.
+    #[arg(long, env = "AIP_LLM_MAX_STEPS")]
+    pub llm_max_steps: Option<u32>,
+    /// Sampling temperature.
+    #[arg(long, env = "AIP_LLM_TEMPERATURE")]
+    pub llm_temperature: Option<f32>,
+    /// Seconds allowed per model call.
+    #[arg(long, env = "AIP_LLM_TIMEOUT", value_parser = positive_secs)]
+    pub llm_timeout: Option<Duration>,
+    /// Azure OpenAI api-version (turns on Azure style: api-key header, deployment URL).
+    #[arg(long, env = "AIP_LLM_AZURE_API_VERSION")]
+    pub llm_azure_api_version: Option<String>,
+    /// TOML file with the same settings (base_url, model, api_key_env, max_steps,
+    /// temperature, timeout, azure_api_version); flags override it.
+    #[arg(long, env = "AIP_LLM_CONFIG")]
+    pub llm_config: Option<std::path::PathBuf>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LlmFile {
+    base_url: Option<String>,
+    model: Option<String>,
+    api_key_env: Option<String>,
+    max_steps: Option<u32>,
+    temperature: Option<f32>,
+    timeout: Option<f64>,
+    azure_api_version: Option<String>,
+}
+
+impl LlmArgs {
+    /// The model configuration, or `None` when no model is configured.
+    pub fn to_config(&self) -> anyhow::Result<Option<aip_llm::LlmConfig>> {
+        let file: LlmFile = match &self.llm_config {
+            None => LlmFile::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("invalid model config {}: {e}", path.display()))?
+            }
+        };
+        let base_url = self.llm_base_url.clone().or(file.base_url);
+        let model = self.llm_model.clone().or(file.model);
+        let (base_url, model) = match (base_url, model) {
+            (None, None) => return Ok(None),
+            (Some(b), Some(m)) => (b, m),
+            _ => anyhow::bail!("--llm-base-url and --llm-model must be given together"),
+        };
+        let mut config = aip_llm::LlmConfig::new(base_url, model);
+        if let Some(var) = self.llm_api_key_env.clone().or(file.api_key_env) {
+            let key = std::env::var(&var)
+                .map_err(|_| anyhow::anyhow!("--llm-api-key-env names {var}, which is not set"))?;
+            config.api_key = Some(key);
+        }
+        if let Some(n) = self.llm_max_steps.or(file.max_steps) {
+            anyhow::ensure!(n > 0, "--llm-max-steps must be at least 1");
+            config.max_steps = n;
+        }
+        config.temperature = self.llm_temperature.or(file.temperature);
+        if let Some(t) = self.llm_timeout {
+            config.call_timeout = t;
+        } else if let Some(t) = file.timeout.filter(|t| *t > 0.0) {
+            config.call_timeout = Duration::from_secs_f64(t);
+        }
+        config.azure_api_version = self
+            .llm_azure_api_version
+            .clone()
+            .or(file.azure_api_version);
+        Ok(Some(config))
+    }
+}

@@ -12,7 +12,7 @@ use aip_agent::tools::{mcp, ToolSet};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{positive_secs, secs, shutdown_signal, LogArgs};
+use crate::common::{positive_secs, secs, shutdown_signal, LlmArgs, LogArgs};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PlatformArg {
@@ -27,6 +27,8 @@ enum PlatformArg {
 pub struct DeviceArgs {
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    llm: LlmArgs,
     /// WebSocket URL of the server.
     #[arg(long, env = "AIP_SERVER", default_value = "ws://127.0.0.1:5000/ws")]
     server: String,
@@ -130,6 +132,10 @@ pub async fn device(args: DeviceArgs) -> anyhow::Result<()> {
     config.tags = tags;
     config.heartbeat_interval = args.heartbeat_interval;
     config.shutdown_grace = args.shutdown_grace;
+    if let Some(llm) = args.llm.to_config()? {
+        tracing::info!(model = %llm.model, base_url = %llm.base_url, "delegated tasks run with a local model");
+        config.llm = Some(aip_llm::LlmClient::new(std::sync::Arc::new(llm))?);
+    }
     let agent = Device::new(config, tools);
     let stop = CancellationToken::new();
     let trigger = stop.clone();

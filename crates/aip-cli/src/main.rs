@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod client;
 mod common;
 mod device;
 mod serve;
@@ -23,6 +24,14 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a device agent: connect to a server and execute its commands on this machine.
     Device(device::DeviceArgs),
+    /// Dispatch a task to a device over the HTTP API.
+    Dispatch(client::DispatchArgs),
+    /// Print a session's result (by session id or task name), with the agent's transcript.
+    Result(client::ResultArgs),
+    /// List the connected clients.
+    Clients(client::ClientsArgs),
+    /// Load-test any AIP server over the wire protocol (hold, heartbeat, dispatch, session, churn).
+    Bench(aip_bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +50,10 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
             Command::Device(args) => device::device(args).await,
+            Command::Dispatch(args) => client::dispatch(args).await,
+            Command::Result(args) => client::result(args).await,
+            Command::Clients(args) => client::clients(args).await,
+            Command::Bench(args) => aip_bench::run(args).await,
         }
     });
     match result {

@@ -8,7 +8,7 @@ use aip_server::{PlatformMode, ServerConfig};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::common::{positive_secs, secs, shutdown_signal, LogArgs};
+use crate::common::{positive_secs, secs, shutdown_signal, LlmArgs, LogArgs};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PlatformArg {
@@ -22,6 +22,8 @@ enum PlatformArg {
 pub struct ServeArgs {
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    llm: LlmArgs,
     /// Bind address; 0.0.0.0 or :: for all interfaces.
     #[arg(long, env = "AIP_HOST", default_value = "127.0.0.1")]
     host: String,
@@ -98,9 +100,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         accept_timeout: args.accept_timeout,
         retention: args.retention,
         max_results: args.max_results,
+        llm: match args.llm.to_config() {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("aip serve: {e:#}");
+                std::process::exit(2);
+            }
+        },
         ..ServerConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+    let listener = bind(&args.host, args.port)
         .await
         .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
     let addr: SocketAddr = listener.local_addr()?;
@@ -110,7 +119,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth = config.api_key.is_some(),
         local_only = config.local_only,
         platform = ?config.platform,
-        driver = "plan; natural language is delegated to the device",
+        driver = %match &config.llm {
+            Some(l) => format!("plan; LLM agent {} at {}", l.model, l.base_url),
+            None => "plan; natural language is delegated to the device".to_owned(),
+        },
         data_dir = %config.data_dir.display(),
         "aip server listening"
     );
@@ -120,4 +132,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     aip_server::run(listener, config, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Listen backlog: reconnection bursts after a restart must not overflow the accept queue
+/// (the default of 128 makes the 129th simultaneous client wait for a SYN retry).
+const BACKLOG: u32 = 4096;
+
+async fn bind(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the host name resolved to no address")))
 }

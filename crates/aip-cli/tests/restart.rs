@@ -194,7 +194,11 @@ impl Server {
             if pred(&v) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "task_result/{id} stuck at {v}");
+            assert!(
+                Instant::now() < deadline,
+                "task_result/{id} stuck at {v}; stderr: {}",
+                self.stderr()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

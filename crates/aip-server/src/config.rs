@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub duplicate_probe_timeout: Duration,
     /// Outgoing frames queued per connection before the client is dropped as too slow.
     pub outgoing_queue: usize,
+    /// The model that plans natural-language requests; `None` delegates them to devices.
+    pub llm: Option<aip_llm::LlmConfig>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -51,6 +53,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_message_size", &self.max_message_size)
             .field("max_active_sessions", &self.max_active_sessions)
             .field("session_timeout", &self.session_timeout)
+            .field("llm", &self.llm)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +78,7 @@ impl Default for ServerConfig {
             max_results: 1_000_000,
             duplicate_probe_timeout: Duration::from_secs(5),
             outgoing_queue: 256,
+            llm: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub mod config;
@@ -42,7 +43,13 @@ pub async fn run(
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
         .await?
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let state = AppState::new(config, Arc::new(store), None);
+    let agent: Option<Arc<dyn session::driver::DriverFactory>> = match &config.llm {
+        Some(llm) => Some(Arc::new(
+            session::agent::LlmDriverFactory::new(llm.clone()).context("configuring the model")?,
+        )),
+        None => None,
+    };
+    let state = AppState::new(config, Arc::new(store), agent);
     serve(listener, state, shutdown).await
 }
 
@@ -62,6 +69,13 @@ pub async fn serve(
     let purger = tokio::spawn(purge_loop(state.clone()));
     let app = web::router(state.clone());
     let graceful_state = state.clone();
+    // Small frames go out at once: without TCP_NODELAY, an acknowledgement followed by a
+    // command waits for the peer's delayed ACK (~40 ms per round).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(cause = %e, "could not set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -110,6 +110,8 @@ async fn http_dispatch_with_echo_runs_exactly_one_session() {
     let cmd = d.recv().await;
     assert_eq!(cmd["type"], "command");
     assert_eq!(cmd["session_id"], sid.as_str());
+    let (_, live) = app.get(&format!("/api/task_result/{sid}")).await;
+    assert_eq!(live["state"], "running", "{live}");
     d.send(results_for(&cmd, "dev1")).await;
     let end = d.recv().await;
     assert_eq!(end["status"], "completed");

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::driver::{rounds_result, Round, SessionContext, Step};
-use super::{unindex, Acceptance, CancelReason, Planner, SessionEvent, SessionHandle};
+use super::{unindex, CancelReason, Planner, SessionEvent, SessionHandle};
 use crate::config::fmt_secs;
 use crate::registry::PendingEcho;
 use crate::state::AppState;
@@ -144,13 +144,15 @@ impl SessionJob {
 
     async fn drive(&mut self) -> Outcome {
         let delegate = matches!(self.planner, Some(Planner::Delegate));
-        if delegate && self.handle.acceptance() == Acceptance::NotApplicable {
-            // A WebSocket task nothing here can plan: hand it to the device (§3.11).
-            if let Some(o) = self.push_task() {
-                return o;
-            }
+        // Pushed before the job started (HTTP dispatch), or pushed now: a WebSocket task
+        // nothing here can plan goes to the device (§3.11). Decided by whether a `task`
+        // was pushed, not by the acceptance state: the echo may already have arrived.
+        let mut pushed = self.handle.task_response_id().is_some();
+        if delegate && !pushed {
+            self.push_task();
+            pushed = true;
         }
-        if self.handle.acceptance() == Acceptance::Awaiting {
+        if pushed {
             match self.await_acceptance().await {
                 Err(o) => return o,
                 Ok(Accepted::Echo) => {
@@ -169,7 +171,7 @@ impl SessionJob {
     }
 
     /// Sends the executor a `task` for a session it should run itself.
-    fn push_task(&mut self) -> Option<Outcome> {
+    fn push_task(&mut self) {
         let msg = ServerMessage::task_assignment(
             &self.record.session_id,
             &self.record.task_name,
@@ -182,7 +184,7 @@ impl SessionJob {
             .get_conn(&self.handle.executor, self.handle.executor_conn)
         else {
             // Its disconnect cancels us.
-            return None;
+            return;
         };
         self.handle
             .set_pushed(msg.response_id.clone().unwrap_or_default());
@@ -193,7 +195,6 @@ impl SessionJob {
         if device.send(&msg).is_err() {
             device.remove_pending_echo(&self.record.session_id);
         }
-        None
     }
 
     async fn await_acceptance(&mut self) -> Result<Accepted, Outcome> {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::state::AppState;
 use crate::storage::{Origin, SessionRecord, StoreError};
 
+pub mod agent;
 pub mod driver;
 mod job;
 

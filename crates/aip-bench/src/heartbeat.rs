@@ -1,0 +1,70 @@
+//! `heartbeat`: closed loop; each client sends a heartbeat, waits for the ack, repeats.
+//! Reports round trips per second and RTT percentiles.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::client::{ramp, Conn};
+use crate::report::{Meters, ProcUsage, Recorder, RunResult, Window};
+use crate::{count, secs, Ctx};
+
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct HeartbeatArgs {
+    /// Concurrent clients, each with one heartbeat in flight.
+    #[arg(long, default_value_t = 50)]
+    pub clients: usize,
+    /// Seconds measured (after the warmup).
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+}
+
+pub(crate) async fn run(ctx: &Ctx, args: &HeartbeatArgs) -> anyhow::Result<RunResult> {
+    let clients = count("--clients", args.clients)?;
+    let length = secs("--seconds", args.seconds, false)?;
+    let mut server = ProcUsage::new(ctx.server_pid);
+
+    let ramp = ramp(ctx, clients, "").await?;
+    let connected = ramp.conns.len();
+    let registration = ramp.details();
+    let rec = Recorder::new()?;
+    let window = Window::after(ctx.warmup, length);
+    let tasks: Vec<_> = ramp
+        .conns
+        .into_iter()
+        .map(|(_, conn)| tokio::spawn(round_trips(conn, window, rec.clone())))
+        .collect();
+    let meters = Meters::at_start(&window, ctx.server_pid).await;
+    let cpu = meters.at_end(&window).await;
+    if let Some(s) = &mut server {
+        s.read_after();
+    }
+    for task in tasks {
+        if task.await.is_err() {
+            rec.fail("client task died");
+        }
+    }
+
+    let mut result = RunResult::new(ctx.label, &ctx.target.url, "round trips/s", &window, &rec);
+    result.add_failures(&ramp.failures);
+    result.server = server;
+    result.cpu(cpu);
+    result.detail("connected", connected);
+    result.detail("registration", registration);
+    Ok(result)
+}
+
+/// Round trips until the window closes; a failure ends the client.
+async fn round_trips(mut conn: Conn, window: Window, rec: Recorder) {
+    while !window.is_over() {
+        match conn.heartbeat().await {
+            Ok(rtt) if window.contains(Instant::now()) => rec.ok(rtt),
+            Ok(_) => {}
+            Err(fail) => {
+                rec.fail(&fail.0);
+                return;
+            }
+        }
+    }
+    let _ = conn.close().await;
+}

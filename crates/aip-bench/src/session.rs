@@ -1,0 +1,259 @@
+//! `session`: the full round trip of a one-command plan. A worker dispatches over HTTP; the
+//! device echoes the `task`, gets the acknowledgement and the `command`, answers
+//! `command_results` (one success per action), gets `task_end` `completed`; the worker then
+//! reads `GET /api/task_result/{sid}` and checks it is `done`. Latency is dispatch to the
+//! result read.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{close_all, dispatch, ramp, task_result, Conn, Fail, Frame, Pending, Target};
+use crate::report::{Meters, ProcUsage, Recorder, RunResult, Window};
+use crate::{count, secs, Ctx};
+
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct SessionArgs {
+    /// Devices connected (executors, round-robin).
+    #[arg(long, default_value_t = 20)]
+    pub devices: usize,
+    /// Concurrent HTTP workers, each with one session in flight.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Seconds measured (after the warmup).
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+}
+
+/// A `task_end` as a device saw it.
+struct End {
+    device: usize,
+    completed: bool,
+}
+
+struct Shared {
+    target: Arc<Target>,
+    http: reqwest::Client,
+    devices: Vec<String>,
+    pending: Arc<Pending<End>>,
+    next: AtomicU64,
+    run_id: String,
+    window: Window,
+    rec: Recorder,
+}
+
+pub(crate) async fn run(ctx: &Ctx, args: &SessionArgs) -> anyhow::Result<RunResult> {
+    let devices = count("--devices", args.devices)?;
+    let workers = count("--concurrency", args.concurrency)?;
+    let length = secs("--seconds", args.seconds, false)?;
+    let mut server = ProcUsage::new(ctx.server_pid);
+
+    let ramp = ramp(ctx, devices, "s").await?;
+    anyhow::ensure!(
+        !ramp.conns.is_empty(),
+        "no device could register: {:?}",
+        ramp.failures
+    );
+    let registration = ramp.details();
+    let rec = Recorder::new()?;
+    let pending = Pending::new();
+    let (stop, stopped) = watch::channel(false);
+    let mut ids = Vec::new();
+    let mut device_tasks = Vec::new();
+    for (k, (_, conn)) in ramp.conns.into_iter().enumerate() {
+        ids.push(conn.client_id.clone());
+        device_tasks.push(tokio::spawn(device(
+            conn,
+            k,
+            pending.clone(),
+            stopped.clone(),
+            rec.clone(),
+        )));
+    }
+
+    let shared = Arc::new(Shared {
+        target: ctx.target.clone(),
+        http: ctx.target.http_client(workers)?,
+        devices: ids,
+        pending,
+        next: AtomicU64::new(0),
+        run_id: ctx.run_id.clone(),
+        window: Window::after(ctx.warmup, length),
+        rec: rec.clone(),
+    });
+    let window = shared.window;
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| tokio::spawn(worker(shared.clone())))
+        .collect();
+    let meters = Meters::at_start(&window, ctx.server_pid).await;
+    let cpu = meters.at_end(&window).await;
+    if let Some(s) = &mut server {
+        s.read_after();
+    }
+    for task in tasks {
+        if task.await.is_err() {
+            rec.fail("worker task died");
+        }
+    }
+    let _ = stop.send(true);
+    let mut conns = Vec::new();
+    for task in device_tasks {
+        if let Ok(Some(conn)) = task.await {
+            conns.push(conn);
+        }
+    }
+    close_all(conns).await;
+
+    let mut result = RunResult::new(ctx.label, &ctx.target.url, "sessions/s", &window, &rec);
+    result.add_failures(&ramp.failures);
+    result.server = server;
+    result.cpu(cpu);
+    result.detail("devices", shared.devices.len());
+    result.detail("dispatched", shared.next.load(Ordering::Relaxed));
+    result.detail("registration", registration);
+    Ok(result)
+}
+
+/// Runs sessions until the window closes, one at a time.
+async fn worker(s: Arc<Shared>) {
+    while !s.window.is_over() {
+        let start = Instant::now();
+        match one_session(&s).await {
+            Ok(()) => {
+                let done = Instant::now();
+                if s.window.contains(done) {
+                    s.rec.ok(done - start);
+                }
+            }
+            Err(fail) => {
+                s.rec.fail(&fail.0);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn one_session(s: &Shared) -> Result<(), Fail> {
+    let n = s.next.fetch_add(1, Ordering::Relaxed);
+    let device = (n % s.devices.len() as u64) as usize;
+    let name = format!("b-{}-{n}", s.run_id);
+    let ended = s.pending.insert(&name);
+    let session_id = match dispatch(&s.http, &s.target, &s.devices[device], &name).await {
+        Ok(sid) => sid,
+        Err(fail) => {
+            s.pending.forget(&name);
+            return Err(fail);
+        }
+    };
+    let end = match tokio::time::timeout(s.target.timeout, ended).await {
+        Ok(Ok(end)) => end,
+        Ok(Err(_)) | Err(_) => {
+            s.pending.forget(&name);
+            return Err(Fail::timeout("task_end"));
+        }
+    };
+    if end.device != device {
+        return Err(Fail::new("misrouted"));
+    }
+    if !end.completed {
+        return Err(Fail::new("task_end not completed"));
+    }
+    let result = task_result(&s.http, &s.target, &session_id).await?;
+    let field = |k: &str| result.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    match (field("status").as_deref(), field("state").as_deref()) {
+        (Some("done"), Some("completed")) => Ok(()),
+        (Some("done"), _) => Err(Fail::new("task_result: not completed")),
+        _ => Err(Fail::new("task_result: not done after task_end")),
+    }
+}
+
+/// Plays a cooperative device until told to stop; returns the connection if still open.
+async fn device(
+    mut conn: Conn,
+    index: usize,
+    pending: Arc<Pending<End>>,
+    mut stop: watch::Receiver<bool>,
+    rec: Recorder,
+) -> Option<Conn> {
+    // session id -> task name, from the task assignment to its task_end.
+    let mut names: HashMap<String, String> = HashMap::new();
+    loop {
+        let msg = tokio::select! {
+            _ = stop.changed() => return Some(conn),
+            msg = conn.rx.next() => msg,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                rec.fail("device disconnected");
+                return None;
+            }
+            Some(Ok(_)) => continue,
+        };
+        let frame = match Frame::parse(&text) {
+            Ok(frame) => frame,
+            Err(fail) => {
+                rec.fail(&fail.0);
+                continue;
+            }
+        };
+        let reply = match frame.ty.as_str() {
+            "task" => {
+                let (Some(sid), Some(name)) = (&frame.session_id, &frame.task_name) else {
+                    rec.fail("device: task without session_id or task_name");
+                    continue;
+                };
+                names.insert(sid.clone(), name.clone());
+                json!({
+                    "type": "task", "status": "continue", "client_type": "device",
+                    "client_id": conn.client_id, "session_id": sid, "task_name": name,
+                    "request": frame.user_request,
+                })
+            }
+            "command" => {
+                let results: Vec<_> = frame
+                    .actions
+                    .iter()
+                    .flatten()
+                    .map(|a| json!({"status": "success", "result": null, "call_id": a.call_id}))
+                    .collect();
+                json!({
+                    "type": "command_results", "status": "continue", "client_type": "device",
+                    "client_id": conn.client_id, "session_id": frame.session_id,
+                    "prev_response_id": frame.response_id, "action_results": results,
+                })
+            }
+            "task_end" => {
+                let name = frame
+                    .session_id
+                    .as_ref()
+                    .and_then(|sid| names.remove(sid))
+                    .or(frame.task_name);
+                if let Some(name) = name {
+                    let end = End {
+                        device: index,
+                        completed: frame.status.as_deref() == Some("completed"),
+                    };
+                    pending.deliver(&name, end);
+                }
+                continue;
+            }
+            "error" => {
+                rec.fail("device: error frame");
+                continue;
+            }
+            _ => continue,
+        };
+        if let Err(fail) = conn.send(reply.to_string().into()).await {
+            rec.fail(&format!("device: {}", fail.0));
+            return None;
+        }
+    }
+}

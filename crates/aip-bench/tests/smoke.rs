@@ -1,0 +1,224 @@
+//! Smoke test: every scenario for about a second with a handful of clients against a real
+//! aip server started in-process (and the floor where it applies). Checks that the report
+//! has throughput and no failures; no timing assertions.
+
+use std::time::Duration;
+
+use aip_server::ServerConfig;
+use clap::Parser;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    bench: aip_bench::BenchArgs,
+}
+
+/// A running server; dropping it shuts the server down.
+struct Server {
+    url: String,
+    _data_dir: Option<tempfile::TempDir>,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn aip_server() -> Server {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let config = ServerConfig {
+        data_dir: data_dir.path().to_path_buf(),
+        // dispatch: devices never accept; keep their sessions from failing mid-run.
+        accept_timeout: Duration::from_secs(600),
+        max_active_sessions: 100_000,
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(aip_server::run(listener, config, async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        url: format!("ws://{addr}/ws"),
+        _data_dir: Some(data_dir),
+        _stop: stop,
+    }
+}
+
+async fn floor_server() -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(aip_bench::floor::serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        url: format!("ws://{addr}/ws"),
+        _data_dir: None,
+        _stop: stop,
+    }
+}
+
+/// Runs `aip bench <args>` and returns its JSON report.
+async fn bench(args: &[&str]) -> Value {
+    let argv = std::iter::once("bench").chain(args.iter().copied());
+    let cli = Cli::try_parse_from(argv).expect("arguments");
+    let report = aip_bench::run_report(cli.bench).await.expect("bench run");
+    let human = report.human();
+    assert!(human.contains("throughput"), "{human}");
+    serde_json::to_value(&report).expect("json")
+}
+
+fn assert_clean(run: &Value) {
+    assert!(
+        run["throughput"].as_f64().expect("throughput") > 0.0,
+        "no throughput: {run:#}"
+    );
+    assert_eq!(run["failures"], 0, "failures: {run:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold() {
+    let server = aip_server().await;
+    let floor = floor_server().await;
+    let pid = std::process::id().to_string();
+    let report = bench(&[
+        "hold",
+        "--clients",
+        "5",
+        "--heartbeat-every",
+        "0.2",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0",
+        "--url",
+        &server.url,
+        "--floor-url",
+        &floor.url,
+        "--server-pid",
+        &pid,
+    ])
+    .await;
+    assert_eq!(report["scenario"], "hold");
+    assert_clean(&report["target"]);
+    assert_clean(&report["floor"]);
+    assert_eq!(report["target"]["details"]["connected"], 5);
+    let server = &report["target"]["server"];
+    assert!(server["rss_per_conn_kb"].is_number(), "{server:#}");
+    assert!(server["cpu_percent"].is_number(), "{server:#}");
+    assert!(report["ratio"]["throughput"].is_number(), "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat() {
+    let server = aip_server().await;
+    let floor = floor_server().await;
+    let report = bench(&[
+        "--url",
+        &server.url,
+        "heartbeat",
+        "--clients",
+        "5",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.2",
+        "--floor-url",
+        &floor.url,
+        "--json",
+    ])
+    .await;
+    assert_clean(&report["target"]);
+    assert_clean(&report["floor"]);
+    assert!(report["ratio"]["p50"].is_number(), "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch() {
+    let server = aip_server().await;
+    let report = bench(&[
+        "dispatch",
+        "--devices",
+        "5",
+        "--concurrency",
+        "2",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0",
+        "--url",
+        &server.url,
+    ])
+    .await;
+    let run = &report["target"];
+    assert_clean(run);
+    assert_eq!(run["details"]["undelivered"], 0);
+    assert_eq!(run["details"]["misrouted"], 0);
+    assert!(report["floor"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session() {
+    let server = aip_server().await;
+    let report = bench(&[
+        "session",
+        "--devices",
+        "5",
+        "--concurrency",
+        "2",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0",
+        "--url",
+        &server.url,
+    ])
+    .await;
+    assert_clean(&report["target"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn() {
+    let server = aip_server().await;
+    let floor = floor_server().await;
+    let pid = std::process::id().to_string();
+    let report = bench(&[
+        "churn",
+        "--clients",
+        "5",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0",
+        "--url",
+        &server.url,
+        "--floor-url",
+        &floor.url,
+        "--server-pid",
+        &pid,
+    ])
+    .await;
+    assert_clean(&report["target"]);
+    assert_clean(&report["floor"]);
+    assert!(report["target"]["server"]["rss_settled_kb"].is_number());
+}
+
+#[tokio::test]
+async fn refuses_bad_arguments() {
+    let cli = Cli::try_parse_from([
+        "bench",
+        "heartbeat",
+        "--clients",
+        "0",
+        "--url",
+        "ws://127.0.0.1:1/ws",
+    ])
+    .expect("arguments");
+    assert!(aip_bench::run_report(cli.bench).await.is_err());
+    let cli = Cli::try_parse_from(["bench", "churn", "--url", "http://x/ws"]).expect("arguments");
+    assert!(aip_bench::run_report(cli.bench).await.is_err());
+}
