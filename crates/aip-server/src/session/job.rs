@@ -315,6 +315,10 @@ impl SessionJob {
                     a.call_id = Some(uuid::Uuid::new_v4().to_string());
                 }
             }
+            if !self.rounds.is_empty() {
+                // The previous round's results, stored before the next command goes out.
+                self.persist().await;
+            }
             let mut msg = ServerMessage::new(ServerMessageType::Command, TaskStatus::Continue);
             msg.agent_name = Some(agent_name);
             msg.process_name = process_name;
@@ -336,8 +340,8 @@ impl SessionJob {
                 actions,
                 action_results: results,
             });
+            // Stored before the next command goes out, or with the final state.
             self.record.result = Some(rounds_result(&self.rounds));
-            self.persist().await;
         }
     }
 

@@ -164,13 +164,14 @@ pub async fn dispatch(
             )),
         },
     };
-    let session_id = match present(&body, "session_id") {
-        None => uuid::Uuid::new_v4().to_string(),
+    // A fresh UUID cannot be in use; only a client-supplied id needs the store lookup.
+    let (session_id, client_supplied) = match present(&body, "session_id") {
+        None => (uuid::Uuid::new_v4().to_string(), false),
         Some(v) => match v
             .as_str()
             .filter(|s| (1..=MAX_ID_LEN).contains(&s.chars().count()))
         {
-            Some(s) => s.to_owned(),
+            Some(s) => (s.to_owned(), true),
             None => return Err(ApiError::bad_request("Invalid session_id")),
         },
     };
@@ -181,7 +182,9 @@ pub async fn dispatch(
                 .map_err(|e| ApiError::bad_request(format!("Invalid commands: {e}")))?,
         ),
     };
-    if app.sessions.get(&session_id).is_some() || app.store.get(&session_id).await?.is_some() {
+    if client_supplied
+        && (app.sessions.get(&session_id).is_some() || app.store.get(&session_id).await?.is_some())
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "session_id already in use",

@@ -162,10 +162,10 @@ impl ClientConn {
         let Some(request) = msg.request.clone().filter(|r| !r.trim().is_empty()) else {
             return self.refuse(text::EMPTY_REQUEST);
         };
-        let session_id = match msg.session_id.as_deref() {
-            None | Some("") => uuid::Uuid::new_v4().to_string(),
+        let (session_id, client_supplied) = match msg.session_id.as_deref() {
+            None | Some("") => (uuid::Uuid::new_v4().to_string(), false),
             Some(s) if !is_valid_session_id(s) => return self.refuse(text::INVALID_SESSION_ID),
-            Some(s) => s.to_owned(),
+            Some(s) => (s.to_owned(), true),
         };
         if let Some(live) = self.app.sessions.get(&session_id) {
             return self.refuse(if live.owner.as_deref() == Some(me.as_str()) {
@@ -174,7 +174,13 @@ impl ClientConn {
                 text::session_owned(&session_id)
             });
         }
-        match self.app.store.get(&session_id).await {
+        // A fresh UUID cannot be known; only a client-supplied id needs the store lookup.
+        let known = if client_supplied {
+            self.app.store.get(&session_id).await
+        } else {
+            Ok(None)
+        };
+        match known {
             Ok(Some(old)) if old.owner.as_deref() != Some(me.as_str()) => {
                 return self.refuse(text::session_owned(&session_id))
             }
