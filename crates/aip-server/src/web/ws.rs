@@ -71,19 +71,33 @@ async fn connection(app: Arc<AppState>, socket: WebSocket, _permit: OwnedSemapho
     let conn = ConnHandle::new(app.next_conn_id(), tx);
 
     let mut writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            let (msg, last) = match frame {
-                Outgoing::Text(s) => (Message::Text(s.into()), false),
-                Outgoing::Ping => (Message::Ping(Default::default()), false),
-                Outgoing::Close(code, reason) => (
-                    Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })),
-                    true,
-                ),
-            };
-            if sink.send(msg).await.is_err() || last {
+        // Everything already queued is written before one flush: fewer syscalls under load.
+        'outer: while let Some(mut frame) = rx.recv().await {
+            loop {
+                let (msg, last) = match frame {
+                    Outgoing::Text(s) => (Message::Text(s.into()), false),
+                    Outgoing::Ping => (Message::Ping(Default::default()), false),
+                    Outgoing::Close(code, reason) => (
+                        Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })),
+                        true,
+                    ),
+                };
+                if sink.feed(msg).await.is_err() {
+                    break 'outer;
+                }
+                if last {
+                    let _ = sink.flush().await;
+                    break 'outer;
+                }
+                match rx.try_recv() {
+                    Ok(next) => frame = next,
+                    Err(_) => break,
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }
