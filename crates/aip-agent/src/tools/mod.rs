@@ -178,7 +178,7 @@ impl ToolSet {
                 task.abort();
                 ToolOutcome::fail(format!(
                     "Tool '{name}' did not finish within {} s",
-                    self.call_limit.as_secs()
+                    crate::fmt_secs(self.call_limit)
                 ))
             }
         }
@@ -214,5 +214,84 @@ pub fn opt_str_param<'a>(
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(format!("parameter '{key}' must be a string, got {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aip_protocol::ToolType;
+
+    struct Misbehaving {
+        name: &'static str,
+    }
+
+    #[async_trait]
+    impl Tool for Misbehaving {
+        fn info(&self) -> McpToolInfo {
+            McpToolInfo {
+                tool_key: format!("test.{}", self.name),
+                tool_name: self.name.to_owned(),
+                title: None,
+                namespace: "test".to_owned(),
+                tool_type: "action".to_owned(),
+                description: None,
+                input_schema: None,
+                output_schema: None,
+                meta: None,
+                annotations: None,
+            }
+        }
+
+        async fn call(&self, _: Map<String, Value>) -> ToolOutcome {
+            if self.name == "panics" {
+                panic!("tool bug");
+            }
+            std::future::pending().await
+        }
+    }
+
+    fn command(name: &str) -> Command {
+        Command {
+            tool_name: name.to_owned(),
+            parameters: None,
+            tool_type: ToolType::Action,
+            call_id: Some("c".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_or_hanging_tool_is_a_failure_not_a_crash() {
+        let mut set = ToolSet::new(Arc::new(AllowAll), Duration::from_millis(100));
+        set.add(Arc::new(Misbehaving { name: "panics" }));
+        set.add(Arc::new(Misbehaving { name: "hangs" }));
+        let r = set.run(&command("panics")).await;
+        assert_eq!(r.status, ResultStatus::Failure);
+        assert_eq!(r.error.as_deref(), Some("Tool 'panics' crashed: tool bug"));
+        assert_eq!(r.call_id.as_deref(), Some("c"));
+        let r = set.run(&command("hangs")).await;
+        assert_eq!(r.status, ResultStatus::Failure);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("Tool 'hangs' did not finish within 0.1 s")
+        );
+    }
+
+    #[test]
+    fn short_names_resolve_unless_ambiguous() {
+        let mut set = ToolSet::new(Arc::new(AllowAll), Duration::from_secs(1));
+        set.add_qualified(
+            "a.echo".into(),
+            "echo".into(),
+            Arc::new(Misbehaving { name: "x" }),
+        );
+        assert_eq!(set.resolve("echo").map(|(n, _)| n), Some("a.echo"));
+        set.add_qualified(
+            "b.echo".into(),
+            "echo".into(),
+            Arc::new(Misbehaving { name: "y" }),
+        );
+        assert!(set.resolve("echo").is_none(), "two servers offer echo");
+        assert!(set.resolve("b.echo").is_some());
     }
 }
