@@ -1,5 +1,7 @@
 //! The raw floor for `aip bench` (see `aip_bench::floor`): a minimal tokio-tungstenite
-//! server answering `register` and `heartbeat` with a fixed `heartbeat`/`ok` frame.
+//! server answering `register` and `heartbeat` with a fixed `heartbeat`/`ok` frame, and on
+//! the same port a bare hyper `POST /api/dispatch` / `GET /api/task_result/{id}` with the
+//! frames of a one-command session (no storage, no checks).
 //!
 //! ```text
 //! cargo run --release -p aip-bench --example floor_server -- --port 5099
@@ -8,7 +10,9 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(about = "Raw WebSocket floor for aip bench (register/heartbeat answered, nothing else)")]
+#[command(
+    about = "Raw floor for aip bench: register/heartbeat, dispatch and one-command sessions, nothing else"
+)]
 struct Args {
     /// Port to listen on.
     #[arg(long, default_value_t = 5099)]
@@ -26,9 +30,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     aip_bench::raise_nofile_limit();
     let listener = aip_bench::listen(&args.host, args.port, args.backlog, true).await?;
+    let addr = listener.local_addr()?;
     println!(
-        "floor listening on ws://{}/ws (pid {})",
-        listener.local_addr()?,
+        "floor listening on ws://{addr}/ws and http://{addr}/api/ (pid {})",
         std::process::id()
     );
     aip_bench::floor::serve(listener, async {

@@ -17,7 +17,9 @@
 //!   report types and the human summary.
 //! - `procstat`: RSS and CPU of a process from `/proc`, and raising `RLIMIT_NOFILE`.
 //! - [`floor`]: the raw floor, a minimal tokio-tungstenite server answering `register` and
-//!   `heartbeat` with a fixed frame (`examples/floor_server.rs` runs it).
+//!   `heartbeat` with a fixed frame, plus a bare hyper `POST /api/dispatch` /
+//!   `GET /api/task_result` and the frames of a one-command session
+//!   (`examples/floor_server.rs` runs it).
 //!
 //! Timing: every scenario measures a window of `--seconds` that starts `--warmup` seconds
 //! after its clients are connected; only operations completing inside it count towards
@@ -25,8 +27,7 @@
 //! network is bounded by `--timeout`: a timeout is a counted failure, never a hang.
 //!
 //! Floor comparison: with `--floor-url`, the same scenario first runs against the floor,
-//! then against `--url`, and the report gives `ratio` = target / floor. The floor has no HTTP
-//! API and no sessions, so `dispatch` and `session` have no floor.
+//! then against `--url`, and the report gives `ratio` = target / floor (every scenario).
 
 mod churn;
 mod client;
@@ -89,13 +90,6 @@ impl Scenario {
         }
     }
 
-    fn has_floor(&self) -> bool {
-        matches!(
-            self,
-            Scenario::Hold(_) | Scenario::Heartbeat(_) | Scenario::Churn(_)
-        )
-    }
-
     fn params(&self) -> serde_json::Value {
         let value = match self {
             Scenario::Hold(a) => serde_json::to_value(a),
@@ -122,7 +116,7 @@ pub struct CommonArgs {
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
     /// WebSocket URL of a floor server (examples/floor_server.rs): the scenario runs against
-    /// it first and every figure is also given as a ratio to it (hold, heartbeat, churn).
+    /// it first and every figure is also given as a ratio to it.
     #[arg(long, global = true)]
     pub floor_url: Option<String>,
     /// Pid of the floor server, to report its RSS and CPU.
@@ -183,18 +177,11 @@ pub async fn run_report(args: BenchArgs) -> anyhow::Result<Report> {
 
     let mut floor = None;
     if let Some(url) = &common.floor_url {
-        if args.scenario.has_floor() {
-            let target = Target::new(url, common.api_key.as_deref(), timeout)?;
-            let ctx = ctx(target, "floor", warmup, common, common.floor_pid);
-            floor = Some(run_one(&args.scenario, &ctx).await?);
-            // Let the floor's sockets go before the real run starts.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        } else {
-            notes.push(format!(
-                "no floor for {}: the floor server has no HTTP API and no sessions",
-                args.scenario.name()
-            ));
-        }
+        let target = Target::new(url, common.api_key.as_deref(), timeout)?;
+        let ctx = ctx(target, "floor", warmup, common, common.floor_pid);
+        floor = Some(run_one(&args.scenario, &ctx).await?);
+        // Let the floor's sockets go before the real run starts.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let target = Target::new(&common.url, common.api_key.as_deref(), timeout)?;
     let ctx = ctx(target, "target", warmup, common, common.server_pid);

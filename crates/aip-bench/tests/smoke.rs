@@ -1,5 +1,5 @@
 //! Smoke test: every scenario for about a second with a handful of clients against a real
-//! aip server started in-process (and the floor where it applies). Checks that the report
+//! aip server started in-process and the floor (`aip_bench::floor`). Checks that the report
 //! has throughput and no failures; no timing assertions.
 
 use std::time::Duration;
@@ -140,6 +140,7 @@ async fn heartbeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch() {
     let server = aip_server().await;
+    let floor = floor_server().await;
     let report = bench(&[
         "dispatch",
         "--devices",
@@ -152,18 +153,22 @@ async fn dispatch() {
         "0",
         "--url",
         &server.url,
+        "--floor-url",
+        &floor.url,
     ])
     .await;
-    let run = &report["target"];
-    assert_clean(run);
-    assert_eq!(run["details"]["undelivered"], 0);
-    assert_eq!(run["details"]["misrouted"], 0);
-    assert!(report["floor"].is_null());
+    for run in [&report["target"], &report["floor"]] {
+        assert_clean(run);
+        assert_eq!(run["details"]["undelivered"], 0);
+        assert_eq!(run["details"]["misrouted"], 0);
+    }
+    assert!(report["ratio"]["throughput"].is_number(), "{report:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session() {
     let server = aip_server().await;
+    let floor = floor_server().await;
     let report = bench(&[
         "session",
         "--devices",
@@ -176,9 +181,13 @@ async fn session() {
         "0",
         "--url",
         &server.url,
+        "--floor-url",
+        &floor.url,
     ])
     .await;
     assert_clean(&report["target"]);
+    assert_clean(&report["floor"]);
+    assert!(report["ratio"]["p50"].is_number(), "{report:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
