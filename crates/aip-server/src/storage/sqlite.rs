@@ -10,9 +10,10 @@
 //!   [`tokio::sync::oneshot`] reply channel, over a bounded [`tokio::sync::mpsc`]
 //!   channel. The thread blocks for the first operation, drains whatever else is
 //!   already queued (up to [`MAX_BATCH`]), runs them all in one `BEGIN IMMEDIATE`
-//!   transaction (each operation inside its own savepoint, so one failing
-//!   operation does not undo the others), commits once — one fsync for the whole
-//!   batch — and only then answers every waiter. If the commit fails, every waiter
+//!   transaction (if an operation fails, the batch is replayed with each operation
+//!   in its own savepoint, so one failing operation does not undo the others),
+//!   commits once — one fsync for the whole batch — and only then answers every
+//!   waiter. If the commit fails, every waiter
 //!   of the batch gets the error. When the last [`SqliteStore`] handle is dropped the
 //!   channel closes and the thread exits, closing the connection.
 //! * **Reads on their own connections.** A small pool of read connections, each
@@ -181,6 +182,7 @@ impl SqliteStore {
         writer
             .pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
+
         init_schema(&mut writer)?;
 
         let mut readers = Vec::with_capacity(READERS);
@@ -295,26 +297,14 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
 
 /// Runs every job of `batch` in one transaction, commits, then answers the waiters.
 fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
-    let outcome = (|| -> rusqlite::Result<Vec<Result<u64, StoreError>>> {
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut results = Vec::with_capacity(batch.len());
-        for job in batch.iter() {
-            let sp = tx.savepoint()?;
-            match apply(&sp, &job.op) {
-                Ok(n) => {
-                    sp.commit()?;
-                    results.push(Ok(n));
-                }
-                // Dropping the savepoint rolls this job back; the others stay.
-                Err(e) => {
-                    drop(sp);
-                    results.push(Err(db_err(e)));
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(results)
-    })();
+    // Fast path: every operation straight in one transaction. Operations rarely fail; when
+    // one does, the batch is rolled back and replayed with a savepoint per operation, so a
+    // failing write never undoes the others.
+    let outcome = match run_plain(conn, batch) {
+        Ok(Some(results)) => Ok(results),
+        Ok(None) => run_isolated(conn, batch),
+        Err(e) => Err(e),
+    };
     match outcome {
         Ok(results) => {
             for (job, result) in batch.drain(..).zip(results) {
@@ -328,6 +318,48 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
             }
         }
     }
+}
+
+/// All operations in one transaction; `None` (rolled back) if any of them fails.
+fn run_plain(
+    conn: &mut Connection,
+    batch: &[Job],
+) -> rusqlite::Result<Option<Vec<Result<u64, StoreError>>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        match apply(&tx, &job.op) {
+            Ok(n) => results.push(Ok(n)),
+            Err(_) => return Ok(None), // dropping `tx` rolls back
+        }
+    }
+    tx.commit()?;
+    Ok(Some(results))
+}
+
+/// Each operation in its own savepoint inside one transaction.
+fn run_isolated(
+    conn: &mut Connection,
+    batch: &[Job],
+) -> rusqlite::Result<Vec<Result<u64, StoreError>>> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let sp = tx.savepoint()?;
+        match apply(&sp, &job.op) {
+            Ok(n) => {
+                sp.commit()?;
+                results.push(Ok(n));
+            }
+            // Dropping the savepoint rolls this job back; the others stay.
+            Err(e) => {
+                drop(sp);
+                results.push(Err(db_err(e)));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(results)
 }
 
 fn apply(conn: &Connection, op: &WriteOp) -> rusqlite::Result<u64> {
@@ -928,6 +960,33 @@ mod tests {
             .await
             .unwrap();
         assert!(nested.join(DB_FILE_NAME).exists());
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_fails_alone_and_the_rest_of_its_batch_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        // A trigger refusing one id stands in for any failing statement.
+        let side = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        side.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON sessions WHEN NEW.session_id = 'bad' \
+             BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END;",
+        )
+        .unwrap();
+        drop(side);
+        let (a, bad, b) = tokio::join!(
+            store.upsert(rec("a", "t", SessionState::Running, 1)),
+            store.upsert(rec("bad", "t", SessionState::Running, 2)),
+            store.upsert(rec("b", "t", SessionState::Running, 3)),
+        );
+        assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+        assert!(
+            matches!(&bad, Err(StoreError::Database(m)) if m.contains("refused by trigger")),
+            "{bad:?}"
+        );
+        assert!(store.get("a").await.unwrap().is_some());
+        assert!(store.get("b").await.unwrap().is_some());
+        assert!(store.get("bad").await.unwrap().is_none());
     }
 
     #[tokio::test]
