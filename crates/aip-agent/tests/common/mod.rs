@@ -86,6 +86,20 @@ impl Server {
         panic!("device {id} never registered");
     }
 
+    pub async fn wait_gone(&self, id: &str) {
+        for _ in 0..500 {
+            let body = self.get("/api/clients").await;
+            if !body["online_clients"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|c| c == id))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("device {id} never left");
+    }
+
     /// Dispatches `body` and waits for the session to finish.
     pub async fn run(&self, body: Value) -> Value {
         let resp: Value = self

@@ -91,15 +91,18 @@ impl SessionJob {
         let handle = self.handle.clone();
         let session_timeout = self.app.config.session_timeout;
         let deadline = session_timeout.map(|t| self.started + t);
+        // The driver is polled first: what the device reported before it went away (its
+        // last results, then its close) still completes the session if that is all the
+        // session was waiting for; otherwise the cancellation or the timeout wins.
         let outcome = tokio::select! {
             biased;
+            o = self.drive() => Some(o),
             _ = handle.cancel.cancelled() => None,
             _ = sleep_until(deadline) => Some(Outcome::failed(
                 Some("timeout"),
                 text::session_timed_out(fmt_secs(session_timeout.unwrap_or_default())),
                 None,
             )),
-            o = self.drive() => Some(o),
         };
         let mut outcome = outcome.unwrap_or_else(|| self.cancelled());
         if outcome.result.is_none() && !self.rounds.is_empty() {
