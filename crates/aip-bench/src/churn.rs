@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::client::{Conn, Target};
 use crate::procstat::rss_kb;
 use crate::report::{Meters, ProcUsage, Recorder, RunResult, Window};
+use crate::run::join_tasks;
 use crate::{count, secs, Ctx};
 
 /// How long the server is left alone before its memory is read again.
@@ -48,11 +49,7 @@ pub(crate) async fn run(ctx: &Ctx, args: &ChurnArgs) -> anyhow::Result<RunResult
         .collect();
     let meters = Meters::at_start(&window, ctx.server_pid).await;
     let cpu = meters.at_end(&window).await;
-    for task in tasks {
-        if task.await.is_err() {
-            rec.fail("client task died");
-        }
-    }
+    join_tasks(tasks, &rec, "client task died").await;
     if let Some(s) = &mut server {
         s.read_after();
         tokio::time::sleep(SETTLE).await;

@@ -295,6 +295,25 @@ impl Ramp {
             "latency_us": self.latency,
         })
     }
+
+    /// Hands out the connections, keeping how their registration went.
+    pub fn split(self) -> (Vec<(usize, Conn)>, Registration) {
+        let registration = Registration {
+            connected: self.conns.len(),
+            details: self.details(),
+            failures: self.failures,
+        };
+        (self.conns, registration)
+    }
+}
+
+/// How a ramp went, for the report once its connections are handed out.
+pub struct Registration {
+    /// Clients registered.
+    pub connected: usize,
+    /// [`Ramp::details`].
+    pub details: serde_json::Value,
+    pub failures: BTreeMap<String, u64>,
 }
 
 /// Opens `n` clients `bench-<run>-<tag><i>`, at most `--connect-concurrency` at a time.

@@ -8,14 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{close_all, dispatch, ramp, Conn, Frame, Pending, Target};
-use crate::report::{Meters, ProcUsage, Recorder, RunResult, Window};
-use crate::{count, secs, Ctx};
+use crate::client::{dispatch, Conn};
+use crate::report::RunResult;
+use crate::run::{self, Device, Plan};
+use crate::Ctx;
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct DispatchArgs {
@@ -37,94 +35,27 @@ struct Delivery {
     at: Instant,
 }
 
-/// Shared by the workers of one run.
-struct Shared {
-    target: Arc<Target>,
-    http: reqwest::Client,
-    devices: Vec<String>,
-    pending: Arc<Pending<Delivery>>,
-    next: AtomicU64,
-    run_id: String,
-    window: Window,
-    rec: Recorder,
-}
+type Shared = run::Shared<Delivery>;
 
 pub(crate) async fn run(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<RunResult> {
-    let devices = count("--devices", args.devices)?;
-    let workers = count("--concurrency", args.concurrency)?;
-    let length = secs("--seconds", args.seconds, false)?;
-    let mut server = ProcUsage::new(ctx.server_pid);
-
-    let ramp = ramp(ctx, devices, "d").await?;
-    anyhow::ensure!(
-        !ramp.conns.is_empty(),
-        "no device could register: {:?}",
-        ramp.failures
-    );
-    let registration = ramp.details();
-    let rec = Recorder::new()?;
-    let pending = Pending::new();
+    let plan = Plan::new(args.devices, args.concurrency, args.seconds)?;
     let late = Arc::new(AtomicU64::new(0));
-    let (stop, stopped) = watch::channel(false);
-    let mut ids = Vec::new();
-    let mut device_tasks = Vec::new();
-    for (k, (_, conn)) in ramp.conns.into_iter().enumerate() {
-        ids.push(conn.client_id.clone());
-        device_tasks.push(tokio::spawn(device(
-            conn,
-            k,
-            pending.clone(),
-            stopped.clone(),
-            rec.clone(),
-            late.clone(),
-        )));
-    }
+    let (mut result, registration) = run::devices_and_workers(
+        ctx,
+        plan,
+        "d",
+        "dispatches/s",
+        |conn, d| device(conn, d, late.clone()),
+        worker,
+    )
+    .await?;
 
-    let shared = Arc::new(Shared {
-        target: ctx.target.clone(),
-        http: ctx.target.http_client(workers)?,
-        devices: ids,
-        pending,
-        next: AtomicU64::new(0),
-        run_id: ctx.run_id.clone(),
-        window: Window::after(ctx.warmup, length),
-        rec: rec.clone(),
-    });
-    let window = shared.window;
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| tokio::spawn(worker(shared.clone())))
-        .collect();
-    let meters = Meters::at_start(&window, ctx.server_pid).await;
-    let cpu = meters.at_end(&window).await;
-    if let Some(s) = &mut server {
-        s.read_after();
-    }
-    for task in tasks {
-        if task.await.is_err() {
-            rec.fail("worker task died");
-        }
-    }
-    let _ = stop.send(true);
-    let mut conns = Vec::new();
-    for task in device_tasks {
-        if let Ok(Some(conn)) = task.await {
-            conns.push(conn);
-        }
-    }
-    close_all(conns).await;
-
-    let mut result = RunResult::new(ctx.label, &ctx.target.url, "dispatches/s", &window, &rec);
-    result.add_failures(&ramp.failures);
     let kinds = result.failure_kinds.clone();
     let of = |k: &str| kinds.get(k).copied().unwrap_or(0);
     let http_errors: serde_json::Map<String, serde_json::Value> = kinds
         .iter()
         .filter_map(|(k, n)| Some((k.strip_prefix("dispatch: HTTP ")?.to_owned(), (*n).into())))
         .collect();
-    result.server = server;
-    result.cpu(cpu);
-    result.detail("devices", shared.devices.len());
-    result.detail("dispatched", shared.next.load(Ordering::Relaxed));
     result.detail("undelivered", of("undelivered"));
     result.detail("misrouted", of("misrouted"));
     result.detail("http_errors", http_errors);
@@ -174,34 +105,11 @@ async fn worker(s: Arc<Shared>) {
 
 /// Reads until told to stop, reporting every `task` frame; returns the connection if it
 /// is still open.
-async fn device(
-    mut conn: Conn,
-    index: usize,
-    pending: Arc<Pending<Delivery>>,
-    mut stop: watch::Receiver<bool>,
-    rec: Recorder,
-    late: Arc<AtomicU64>,
-) -> Option<Conn> {
+async fn device(mut conn: Conn, mut d: Device<Delivery>, late: Arc<AtomicU64>) -> Option<Conn> {
     loop {
-        let msg = tokio::select! {
-            _ = stop.changed() => return Some(conn),
-            msg = conn.rx.next() => msg,
-        };
-        let text = match msg {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                rec.fail("device disconnected");
-                return None;
-            }
-            Some(Ok(_)) => continue,
-        };
-        let at = Instant::now();
-        let frame = match Frame::parse(&text) {
-            Ok(frame) => frame,
-            Err(fail) => {
-                rec.fail(&fail.0);
-                continue;
-            }
+        let (frame, at) = match d.next_frame(&mut conn).await {
+            Ok(read) => read,
+            Err(end) => return end.still_open(conn),
         };
         if frame.ty != "task" {
             continue;
@@ -210,11 +118,11 @@ async fn device(
             continue;
         };
         let delivery = Delivery {
-            device: index,
+            device: d.index,
             session_id: frame.session_id,
             at,
         };
-        if !pending.deliver(&name, delivery) {
+        if !d.pending.deliver(&name, delivery) {
             late.fetch_add(1, Ordering::Relaxed);
         }
     }

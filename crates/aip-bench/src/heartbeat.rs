@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::client::{ramp, Conn};
 use crate::report::{Meters, ProcUsage, Recorder, RunResult, Window};
+use crate::run::{clients_result, join_tasks};
 use crate::{count, secs, Ctx};
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
@@ -24,13 +25,10 @@ pub(crate) async fn run(ctx: &Ctx, args: &HeartbeatArgs) -> anyhow::Result<RunRe
     let length = secs("--seconds", args.seconds, false)?;
     let mut server = ProcUsage::new(ctx.server_pid);
 
-    let ramp = ramp(ctx, clients, "").await?;
-    let connected = ramp.conns.len();
-    let registration = ramp.details();
+    let (conns, registration) = ramp(ctx, clients, "").await?.split();
     let rec = Recorder::new()?;
     let window = Window::after(ctx.warmup, length);
-    let tasks: Vec<_> = ramp
-        .conns
+    let tasks: Vec<_> = conns
         .into_iter()
         .map(|(_, conn)| tokio::spawn(round_trips(conn, window, rec.clone())))
         .collect();
@@ -39,19 +37,17 @@ pub(crate) async fn run(ctx: &Ctx, args: &HeartbeatArgs) -> anyhow::Result<RunRe
     if let Some(s) = &mut server {
         s.read_after();
     }
-    for task in tasks {
-        if task.await.is_err() {
-            rec.fail("client task died");
-        }
-    }
+    join_tasks(tasks, &rec, "client task died").await;
 
-    let mut result = RunResult::new(ctx.label, &ctx.target.url, "round trips/s", &window, &rec);
-    result.add_failures(&ramp.failures);
-    result.server = server;
-    result.cpu(cpu);
-    result.detail("connected", connected);
-    result.detail("registration", registration);
-    Ok(result)
+    Ok(clients_result(
+        ctx,
+        "round trips/s",
+        &window,
+        &rec,
+        registration,
+        server,
+        cpu,
+    ))
 }
 
 /// Round trips until the window closes; a failure ends the client.

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::client::{ramp, Conn};
 use crate::report::{round1, Meters, ProcUsage, Recorder, RunResult, Window};
+use crate::run::{clients_result, join_tasks};
 use crate::{count, secs, Ctx};
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
@@ -29,8 +30,8 @@ pub(crate) async fn run(ctx: &Ctx, args: &HoldArgs) -> anyhow::Result<RunResult>
     let length = secs("--seconds", args.seconds, false)?;
     let mut server = ProcUsage::new(ctx.server_pid);
 
-    let ramp = ramp(ctx, clients, "").await?;
-    let connected = ramp.conns.len();
+    let (conns, registration) = ramp(ctx, clients, "").await?.split();
+    let connected = conns.len();
     // Let the server finish its per-connection bookkeeping before reading its memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     if let Some(s) = &mut server {
@@ -45,9 +46,7 @@ pub(crate) async fn run(ctx: &Ctx, args: &HoldArgs) -> anyhow::Result<RunResult>
     let rec = Recorder::new()?;
     let begin = Instant::now();
     let window = Window::after(ctx.warmup, length);
-    let registration = ramp.details();
-    let tasks: Vec<_> = ramp
-        .conns
+    let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
         .map(|(k, (_, conn))| {
@@ -57,19 +56,17 @@ pub(crate) async fn run(ctx: &Ctx, args: &HoldArgs) -> anyhow::Result<RunResult>
         .collect();
     let meters = Meters::at_start(&window, ctx.server_pid).await;
     let cpu = meters.at_end(&window).await;
-    for task in tasks {
-        if task.await.is_err() {
-            rec.fail("client task died");
-        }
-    }
+    join_tasks(tasks, &rec, "client task died").await;
 
-    let mut result = RunResult::new(ctx.label, &ctx.target.url, "heartbeats/s", &window, &rec);
-    result.add_failures(&ramp.failures);
-    result.server = server;
-    result.cpu(cpu);
-    result.detail("connected", connected);
-    result.detail("registration", registration);
-    Ok(result)
+    Ok(clients_result(
+        ctx,
+        "heartbeats/s",
+        &window,
+        &rec,
+        registration,
+        server,
+        cpu,
+    ))
 }
 
 /// Heartbeats from `first` on, every `every`, until the window closes. A failed round trip

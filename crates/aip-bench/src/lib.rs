@@ -13,6 +13,8 @@
 //!   trips), `dispatch` (HTTP dispatch to the `task` frame on the device), `session` (the
 //!   full one-command session up to a readable result), `churn` (connect, register, one
 //!   round trip, close).
+//! - `run`: the orchestration scenarios share: `dispatch` and `session`'s devices and HTTP
+//!   workers around a measured window, and the end of a run on ramped clients.
 //! - `report`: latency histograms (hdrhistogram, microseconds) and failure counters, the
 //!   report types and the human summary.
 //! - `procstat`: RSS and CPU of a process from `/proc`, and raising `RLIMIT_NOFILE`.
@@ -37,6 +39,7 @@ mod heartbeat;
 mod hold;
 mod procstat;
 mod report;
+mod run;
 mod session;
 
 use std::sync::Arc;

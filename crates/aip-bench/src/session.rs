@@ -5,19 +5,17 @@
 //! result read.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{close_all, dispatch, ramp, task_result, Conn, Fail, Frame, Pending, Target};
-use crate::report::{Meters, ProcUsage, Recorder, RunResult, Window};
-use crate::{count, secs, Ctx};
+use crate::client::{dispatch, task_result, Conn, Fail};
+use crate::report::RunResult;
+use crate::run::{self, Device, Plan};
+use crate::Ctx;
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct SessionArgs {
@@ -38,85 +36,12 @@ struct End {
     completed: bool,
 }
 
-struct Shared {
-    target: Arc<Target>,
-    http: reqwest::Client,
-    devices: Vec<String>,
-    pending: Arc<Pending<End>>,
-    next: AtomicU64,
-    run_id: String,
-    window: Window,
-    rec: Recorder,
-}
+type Shared = run::Shared<End>;
 
 pub(crate) async fn run(ctx: &Ctx, args: &SessionArgs) -> anyhow::Result<RunResult> {
-    let devices = count("--devices", args.devices)?;
-    let workers = count("--concurrency", args.concurrency)?;
-    let length = secs("--seconds", args.seconds, false)?;
-    let mut server = ProcUsage::new(ctx.server_pid);
-
-    let ramp = ramp(ctx, devices, "s").await?;
-    anyhow::ensure!(
-        !ramp.conns.is_empty(),
-        "no device could register: {:?}",
-        ramp.failures
-    );
-    let registration = ramp.details();
-    let rec = Recorder::new()?;
-    let pending = Pending::new();
-    let (stop, stopped) = watch::channel(false);
-    let mut ids = Vec::new();
-    let mut device_tasks = Vec::new();
-    for (k, (_, conn)) in ramp.conns.into_iter().enumerate() {
-        ids.push(conn.client_id.clone());
-        device_tasks.push(tokio::spawn(device(
-            conn,
-            k,
-            pending.clone(),
-            stopped.clone(),
-            rec.clone(),
-        )));
-    }
-
-    let shared = Arc::new(Shared {
-        target: ctx.target.clone(),
-        http: ctx.target.http_client(workers)?,
-        devices: ids,
-        pending,
-        next: AtomicU64::new(0),
-        run_id: ctx.run_id.clone(),
-        window: Window::after(ctx.warmup, length),
-        rec: rec.clone(),
-    });
-    let window = shared.window;
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| tokio::spawn(worker(shared.clone())))
-        .collect();
-    let meters = Meters::at_start(&window, ctx.server_pid).await;
-    let cpu = meters.at_end(&window).await;
-    if let Some(s) = &mut server {
-        s.read_after();
-    }
-    for task in tasks {
-        if task.await.is_err() {
-            rec.fail("worker task died");
-        }
-    }
-    let _ = stop.send(true);
-    let mut conns = Vec::new();
-    for task in device_tasks {
-        if let Ok(Some(conn)) = task.await {
-            conns.push(conn);
-        }
-    }
-    close_all(conns).await;
-
-    let mut result = RunResult::new(ctx.label, &ctx.target.url, "sessions/s", &window, &rec);
-    result.add_failures(&ramp.failures);
-    result.server = server;
-    result.cpu(cpu);
-    result.detail("devices", shared.devices.len());
-    result.detail("dispatched", shared.next.load(Ordering::Relaxed));
+    let plan = Plan::new(args.devices, args.concurrency, args.seconds)?;
+    let (mut result, registration) =
+        run::devices_and_workers(ctx, plan, "s", "sessions/s", device, worker).await?;
     result.detail("registration", registration);
     Ok(result)
 }
@@ -175,39 +100,18 @@ async fn one_session(s: &Shared) -> Result<(), Fail> {
 }
 
 /// Plays a cooperative device until told to stop; returns the connection if still open.
-async fn device(
-    mut conn: Conn,
-    index: usize,
-    pending: Arc<Pending<End>>,
-    mut stop: watch::Receiver<bool>,
-    rec: Recorder,
-) -> Option<Conn> {
+async fn device(mut conn: Conn, mut d: Device<End>) -> Option<Conn> {
     // session id -> task name, from the task assignment to its task_end.
     let mut names: HashMap<String, String> = HashMap::new();
     loop {
-        let msg = tokio::select! {
-            _ = stop.changed() => return Some(conn),
-            msg = conn.rx.next() => msg,
-        };
-        let text = match msg {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                rec.fail("device disconnected");
-                return None;
-            }
-            Some(Ok(_)) => continue,
-        };
-        let frame = match Frame::parse(&text) {
-            Ok(frame) => frame,
-            Err(fail) => {
-                rec.fail(&fail.0);
-                continue;
-            }
+        let frame = match d.next_frame(&mut conn).await {
+            Ok((frame, _)) => frame,
+            Err(end) => return end.still_open(conn),
         };
         let reply = match frame.ty.as_str() {
             "task" => {
                 let (Some(sid), Some(name)) = (&frame.session_id, &frame.task_name) else {
-                    rec.fail("device: task without session_id or task_name");
+                    d.rec.fail("device: task without session_id or task_name");
                     continue;
                 };
                 names.insert(sid.clone(), name.clone());
@@ -238,21 +142,21 @@ async fn device(
                     .or(frame.task_name);
                 if let Some(name) = name {
                     let end = End {
-                        device: index,
+                        device: d.index,
                         completed: frame.status.as_deref() == Some("completed"),
                     };
-                    pending.deliver(&name, end);
+                    d.pending.deliver(&name, end);
                 }
                 continue;
             }
             "error" => {
-                rec.fail("device: error frame");
+                d.rec.fail("device: error frame");
                 continue;
             }
             _ => continue,
         };
         if let Err(fail) = conn.send(reply.to_string().into()).await {
-            rec.fail(&format!("device: {}", fail.0));
+            d.rec.fail(&format!("device: {}", fail.0));
             return None;
         }
     }
