@@ -326,31 +326,6 @@ async fn wait_running(server: &Server, sid: &str) {
     panic!("session {sid} never ran");
 }
 
-async fn dispatch_plan(server: &Server, device: &str, actions: serde_json::Value) -> String {
-    let resp: serde_json::Value = server
-        .http
-        .post(server.url("/api/dispatch"))
-        .json(&json!({"target_id": device, "request": "plan", "commands": actions}))
-        .send()
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("json");
-    resp["session_id"].as_str().expect("sid").to_owned()
-}
-
-async fn wait_done(server: &Server, sid: &str) -> serde_json::Value {
-    for _ in 0..1000 {
-        let r = server.get(&format!("/api/task_result/{sid}")).await;
-        if r["status"] == "done" {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("session {sid} did not finish");
-}
-
 #[tokio::test]
 async fn shutdown_lets_the_running_command_finish_within_the_grace() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -362,16 +337,16 @@ async fn shutdown_lets_the_running_command_finish_within_the_grace() {
         |c| c.shutdown_grace = Duration::from_secs(10),
     );
     server.wait_device("grace").await;
-    let sid = dispatch_plan(
-        &server,
-        "grace",
-        json!([shell("sleep 0.5; echo finished", json!({}))]),
-    )
-    .await;
+    let sid = server
+        .dispatch_plan(
+            "grace",
+            json!([shell("sleep 0.5; echo finished", json!({}))]),
+        )
+        .await;
     wait_running(&server, &sid).await;
     tokio::time::sleep(Duration::from_millis(100)).await; // the command is running
     stop.cancel();
-    let r = wait_done(&server, &sid).await;
+    let r = server.wait_done(&sid).await;
     assert_eq!(r["state"], "completed", "{r}");
     assert_eq!(
         r["result"]["rounds"][0]["action_results"][0]["result"]["stdout"],
@@ -392,10 +367,12 @@ async fn shutdown_without_grace_aborts_the_command_and_the_session_is_cancelled(
         |c| c.shutdown_grace = Duration::ZERO,
     );
     server.wait_device("nograce").await;
-    let sid = dispatch_plan(&server, "nograce", json!([shell("sleep 30", json!({}))])).await;
+    let sid = server
+        .dispatch_plan("nograce", json!([shell("sleep 30", json!({}))]))
+        .await;
     wait_running(&server, &sid).await;
     stop.cancel();
-    let r = wait_done(&server, &sid).await;
+    let r = server.wait_done(&sid).await;
     assert_eq!(r["state"], "cancelled", "{r}");
     assert_eq!(r["reason"], "device_disconnected");
     server.stop().await;

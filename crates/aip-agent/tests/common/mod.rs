@@ -100,8 +100,8 @@ impl Server {
         panic!("device {id} never left");
     }
 
-    /// Dispatches `body` and waits for the session to finish.
-    pub async fn run(&self, body: Value) -> Value {
+    /// Dispatches `body`; returns the session id.
+    pub async fn dispatch(&self, body: Value) -> String {
         let resp: Value = self
             .http
             .post(self.url("/api/dispatch"))
@@ -112,10 +112,20 @@ impl Server {
             .json()
             .await
             .expect("json");
-        let sid = resp["session_id"]
+        resp["session_id"]
             .as_str()
             .unwrap_or_else(|| panic!("dispatch failed: {resp}"))
-            .to_owned();
+            .to_owned()
+    }
+
+    /// Dispatches a list of commands as a plan; returns the session id.
+    pub async fn dispatch_plan(&self, device: &str, actions: Value) -> String {
+        self.dispatch(json!({"target_id": device, "request": "plan", "commands": actions}))
+            .await
+    }
+
+    /// Polls task_result until the session is done.
+    pub async fn wait_done(&self, sid: &str) -> Value {
         for _ in 0..1500 {
             let r = self.get(&format!("/api/task_result/{sid}")).await;
             if r["status"] == "done" {
@@ -124,6 +134,12 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("session {sid} did not finish");
+    }
+
+    /// Dispatches `body` and waits for the session to finish.
+    pub async fn run(&self, body: Value) -> Value {
+        let sid = self.dispatch(body).await;
+        self.wait_done(&sid).await
     }
 
     /// Dispatches a list of commands as a plan and waits for the result.
