@@ -1,5 +1,8 @@
 //! `aip`: the command line of the aip agent server and its device agent.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 mod client;

@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::driver::{rounds_result, Round, SessionContext, Step};
-use super::{unindex, CancelReason, Planner, SessionEvent, SessionHandle};
+use super::{
+    unindex, CancelReason, ClientEnd, Planner, ReportedResults, SessionEvent, SessionHandle,
+};
 use crate::config::fmt_secs;
 use crate::registry::PendingEcho;
 use crate::state::AppState;
@@ -109,7 +111,7 @@ impl SessionJob {
             // Whatever the device reported is kept, however the session ended.
             outcome.result = Some(rounds_result(&self.rounds));
         }
-        self.finish(outcome).await;
+        Box::pin(self.finish(outcome)).await;
     }
 
     fn cancelled(&self) -> Outcome {
@@ -166,11 +168,14 @@ impl SessionJob {
                 }
                 Ok(Accepted::Report(first)) => {
                     self.mark_running().await;
-                    return self.delegated(first).await;
+                    return Box::pin(self.delegated(first)).await;
                 }
             }
         }
-        self.driven().await
+        // Boxed, like `delegated` above and `finish`: a session waiting for its echo
+        // (possibly for minutes) then holds only the small acceptance state, not room
+        // for the deepest state of every later phase.
+        Box::pin(self.driven()).await
     }
 
     /// Sends the executor a `task` for a session it should run itself.
@@ -244,10 +249,11 @@ impl SessionJob {
                 },
             };
             match ev {
-                SessionEvent::Results {
-                    prev_response_id,
-                    results,
-                } => {
+                SessionEvent::Results(r) => {
+                    let ReportedResults {
+                        prev_response_id,
+                        results,
+                    } = *r;
                     if prev_response_id.is_some() && prev_response_id == task_rid {
                         self.rounds.push(Round {
                             response_id: task_rid.clone().unwrap_or_default(),
@@ -260,11 +266,12 @@ impl SessionJob {
                         tracing::warn!(session_id = %self.record.session_id, "command_results with a foreign prev_response_id dropped");
                     }
                 }
-                SessionEvent::ClientEnd {
-                    completed,
-                    error,
-                    result,
-                } => {
+                SessionEvent::ClientEnd(end) => {
+                    let ClientEnd {
+                        completed,
+                        error,
+                        result,
+                    } = *end;
                     let mut value = rounds_result(&self.rounds);
                     if let (Some(r), Some(obj)) = (result, value.as_object_mut()) {
                         obj.insert("result".into(), r);
@@ -371,12 +378,9 @@ impl SessionJob {
                         })
                         .collect();
                 }
-                Ok(Some(SessionEvent::Results {
-                    prev_response_id,
-                    results,
-                })) => {
-                    if prev_response_id.as_deref() == Some(rid) {
-                        return results;
+                Ok(Some(SessionEvent::Results(r))) => {
+                    if r.prev_response_id.as_deref() == Some(rid) {
+                        return r.results;
                     }
                     tracing::warn!(session_id = %self.record.session_id, "late or foreign command_results dropped");
                 }

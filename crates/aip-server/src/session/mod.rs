@@ -69,21 +69,32 @@ pub enum CancelReason {
 }
 
 /// Something that happened to a session, delivered to its job.
+///
+/// The payloads are boxed: every live session's channel allocates a block of 32 slots
+/// up front, so the size of this type is paid per session whether or not it is sent.
 #[derive(Debug)]
 pub enum SessionEvent {
     /// The executor echoed the pushed `task`; the acknowledgement is already queued.
     Echo,
     /// A `command_results` from the executor.
-    Results {
-        prev_response_id: Option<String>,
-        results: Vec<ActionResult>,
-    },
+    Results(Box<ReportedResults>),
     /// A `task_end` from the executor of a session it runs itself.
-    ClientEnd {
-        completed: bool,
-        error: Option<String>,
-        result: Option<Value>,
-    },
+    ClientEnd(Box<ClientEnd>),
+}
+
+/// Payload of [`SessionEvent::Results`].
+#[derive(Debug)]
+pub struct ReportedResults {
+    pub prev_response_id: Option<String>,
+    pub results: Vec<ActionResult>,
+}
+
+/// Payload of [`SessionEvent::ClientEnd`].
+#[derive(Debug)]
+pub struct ClientEnd {
+    pub completed: bool,
+    pub error: Option<String>,
+    pub result: Option<Value>,
 }
 
 /// Shared view of a live session.

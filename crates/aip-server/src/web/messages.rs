@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use crate::registry::ClientEntry;
 use crate::session::driver::SessionContext;
-use crate::session::{Acceptance, CreateError, NewSession, SessionEvent};
+use crate::session::{
+    Acceptance, ClientEnd, CreateError, NewSession, ReportedResults, SessionEvent,
+};
 use crate::state::{parse_commands, AppState};
 use crate::storage::{Origin, SessionRecord, SessionState};
 
@@ -315,10 +317,10 @@ impl ClientConn {
                 return drop("no command outstanding");
             }
         }
-        h.deliver(SessionEvent::Results {
+        h.deliver(SessionEvent::Results(Box::new(ReportedResults {
             prev_response_id: msg.prev_response_id,
             results: msg.action_results.unwrap_or_default(),
-        })
+        })))
         .await;
     }
 
@@ -340,11 +342,11 @@ impl ClientConn {
             return self.refuse(text::UNSUPPORTED_TASK_END);
         }
         let result = msg.metadata.as_ref().and_then(|m| m.get("result")).cloned();
-        h.deliver(SessionEvent::ClientEnd {
+        h.deliver(SessionEvent::ClientEnd(Box::new(ClientEnd {
             completed: matches!(msg.status, TaskStatus::Completed | TaskStatus::Ok),
             error: msg.error,
             result,
-        })
+        })))
         .await;
     }
 
