@@ -19,9 +19,21 @@
 //! * **Reads on their own connections.** A small pool of read connections, each
 //!   behind a `std::sync::Mutex`, is used from [`tokio::task::spawn_blocking`]; WAL
 //!   lets them run concurrently with the writer. No lock is held across an `.await`.
-//! * Schema version is kept in `PRAGMA user_version` (currently 1). Times are
-//!   stored as microseconds since the Unix epoch, `result` as JSON text.
+//! * **Live records are kept apart from ended ones.** A `created`/`running` record lives
+//!   in the `live` table, which has no index: it is appended, then updated by rowid, and a
+//!   small in-memory map (session id → rowid, and task name → rowids) finds it. When the
+//!   session ends, the record moves, in one transaction, into `sessions`, which is indexed
+//!   by session id, task name and finish time for the reads of retained results. So the
+//!   commit that must happen before a dispatch is answered appends to one B-tree page
+//!   instead of inserting a random UUID into an index (which dirtied one more random page
+//!   per row and doubled the time of a group commit; see BENCHMARKS.md). The map holds
+//!   live sessions only (bounded by the active-session limit); it is rebuilt from the
+//!   table at start-up, and is updated after a commit, before its waiters are answered.
+//! * Schema version is kept in `PRAGMA user_version` (currently 2; version 1 had no
+//!   `live` table). Times are stored as microseconds since the Unix epoch, `result` as
+//!   JSON text.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -37,7 +49,7 @@ use super::{Origin, SessionFilter, SessionRecord, SessionState, SessionStore, St
 /// File name of the database inside the store directory.
 pub const DB_FILE_NAME: &str = "aip.sqlite3";
 /// Current schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// Capacity of the queue in front of the writer thread.
 const QUEUE_CAPACITY: usize = 4096;
 /// Most operations committed in one transaction.
@@ -68,6 +80,25 @@ CREATE TABLE IF NOT EXISTS sessions (
     echo_received INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_task_created ON sessions (task_name, created_at);
+-- Records of live sessions (created/running), found through the in-memory map; no index.
+CREATE TABLE IF NOT EXISTS live (
+    id            INTEGER PRIMARY KEY,
+    session_id    TEXT NOT NULL,
+    task_name     TEXT NOT NULL,
+    request       TEXT NOT NULL,
+    origin        TEXT NOT NULL,
+    owner         TEXT NULL,
+    executor      TEXT NOT NULL,
+    platform      TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    reason        TEXT,
+    error         TEXT,
+    result        TEXT,
+    created_at    INTEGER NOT NULL,
+    started_at    INTEGER NULL,
+    finished_at   INTEGER NULL,
+    echo_received INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS sessions_finished ON sessions (finished_at);
 -- Every index costs every write (the dispatch path commits one row per request): listing
 -- by state or client scans instead; the indexes of earlier versions are dropped.
@@ -84,6 +115,44 @@ INSERT INTO sessions (session_id, task_name, request, origin, owner, executor, p
                       state, reason, error, result, created_at, started_at, finished_at,
                       echo_received)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+ON CONFLICT(session_id) DO UPDATE SET
+    task_name = excluded.task_name,
+    request = excluded.request,
+    origin = excluded.origin,
+    owner = excluded.owner,
+    executor = excluded.executor,
+    platform = excluded.platform,
+    state = excluded.state,
+    reason = excluded.reason,
+    error = excluded.error,
+    result = excluded.result,
+    created_at = excluded.created_at,
+    started_at = excluded.started_at,
+    finished_at = excluded.finished_at,
+    echo_received = excluded.echo_received";
+
+const INSERT_LIVE_SQL: &str = "
+INSERT INTO live (session_id, task_name, request, origin, owner, executor, platform,
+                  state, reason, error, result, created_at, started_at, finished_at,
+                  echo_received)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+
+const UPDATE_LIVE_SQL: &str = "
+UPDATE live SET session_id = ?1, task_name = ?2, request = ?3, origin = ?4, owner = ?5,
+                executor = ?6, platform = ?7, state = ?8, reason = ?9, error = ?10,
+                result = ?11, created_at = ?12, started_at = ?13, finished_at = ?14,
+                echo_received = ?15
+WHERE id = ?16";
+
+/// Start-up: every live record moves to `sessions` as failed / server_restarted.
+const INTERRUPT_LIVE_SQL: &str = "
+INSERT INTO sessions (session_id, task_name, request, origin, owner, executor, platform,
+                      state, reason, error, result, created_at, started_at, finished_at,
+                      echo_received)
+SELECT session_id, task_name, request, origin, owner, executor, platform,
+       'failed', 'server_restarted', 'Server restarted while the task was running', result,
+       created_at, started_at, ?1, echo_received
+FROM live WHERE true
 ON CONFLICT(session_id) DO UPDATE SET
     task_name = excluded.task_name,
     request = excluded.request,
@@ -117,6 +186,143 @@ struct Inner {
     writer: mpsc::Sender<Job>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    live: Arc<parking_lot::Mutex<LiveIndex>>,
+}
+
+/// Where the records of live sessions are in the `live` table. Written only by the writer
+/// thread, after a commit; read by every read.
+#[derive(Default)]
+struct LiveIndex {
+    by_id: HashMap<String, LiveEntry>,
+    /// Task name → (created_at, rowid) of its live records.
+    by_task: HashMap<String, Vec<(i64, i64)>>,
+}
+
+struct LiveEntry {
+    rowid: i64,
+    task_name: String,
+    created_at: i64,
+}
+
+impl LiveIndex {
+    fn load(conn: &Connection) -> Result<LiveIndex, StoreError> {
+        let mut index = LiveIndex::default();
+        let mut stmt = conn
+            .prepare("SELECT id, session_id, task_name, created_at FROM live")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(1)?,
+                    LiveEntry {
+                        rowid: row.get(0)?,
+                        task_name: row.get(2)?,
+                        created_at: row.get(3)?,
+                    },
+                ))
+            })
+            .map_err(db_err)?;
+        for row in rows {
+            let (id, entry) = row.map_err(db_err)?;
+            index.insert(id, entry);
+        }
+        Ok(index)
+    }
+
+    fn rowid(&self, session_id: &str) -> Option<i64> {
+        self.by_id.get(session_id).map(|e| e.rowid)
+    }
+
+    /// The newest live record with this task name.
+    fn newest_for_task(&self, task_name: &str) -> Option<i64> {
+        self.by_task
+            .get(task_name)?
+            .iter()
+            .max()
+            .map(|&(_, rowid)| rowid)
+    }
+
+    fn insert(&mut self, session_id: String, entry: LiveEntry) {
+        self.remove(&session_id);
+        self.by_task
+            .entry(entry.task_name.clone())
+            .or_default()
+            .push((entry.created_at, entry.rowid));
+        self.by_id.insert(session_id, entry);
+    }
+
+    fn remove(&mut self, session_id: &str) {
+        let Some(old) = self.by_id.remove(session_id) else {
+            return;
+        };
+        if let Some(rows) = self.by_task.get_mut(&old.task_name) {
+            rows.retain(|&(_, rowid)| rowid != old.rowid);
+            if rows.is_empty() {
+                self.by_task.remove(&old.task_name);
+            }
+        }
+    }
+
+    fn apply(&mut self, change: IndexChange) {
+        match change {
+            IndexChange::Insert(id, entry) => self.insert(id, entry),
+            IndexChange::Remove(id) => self.remove(&id),
+            IndexChange::Clear => *self = LiveIndex::default(),
+        }
+    }
+}
+
+/// A change to [`LiveIndex`] made by a write, applied once its transaction committed.
+enum IndexChange {
+    Insert(String, LiveEntry),
+    Remove(String),
+    Clear,
+}
+
+/// The writer's view of the live rows during a batch: the committed index plus what the
+/// batch's earlier operations changed.
+struct LiveView<'a> {
+    committed: &'a parking_lot::Mutex<LiveIndex>,
+    /// Session id → its rowid now (`None`: removed) for ids the batch touched.
+    overlay: HashMap<String, Option<i64>>,
+    /// The batch emptied the live table.
+    cleared: bool,
+}
+
+impl<'a> LiveView<'a> {
+    fn new(committed: &'a parking_lot::Mutex<LiveIndex>) -> Self {
+        Self {
+            committed,
+            overlay: HashMap::new(),
+            cleared: false,
+        }
+    }
+
+    fn rowid(&self, session_id: &str) -> Option<i64> {
+        match self.overlay.get(session_id) {
+            Some(v) => *v,
+            None if self.cleared => None,
+            None => self.committed.lock().rowid(session_id),
+        }
+    }
+
+    /// Takes in the changes of an operation that succeeded.
+    fn note(&mut self, changes: &[IndexChange]) {
+        for change in changes {
+            match change {
+                IndexChange::Insert(id, e) => {
+                    self.overlay.insert(id.clone(), Some(e.rowid));
+                }
+                IndexChange::Remove(id) => {
+                    self.overlay.insert(id.clone(), None);
+                }
+                IndexChange::Clear => {
+                    self.overlay.clear();
+                    self.cleared = true;
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -142,6 +348,8 @@ struct Row {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     echo_received: bool,
+    /// `created` or `running`: kept in the `live` table.
+    live: bool,
 }
 
 enum WriteOp {
@@ -184,6 +392,7 @@ impl SqliteStore {
             .map_err(db_err)?;
 
         init_schema(&mut writer)?;
+        let live = Arc::new(parking_lot::Mutex::new(LiveIndex::load(&writer)?));
 
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -195,9 +404,10 @@ impl SqliteStore {
         }
 
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let writer_live = Arc::clone(&live);
         std::thread::Builder::new()
             .name("aip-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, &writer_live))
             .map_err(|e| StoreError::Database(format!("spawning the writer thread: {e}")))?;
 
         Ok(SqliteStore {
@@ -205,6 +415,7 @@ impl SqliteStore {
                 writer: tx,
                 readers,
                 next_reader: AtomicUsize::new(0),
+                live,
             }),
         })
     }
@@ -281,7 +492,11 @@ fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
 // ---------------------------------------------------------------------------
 // Writer thread
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    live: &parking_lot::Mutex<LiveIndex>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -291,22 +506,31 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, &mut batch);
+        run_batch(&mut conn, &mut batch, live);
     }
 }
 
-/// Runs every job of `batch` in one transaction, commits, then answers the waiters.
-fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+type BatchOutcome = (Vec<Result<u64, StoreError>>, Vec<IndexChange>);
+
+/// Runs every job of `batch` in one transaction, commits, updates the live index, then
+/// answers the waiters.
+fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, live: &parking_lot::Mutex<LiveIndex>) {
     // Fast path: every operation straight in one transaction. Operations rarely fail; when
     // one does, the batch is rolled back and replayed with a savepoint per operation, so a
     // failing write never undoes the others.
-    let outcome = match run_plain(conn, batch) {
-        Ok(Some(results)) => Ok(results),
-        Ok(None) => run_isolated(conn, batch),
+    let outcome = match run_plain(conn, batch, live) {
+        Ok(Some(done)) => Ok(done),
+        Ok(None) => run_isolated(conn, batch, live),
         Err(e) => Err(e),
     };
     match outcome {
-        Ok(results) => {
+        Ok((results, changes)) => {
+            if !changes.is_empty() {
+                let mut index = live.lock();
+                for change in changes {
+                    index.apply(change);
+                }
+            }
             for (job, result) in batch.drain(..).zip(results) {
                 let _ = job.reply.send(result);
             }
@@ -324,31 +548,43 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
 fn run_plain(
     conn: &mut Connection,
     batch: &[Job],
-) -> rusqlite::Result<Option<Vec<Result<u64, StoreError>>>> {
+    live: &parking_lot::Mutex<LiveIndex>,
+) -> rusqlite::Result<Option<BatchOutcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut view = LiveView::new(live);
     let mut results = Vec::with_capacity(batch.len());
+    let mut changes = Vec::with_capacity(batch.len());
     for job in batch {
-        match apply(&tx, &job.op) {
-            Ok(n) => results.push(Ok(n)),
+        match apply(&tx, &job.op, &view) {
+            Ok((n, mut c)) => {
+                view.note(&c);
+                changes.append(&mut c);
+                results.push(Ok(n));
+            }
             Err(_) => return Ok(None), // dropping `tx` rolls back
         }
     }
     tx.commit()?;
-    Ok(Some(results))
+    Ok(Some((results, changes)))
 }
 
 /// Each operation in its own savepoint inside one transaction.
 fn run_isolated(
     conn: &mut Connection,
     batch: &[Job],
-) -> rusqlite::Result<Vec<Result<u64, StoreError>>> {
+    live: &parking_lot::Mutex<LiveIndex>,
+) -> rusqlite::Result<BatchOutcome> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut view = LiveView::new(live);
     let mut results = Vec::with_capacity(batch.len());
+    let mut changes = Vec::with_capacity(batch.len());
     for job in batch {
         let sp = tx.savepoint()?;
-        match apply(&sp, &job.op) {
-            Ok(n) => {
+        match apply(&sp, &job.op, &view) {
+            Ok((n, mut c)) => {
                 sp.commit()?;
+                view.note(&c);
+                changes.append(&mut c);
                 results.push(Ok(n));
             }
             // Dropping the savepoint rolls this job back; the others stay.
@@ -359,38 +595,100 @@ fn run_isolated(
         }
     }
     tx.commit()?;
-    Ok(results)
+    Ok((results, changes))
 }
 
-fn apply(conn: &Connection, op: &WriteOp) -> rusqlite::Result<u64> {
+fn apply(
+    conn: &Connection,
+    op: &WriteOp,
+    live: &LiveView<'_>,
+) -> rusqlite::Result<(u64, Vec<IndexChange>)> {
+    let mut changes = Vec::new();
     let n = match op {
-        WriteOp::Upsert(r) => conn.prepare_cached(UPSERT_SQL)?.execute(params![
-            r.session_id,
-            r.task_name,
-            r.request,
-            r.origin,
-            r.owner,
-            r.executor,
-            r.platform,
-            r.state,
-            r.reason,
-            r.error,
-            r.result,
-            r.created_at,
-            r.started_at,
-            r.finished_at,
-            r.echo_received,
-        ])?,
-        WriteOp::Delete(id) => conn
-            .prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
-            .execute([id])?,
-        WriteOp::MarkInterrupted { now } => conn
-            .prepare_cached(
-                "UPDATE sessions SET state = 'failed', reason = 'server_restarted', \
-                 error = 'Server restarted while the task was running', finished_at = ?1 \
-                 WHERE state IN ('created', 'running')",
-            )?
-            .execute([now])?,
+        WriteOp::Upsert(r) => {
+            let rowid = live.rowid(&r.session_id);
+            let values = params![
+                r.session_id,
+                r.task_name,
+                r.request,
+                r.origin,
+                r.owner,
+                r.executor,
+                r.platform,
+                r.state,
+                r.reason,
+                r.error,
+                r.result,
+                r.created_at,
+                r.started_at,
+                r.finished_at,
+                r.echo_received,
+            ];
+            if !r.live {
+                // Ended: into `sessions`, out of `live`.
+                let n = conn.prepare_cached(UPSERT_SQL)?.execute(values)?;
+                if let Some(id) = rowid {
+                    conn.prepare_cached("DELETE FROM live WHERE id = ?1")?
+                        .execute([id])?;
+                    changes.push(IndexChange::Remove(r.session_id.clone()));
+                }
+                n
+            } else {
+                let updated = match rowid {
+                    Some(id) => {
+                        let mut all = values.to_vec();
+                        all.push(&id);
+                        conn.prepare_cached(UPDATE_LIVE_SQL)?
+                            .execute(all.as_slice())?
+                    }
+                    None => 0,
+                };
+                let id = if updated > 0 {
+                    rowid.unwrap_or_default()
+                } else {
+                    // New (an ended record of the same id, if any, is replaced).
+                    conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+                        .execute([&r.session_id])?;
+                    conn.prepare_cached(INSERT_LIVE_SQL)?.execute(values)?;
+                    conn.last_insert_rowid()
+                };
+                changes.push(IndexChange::Insert(
+                    r.session_id.clone(),
+                    LiveEntry {
+                        rowid: id,
+                        task_name: r.task_name.clone(),
+                        created_at: r.created_at,
+                    },
+                ));
+                1
+            }
+        }
+        WriteOp::Delete(id) => {
+            let mut n = conn
+                .prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+                .execute([id])?;
+            if let Some(rowid) = live.rowid(id) {
+                n += conn
+                    .prepare_cached("DELETE FROM live WHERE id = ?1")?
+                    .execute([rowid])?;
+                changes.push(IndexChange::Remove(id.clone()));
+            }
+            n
+        }
+        WriteOp::MarkInterrupted { now } => {
+            // Records of version 1 were live in `sessions` itself.
+            let in_place = conn
+                .prepare_cached(
+                    "UPDATE sessions SET state = 'failed', reason = 'server_restarted', \
+                     error = 'Server restarted while the task was running', finished_at = ?1 \
+                     WHERE state IN ('created', 'running')",
+                )?
+                .execute([now])?;
+            conn.prepare_cached(INTERRUPT_LIVE_SQL)?.execute([now])?;
+            let moved = conn.prepare_cached("DELETE FROM live")?.execute([])?;
+            changes.push(IndexChange::Clear);
+            in_place + moved
+        }
         WriteOp::Purge {
             finished_before,
             max_results,
@@ -420,7 +718,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> rusqlite::Result<u64> {
             by_age + by_count
         }
     };
-    Ok(u64::try_from(n).unwrap_or(u64::MAX))
+    Ok((u64::try_from(n).unwrap_or(u64::MAX), changes))
 }
 
 // ---------------------------------------------------------------------------
@@ -447,6 +745,7 @@ fn to_row(r: SessionRecord) -> Result<Row, StoreError> {
         started_at: r.started_at.map(|t| t.timestamp_micros()),
         finished_at: r.finished_at.map(|t| t.timestamp_micros()),
         echo_received: r.echo_received,
+        live: !r.state.is_terminal(),
     })
 }
 
@@ -531,12 +830,12 @@ impl TryFrom<RawRow> for SessionRecord {
 fn query_one(
     conn: &Connection,
     sql: &str,
-    param: &str,
+    params: impl rusqlite::Params,
 ) -> Result<Option<SessionRecord>, StoreError> {
     let raw = conn
         .prepare_cached(sql)
         .map_err(db_err)?
-        .query_row([param], raw_row)
+        .query_row(params, raw_row)
         .optional()
         .map_err(db_err)?;
     raw.map(SessionRecord::try_from).transpose()
@@ -560,11 +859,18 @@ impl SessionStore for SqliteStore {
 
     async fn get(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let id = session_id.to_owned();
+        let live = Arc::clone(&self.inner.live);
         self.read(move |conn| {
+            // One statement, so one snapshot: a record moving from `live` to `sessions`
+            // meanwhile is found on one side or the other.
+            let rowid = live.lock().rowid(&id);
             query_one(
                 conn,
-                &format!("SELECT {COLUMNS} FROM sessions WHERE session_id = ?1"),
-                &id,
+                &format!(
+                    "SELECT {COLUMNS} FROM live WHERE id = ?1 AND session_id = ?2 \
+                     UNION ALL SELECT {COLUMNS} FROM sessions WHERE session_id = ?2 LIMIT 1"
+                ),
+                params![rowid, id],
             )
         })
         .await
@@ -575,14 +881,21 @@ impl SessionStore for SqliteStore {
         task_name: &str,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let name = task_name.to_owned();
+        let live = Arc::clone(&self.inner.live);
         self.read(move |conn| {
+            let rowid = live.lock().newest_for_task(&name);
             query_one(
                 conn,
                 &format!(
-                    "SELECT {COLUMNS} FROM sessions WHERE task_name = ?1 \
-                     ORDER BY created_at DESC, rowid DESC LIMIT 1"
+                    "SELECT {COLUMNS} FROM (\
+                       SELECT {COLUMNS}, 1 AS pri, id AS rid FROM live \
+                         WHERE id = ?1 AND task_name = ?2 \
+                       UNION ALL SELECT * FROM (\
+                         SELECT {COLUMNS}, 0 AS pri, rowid AS rid FROM sessions \
+                         WHERE task_name = ?2 ORDER BY created_at DESC, rowid DESC LIMIT 1)) \
+                     ORDER BY created_at DESC, pri DESC, rid DESC LIMIT 1"
                 ),
-                &name,
+                params![rowid, name],
             )
         })
         .await
@@ -615,8 +928,11 @@ impl SessionStore for SqliteStore {
                 format!("WHERE {}", clauses.join(" AND "))
             };
             let sql = format!(
-                "SELECT {COLUMNS} FROM sessions {where_sql} \
-                 ORDER BY created_at DESC, rowid DESC LIMIT ?{}",
+                "SELECT {COLUMNS} FROM (\
+                   SELECT {COLUMNS}, 1 AS pri, id AS rid FROM live {where_sql} \
+                   UNION ALL \
+                   SELECT {COLUMNS}, 0 AS pri, rowid AS rid FROM sessions {where_sql}) \
+                 ORDER BY created_at DESC, pri DESC, rid DESC LIMIT ?{}",
                 args.len()
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
@@ -969,7 +1285,7 @@ mod tests {
         // A trigger refusing one id stands in for any failing statement.
         let side = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
         side.execute_batch(
-            "CREATE TRIGGER refuse BEFORE INSERT ON sessions WHEN NEW.session_id = 'bad' \
+            "CREATE TRIGGER refuse BEFORE INSERT ON live WHEN NEW.session_id = 'bad' \
              BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END;",
         )
         .unwrap();
@@ -989,6 +1305,166 @@ mod tests {
         assert!(store.get("bad").await.unwrap().is_none());
     }
 
+    fn count(dir: &Path, table: &str) -> i64 {
+        let conn = Connection::open(dir.join(DB_FILE_NAME)).unwrap();
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn live_records_stay_out_of_the_indexed_table_until_they_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let mut r = rec("s", "t", SessionState::Created, 1);
+        store.upsert(r.clone()).await.unwrap();
+        assert_eq!(
+            (count(dir.path(), "live"), count(dir.path(), "sessions")),
+            (1, 0)
+        );
+        r.state = SessionState::Running;
+        r.started_at = Some(t(2));
+        store.upsert(r.clone()).await.unwrap();
+        assert_eq!(count(dir.path(), "live"), 1, "updated in place");
+        assert_eq!(store.get("s").await.unwrap().unwrap(), r);
+
+        r.state = SessionState::Completed;
+        r.finished_at = Some(t(3));
+        r.result = Some(json!({"done": true}));
+        store.upsert(r.clone()).await.unwrap();
+        assert_eq!(
+            (count(dir.path(), "live"), count(dir.path(), "sessions")),
+            (0, 1)
+        );
+        assert_eq!(store.get("s").await.unwrap().unwrap(), r);
+        assert_eq!(store.latest_by_task_name("t").await.unwrap().unwrap(), r);
+
+        // Created and ended within one batch: the end finds the row the batch appended.
+        let (a, b) = tokio::join!(
+            store.upsert(rec("x", "t2", SessionState::Created, 5)),
+            store.upsert(rec("x", "t2", SessionState::Failed, 5)),
+        );
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(
+            (count(dir.path(), "live"), count(dir.path(), "sessions")),
+            (0, 2)
+        );
+        assert_eq!(
+            store.get("x").await.unwrap().unwrap().state,
+            SessionState::Failed
+        );
+        // And a live record created, deleted (a dispatch that could not be queued).
+        store
+            .upsert(rec("gone", "t3", SessionState::Created, 6))
+            .await
+            .unwrap();
+        store.delete("gone").await.unwrap();
+        assert!(store.get("gone").await.unwrap().is_none());
+        assert!(store.latest_by_task_name("t3").await.unwrap().is_none());
+        assert_eq!(count(dir.path(), "live"), 0);
+    }
+
+    #[tokio::test]
+    async fn latest_by_task_name_looks_at_live_and_ended_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .upsert(rec("old", "t", SessionState::Completed, 100))
+            .await
+            .unwrap();
+        store
+            .upsert(rec("live-a", "t", SessionState::Running, 200))
+            .await
+            .unwrap();
+        store
+            .upsert(rec("live-b", "t", SessionState::Created, 150))
+            .await
+            .unwrap();
+        let latest = store.latest_by_task_name("t").await.unwrap().unwrap();
+        assert_eq!(latest.session_id, "live-a");
+        store
+            .upsert(rec("live-a", "t", SessionState::Cancelled, 200))
+            .await
+            .unwrap();
+        let latest = store.latest_by_task_name("t").await.unwrap().unwrap();
+        assert_eq!(
+            (latest.session_id.as_str(), latest.state),
+            ("live-a", SessionState::Cancelled)
+        );
+        store
+            .upsert(rec("new", "t", SessionState::Completed, 300))
+            .await
+            .unwrap();
+        let latest = store.latest_by_task_name("t").await.unwrap().unwrap();
+        assert_eq!(latest.session_id, "new");
+    }
+
+    #[tokio::test]
+    async fn live_records_are_found_after_a_restart_and_then_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rec("s", "t", SessionState::Running, 1);
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store.upsert(r.clone()).await.unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.get("s").await.unwrap().unwrap(), r);
+        assert_eq!(store.latest_by_task_name("t").await.unwrap().unwrap(), r);
+        assert_eq!(store.mark_interrupted(t(9)).await.unwrap(), 1);
+        let failed = store.get("s").await.unwrap().unwrap();
+        assert_eq!(failed.state, SessionState::Failed);
+        assert_eq!(failed.finished_at, Some(t(9)));
+        assert_eq!(
+            (count(dir.path(), "live"), count(dir.path(), "sessions")),
+            (0, 1)
+        );
+        // A new live record after the restart is live again.
+        store
+            .upsert(rec("n", "t", SessionState::Created, 10))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .latest_by_task_name("t")
+                .await
+                .unwrap()
+                .unwrap()
+                .session_id,
+            "n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE sessions (
+                    session_id TEXT PRIMARY KEY, task_name TEXT NOT NULL,
+                    request TEXT NOT NULL, origin TEXT NOT NULL, owner TEXT NULL,
+                    executor TEXT NOT NULL, platform TEXT NOT NULL, state TEXT NOT NULL,
+                    reason TEXT, error TEXT, result TEXT, created_at INTEGER NOT NULL,
+                    started_at INTEGER NULL, finished_at INTEGER NULL,
+                    echo_received INTEGER NOT NULL);
+                 INSERT INTO sessions VALUES ('v1', 't', 'r', 'http', NULL, 'd', 'linux',
+                    'running', NULL, NULL, NULL, 1, 2, NULL, 1);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.get("v1").await.unwrap().unwrap().state,
+            SessionState::Running
+        );
+        assert_eq!(store.mark_interrupted(t(5)).await.unwrap(), 1);
+        assert_eq!(
+            store.get("v1").await.unwrap().unwrap().reason.as_deref(),
+            Some("server_restarted")
+        );
+    }
+
     #[tokio::test]
     async fn bad_stored_values_are_errors() {
         let dir = tempfile::tempdir().unwrap();
@@ -999,10 +1475,19 @@ mod tests {
             .unwrap();
         let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
         conn.busy_timeout(BUSY_TIMEOUT).unwrap();
-        conn.execute("UPDATE sessions SET state = 'weird'", [])
-            .unwrap();
+        // "s" is live; "e" has ended: both tables' rows are checked on the way out.
+        conn.execute("UPDATE live SET state = 'weird'", []).unwrap();
         assert!(matches!(store.get("s").await, Err(StoreError::Database(_))));
-        conn.execute("UPDATE sessions SET state = 'created', origin = 'mars'", [])
+        conn.execute("UPDATE live SET state = 'created'", [])
+            .unwrap();
+        store
+            .upsert(rec("e", "t", SessionState::Completed, 2))
+            .await
+            .unwrap();
+        conn.execute("UPDATE sessions SET result = '{not json'", [])
+            .unwrap();
+        assert!(matches!(store.get("e").await, Err(StoreError::Database(_))));
+        conn.execute("UPDATE sessions SET result = NULL, origin = 'mars'", [])
             .unwrap();
         assert!(matches!(
             store.list(&SessionFilter::default()).await,
