@@ -61,9 +61,11 @@ const DEFAULT_LIST_LIMIT: usize = 100;
 /// How long a connection waits on a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id    TEXT PRIMARY KEY,
+// The record's columns, shared by both tables and every statement (macros, so `concat!`
+// can build the statements at compile time).
+macro_rules! record_columns_ddl {
+    () => {
+        "session_id    TEXT NOT NULL,
     task_name     TEXT NOT NULL,
     request       TEXT NOT NULL,
     origin        TEXT NOT NULL,
@@ -77,65 +79,68 @@ CREATE TABLE IF NOT EXISTS sessions (
     created_at    INTEGER NOT NULL,
     started_at    INTEGER NULL,
     finished_at   INTEGER NULL,
-    echo_received INTEGER NOT NULL
-);
+    echo_received INTEGER NOT NULL"
+    };
+}
+
+macro_rules! columns {
+    () => {
+        "session_id, task_name, request, origin, owner, executor, platform, \
+         state, reason, error, result, created_at, started_at, finished_at, echo_received"
+    };
+}
+
+/// `?1` … `?15`, in [`COLUMNS`] order.
+macro_rules! values {
+    () => {
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+    };
+}
+
+/// An insert into `sessions` replaces the record of the same session id.
+macro_rules! on_conflict_replace {
+    () => {
+        "ON CONFLICT(session_id) DO UPDATE SET
+    task_name = excluded.task_name, request = excluded.request, origin = excluded.origin,
+    owner = excluded.owner, executor = excluded.executor, platform = excluded.platform,
+    state = excluded.state, reason = excluded.reason, error = excluded.error,
+    result = excluded.result, created_at = excluded.created_at,
+    started_at = excluded.started_at, finished_at = excluded.finished_at,
+    echo_received = excluded.echo_received"
+    };
+}
+
+// The primary key of `sessions` is `session_id` (kept so, for existing databases); the
+// session_id column of `live` is found through the in-memory map instead of an index.
+const SCHEMA: &str = concat!(
+    "CREATE TABLE IF NOT EXISTS sessions (",
+    record_columns_ddl!(),
+    ", PRIMARY KEY (session_id));
 CREATE INDEX IF NOT EXISTS sessions_task_created ON sessions (task_name, created_at);
--- Records of live sessions (created/running), found through the in-memory map; no index.
-CREATE TABLE IF NOT EXISTS live (
-    id            INTEGER PRIMARY KEY,
-    session_id    TEXT NOT NULL,
-    task_name     TEXT NOT NULL,
-    request       TEXT NOT NULL,
-    origin        TEXT NOT NULL,
-    owner         TEXT NULL,
-    executor      TEXT NOT NULL,
-    platform      TEXT NOT NULL,
-    state         TEXT NOT NULL,
-    reason        TEXT,
-    error         TEXT,
-    result        TEXT,
-    created_at    INTEGER NOT NULL,
-    started_at    INTEGER NULL,
-    finished_at   INTEGER NULL,
-    echo_received INTEGER NOT NULL
-);
 CREATE INDEX IF NOT EXISTS sessions_finished ON sessions (finished_at);
 -- Every index costs every write (the dispatch path commits one row per request): listing
 -- by state or client scans instead; the indexes of earlier versions are dropped.
 DROP INDEX IF EXISTS sessions_state;
 DROP INDEX IF EXISTS sessions_owner;
 DROP INDEX IF EXISTS sessions_executor;
-";
+-- Records of live sessions (created/running), found through the in-memory map; no index.
+CREATE TABLE IF NOT EXISTS live (id INTEGER PRIMARY KEY, ",
+    record_columns_ddl!(),
+    ");"
+);
 
-const COLUMNS: &str = "session_id, task_name, request, origin, owner, executor, platform, \
-     state, reason, error, result, created_at, started_at, finished_at, echo_received";
+const COLUMNS: &str = columns!();
 
-const UPSERT_SQL: &str = "
-INSERT INTO sessions (session_id, task_name, request, origin, owner, executor, platform,
-                      state, reason, error, result, created_at, started_at, finished_at,
-                      echo_received)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-ON CONFLICT(session_id) DO UPDATE SET
-    task_name = excluded.task_name,
-    request = excluded.request,
-    origin = excluded.origin,
-    owner = excluded.owner,
-    executor = excluded.executor,
-    platform = excluded.platform,
-    state = excluded.state,
-    reason = excluded.reason,
-    error = excluded.error,
-    result = excluded.result,
-    created_at = excluded.created_at,
-    started_at = excluded.started_at,
-    finished_at = excluded.finished_at,
-    echo_received = excluded.echo_received";
+const UPSERT_SQL: &str = concat!(
+    "INSERT INTO sessions (",
+    columns!(),
+    ") ",
+    values!(),
+    " ",
+    on_conflict_replace!()
+);
 
-const INSERT_LIVE_SQL: &str = "
-INSERT INTO live (session_id, task_name, request, origin, owner, executor, platform,
-                  state, reason, error, result, created_at, started_at, finished_at,
-                  echo_received)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+const INSERT_LIVE_SQL: &str = concat!("INSERT INTO live (", columns!(), ") ", values!());
 
 const UPDATE_LIVE_SQL: &str = "
 UPDATE live SET session_id = ?1, task_name = ?2, request = ?3, origin = ?4, owner = ?5,
@@ -145,29 +150,16 @@ UPDATE live SET session_id = ?1, task_name = ?2, request = ?3, origin = ?4, owne
 WHERE id = ?16";
 
 /// Start-up: every live record moves to `sessions` as failed / server_restarted.
-const INTERRUPT_LIVE_SQL: &str = "
-INSERT INTO sessions (session_id, task_name, request, origin, owner, executor, platform,
-                      state, reason, error, result, created_at, started_at, finished_at,
-                      echo_received)
+const INTERRUPT_LIVE_SQL: &str = concat!(
+    "INSERT INTO sessions (",
+    columns!(),
+    ")
 SELECT session_id, task_name, request, origin, owner, executor, platform,
        'failed', 'server_restarted', 'Server restarted while the task was running', result,
        created_at, started_at, ?1, echo_received
-FROM live WHERE true
-ON CONFLICT(session_id) DO UPDATE SET
-    task_name = excluded.task_name,
-    request = excluded.request,
-    origin = excluded.origin,
-    owner = excluded.owner,
-    executor = excluded.executor,
-    platform = excluded.platform,
-    state = excluded.state,
-    reason = excluded.reason,
-    error = excluded.error,
-    result = excluded.result,
-    created_at = excluded.created_at,
-    started_at = excluded.started_at,
-    finished_at = excluded.finished_at,
-    echo_received = excluded.echo_received";
+FROM live WHERE true ",
+    on_conflict_replace!()
+);
 
 const ENDED: &str = "('completed', 'failed', 'cancelled')";
 
@@ -634,23 +626,21 @@ fn apply(
                 }
                 n
             } else {
-                let updated = match rowid {
+                let id = match rowid {
                     Some(id) => {
                         let mut all = values.to_vec();
                         all.push(&id);
                         conn.prepare_cached(UPDATE_LIVE_SQL)?
-                            .execute(all.as_slice())?
+                            .execute(all.as_slice())?;
+                        id
                     }
-                    None => 0,
-                };
-                let id = if updated > 0 {
-                    rowid.unwrap_or_default()
-                } else {
-                    // New (an ended record of the same id, if any, is replaced).
-                    conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
-                        .execute([&r.session_id])?;
-                    conn.prepare_cached(INSERT_LIVE_SQL)?.execute(values)?;
-                    conn.last_insert_rowid()
+                    None => {
+                        // New (an ended record of the same id, if any, is replaced).
+                        conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+                            .execute([&r.session_id])?;
+                        conn.prepare_cached(INSERT_LIVE_SQL)?.execute(values)?;
+                        conn.last_insert_rowid()
+                    }
                 };
                 changes.push(IndexChange::Insert(
                     r.session_id.clone(),
