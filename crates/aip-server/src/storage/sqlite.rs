@@ -29,11 +29,16 @@
 //!   per row and doubled the time of a group commit; see BENCHMARKS.md). The map holds
 //!   live sessions only (bounded by the active-session limit); it is rebuilt from the
 //!   table at start-up, and is updated after a commit, before its waiters are answered.
+//! * **Recently ended records are also kept in memory** (the last [`RECENT_CAPACITY`],
+//!   as committed, oldest forgotten first), because a result is typically read right
+//!   after its session ends: that read is answered without a query on the blocking pool.
+//!   Every write that replaces, deletes or purges an ended record updates this memory in
+//!   the same step as the live map, so a read never sees anything but the committed state.
 //! * Schema version is kept in `PRAGMA user_version` (currently 2; version 1 had no
 //!   `live` table). Times are stored as microseconds since the Unix epoch, `result` as
 //!   JSON text.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -54,6 +59,8 @@ const SCHEMA_VERSION: i64 = 2;
 const QUEUE_CAPACITY: usize = 4096;
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 513;
+/// Records of recently ended sessions kept in memory for reads (see [`Recent`]).
+const RECENT_CAPACITY: usize = 4096;
 /// Number of read connections.
 const READERS: usize = 2;
 /// `list` limit used when the filter says 0.
@@ -181,13 +188,68 @@ struct Inner {
     live: Arc<parking_lot::Mutex<LiveIndex>>,
 }
 
-/// Where the records of live sessions are in the `live` table. Written only by the writer
-/// thread, after a commit; read by every read.
+/// Where the records of live sessions are in the `live` table, and the records of the
+/// sessions that ended last. Written only by the writer thread, after a commit; read by
+/// every read.
 #[derive(Default)]
 struct LiveIndex {
     by_id: HashMap<String, LiveEntry>,
     /// Task name → (created_at, rowid) of its live records.
     by_task: HashMap<String, Vec<(i64, i64)>>,
+    recent: Recent,
+}
+
+/// The committed records of the sessions that ended last, at most `capacity`, oldest
+/// forgotten first. A result is typically read right after its session ends (the
+/// requester polls or is told); such a read is then answered from memory instead of a
+/// query on the blocking pool. Kept exact: every write that changes or removes an ended
+/// record updates or drops its entry in the same step as the live map.
+#[derive(Default)]
+struct Recent {
+    capacity: usize,
+    rows: HashMap<String, (u64, Arc<Row>)>,
+    /// Insertion order; an entry whose generation no longer matches `rows` is stale.
+    order: VecDeque<(u64, String)>,
+    generation: u64,
+}
+
+impl Recent {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ..Self::default()
+        }
+    }
+
+    fn put(&mut self, row: Arc<Row>) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        self.order.push_back((generation, row.session_id.clone()));
+        self.rows.insert(row.session_id.clone(), (generation, row));
+        while self.order.len() > self.capacity {
+            if let Some((g, id)) = self.order.pop_front() {
+                if self.rows.get(&id).is_some_and(|(current, _)| *current == g) {
+                    self.rows.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn get(&self, session_id: &str) -> Option<Arc<Row>> {
+        self.rows.get(session_id).map(|(_, row)| Arc::clone(row))
+    }
+
+    fn remove(&mut self, session_id: &str) {
+        self.rows.remove(session_id);
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.order.clear();
+    }
 }
 
 struct LiveEntry {
@@ -197,8 +259,11 @@ struct LiveEntry {
 }
 
 impl LiveIndex {
-    fn load(conn: &Connection) -> Result<LiveIndex, StoreError> {
-        let mut index = LiveIndex::default();
+    fn load(conn: &Connection, recent_capacity: usize) -> Result<LiveIndex, StoreError> {
+        let mut index = LiveIndex {
+            recent: Recent::new(recent_capacity),
+            ..LiveIndex::default()
+        };
         let mut stmt = conn
             .prepare("SELECT id, session_id, task_name, created_at FROM live")
             .map_err(db_err)?;
@@ -236,6 +301,7 @@ impl LiveIndex {
 
     fn insert(&mut self, session_id: String, entry: LiveEntry) {
         self.remove(&session_id);
+        self.recent.remove(&session_id);
         self.by_task
             .entry(entry.task_name.clone())
             .or_default()
@@ -258,17 +324,31 @@ impl LiveIndex {
     fn apply(&mut self, change: IndexChange) {
         match change {
             IndexChange::Insert(id, entry) => self.insert(id, entry),
-            IndexChange::Remove(id) => self.remove(&id),
-            IndexChange::Clear => *self = LiveIndex::default(),
+            IndexChange::Remove(id) => {
+                self.remove(&id);
+                self.recent.remove(&id);
+            }
+            IndexChange::Clear => {
+                self.by_id.clear();
+                self.by_task.clear();
+                self.recent.clear();
+            }
+            IndexChange::ForgetEnded => self.recent.clear(),
         }
     }
 }
 
 /// A change to [`LiveIndex`] made by a write, applied once its transaction committed.
+/// (An ended record that was stored is added to the recent records afterwards.)
 enum IndexChange {
+    /// A live record was stored.
     Insert(String, LiveEntry),
+    /// The record left the live table, or was deleted.
     Remove(String),
+    /// Every live record was moved or deleted.
     Clear,
+    /// Ended records were deleted (purge).
+    ForgetEnded,
 }
 
 /// The writer's view of the live rows during a batch: the committed index plus what the
@@ -312,6 +392,7 @@ impl<'a> LiveView<'a> {
                     self.overlay.clear();
                     self.cleared = true;
                 }
+                IndexChange::ForgetEnded => {}
             }
         }
     }
@@ -365,6 +446,11 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`: the directory, the database file
     /// `dir/aip.sqlite3` and its schema. Starts the writer thread.
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with(dir, RECENT_CAPACITY)
+    }
+
+    /// [`SqliteStore::open`] keeping at most `recent_capacity` ended records in memory.
+    fn open_with(dir: &Path, recent_capacity: usize) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE_NAME);
@@ -384,7 +470,10 @@ impl SqliteStore {
             .map_err(db_err)?;
 
         init_schema(&mut writer)?;
-        let live = Arc::new(parking_lot::Mutex::new(LiveIndex::load(&writer)?));
+        let live = Arc::new(parking_lot::Mutex::new(LiveIndex::load(
+            &writer,
+            recent_capacity,
+        )?));
 
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -517,14 +606,27 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, live: &parking_lot::Mu
     };
     match outcome {
         Ok((results, changes)) => {
-            if !changes.is_empty() {
+            let mut replies = Vec::with_capacity(batch.len());
+            let mut ended = Vec::new();
+            for (Job { op, reply }, result) in batch.drain(..).zip(results) {
+                if let (Ok(_), WriteOp::Upsert(row)) = (&result, op) {
+                    if !row.live {
+                        ended.push(Arc::<Row>::from(row));
+                    }
+                }
+                replies.push((reply, result));
+            }
+            if !changes.is_empty() || !ended.is_empty() {
                 let mut index = live.lock();
                 for change in changes {
                     index.apply(change);
                 }
+                for row in ended {
+                    index.recent.put(row);
+                }
             }
-            for (job, result) in batch.drain(..).zip(results) {
-                let _ = job.reply.send(result);
+            for (reply, result) in replies {
+                let _ = reply.send(result);
             }
         }
         Err(e) => {
@@ -661,8 +763,8 @@ fn apply(
                 n += conn
                     .prepare_cached("DELETE FROM live WHERE id = ?1")?
                     .execute([rowid])?;
-                changes.push(IndexChange::Remove(id.clone()));
             }
+            changes.push(IndexChange::Remove(id.clone()));
             n
         }
         WriteOp::MarkInterrupted { now } => {
@@ -705,6 +807,7 @@ fn apply(
             } else {
                 0
             };
+            changes.push(IndexChange::ForgetEnded);
             by_age + by_count
         }
     };
@@ -756,6 +859,28 @@ struct RawRow {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     echo_received: bool,
+}
+
+impl From<&Row> for RawRow {
+    fn from(r: &Row) -> Self {
+        RawRow {
+            session_id: r.session_id.clone(),
+            task_name: r.task_name.clone(),
+            request: r.request.clone(),
+            origin: r.origin.to_owned(),
+            owner: r.owner.clone(),
+            executor: r.executor.clone(),
+            platform: r.platform.clone(),
+            state: r.state.to_owned(),
+            reason: r.reason.clone(),
+            error: r.error.clone(),
+            result: r.result.clone(),
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            echo_received: r.echo_received,
+        }
+    }
 }
 
 fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -848,6 +973,10 @@ impl SessionStore for SqliteStore {
     }
 
     async fn get(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let recent = self.inner.live.lock().recent.get(session_id);
+        if let Some(row) = recent {
+            return SessionRecord::try_from(RawRow::from(&*row)).map(Some);
+        }
         let id = session_id.to_owned();
         let live = Arc::clone(&self.inner.live);
         self.read(move |conn| {
@@ -1301,6 +1430,85 @@ mod tests {
             .unwrap()
     }
 
+    /// Changes a stored record behind the store's back, so a read shows where it came from.
+    fn tamper(dir: &Path, session_id: &str) {
+        let conn = Connection::open(dir.join(DB_FILE_NAME)).unwrap();
+        conn.execute(
+            "UPDATE sessions SET error = 'changed on disk' WHERE session_id = ?1",
+            [session_id],
+        )
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn recently_ended_records_are_read_from_memory_and_the_oldest_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(dir.path(), 2).unwrap();
+        for id in ["a", "b", "c"] {
+            store
+                .upsert(rec(id, "t", SessionState::Completed, 1))
+                .await
+                .unwrap();
+            tamper(dir.path(), id);
+        }
+        let error = |r: Option<SessionRecord>| r.unwrap().error;
+        // "a" was forgotten (capacity 2): read from the file; "b" and "c" from memory.
+        assert_eq!(
+            error(store.get("a").await.unwrap()).as_deref(),
+            Some("changed on disk")
+        );
+        assert_eq!(error(store.get("b").await.unwrap()), None);
+        assert_eq!(
+            store.get("c").await.unwrap().unwrap(),
+            rec("c", "t", SessionState::Completed, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn every_write_keeps_the_recent_records_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let ended = rec("s", "t", SessionState::Completed, 1);
+        store.upsert(ended.clone()).await.unwrap();
+        assert_eq!(store.get("s").await.unwrap(), Some(ended.clone()));
+
+        // Replaced by an ended record of the same id.
+        let mut failed = rec("s", "t", SessionState::Failed, 1);
+        failed.error = Some("boom".into());
+        store.upsert(failed.clone()).await.unwrap();
+        assert_eq!(store.get("s").await.unwrap(), Some(failed));
+
+        // Reused by a live session: the ended record is gone from memory and disk.
+        let running = rec("s", "t", SessionState::Running, 2);
+        store.upsert(running.clone()).await.unwrap();
+        assert_eq!(store.get("s").await.unwrap(), Some(running));
+
+        // Deleted after it ended.
+        store.upsert(ended.clone()).await.unwrap();
+        store.delete("s").await.unwrap();
+        assert_eq!(store.get("s").await.unwrap(), None);
+
+        // Purged.
+        store.upsert(ended).await.unwrap();
+        assert_eq!(store.purge(t(0), 0).await.unwrap(), 1);
+        assert_eq!(store.get("s").await.unwrap(), None);
+
+        // A write that fails is not remembered: the record is unchanged.
+        let dir2 = tempfile::tempdir().unwrap();
+        let store2 = SqliteStore::open(dir2.path()).unwrap();
+        let conn = Connection::open(dir2.path().join(DB_FILE_NAME)).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER no_bad BEFORE INSERT ON sessions WHEN NEW.session_id = 'bad' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        assert!(store2
+            .upsert(rec("bad", "t", SessionState::Completed, 1))
+            .await
+            .is_err());
+        assert_eq!(store2.get("bad").await.unwrap(), None);
+    }
+
     #[tokio::test]
     async fn live_records_stay_out_of_the_indexed_table_until_they_end() {
         let dir = tempfile::tempdir().unwrap();
@@ -1458,7 +1666,8 @@ mod tests {
     #[tokio::test]
     async fn bad_stored_values_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
+        // Without recent records in memory: every read goes to the file.
+        let store = SqliteStore::open_with(dir.path(), 0).unwrap();
         store
             .upsert(rec("s", "t", SessionState::Created, 1))
             .await
