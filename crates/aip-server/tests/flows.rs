@@ -428,6 +428,78 @@ async fn accept_timeout_fails_a_dispatch_nobody_accepts() {
 }
 
 #[tokio::test]
+async fn unaccepted_dispatch_fails_at_the_session_timeout_when_it_is_shorter() {
+    // A dispatch nobody echoes is parked without a task of its own; the shared timer
+    // must still wake it at the earlier of its two timeouts.
+    let app = spawn_app_with(|c| {
+        c.session_timeout = Some(Duration::from_millis(300));
+        c.accept_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut d = app.device("dev1").await;
+    let (_, body) = app
+        .dispatch(json!({"target_id": "dev1", "request": "x", "commands": commands(&["t"])}))
+        .await;
+    let sid = body["session_id"].as_str().expect("sid").to_owned();
+    d.recv().await; // the task; no echo
+    let end = d.recv().await;
+    assert_eq!(end["type"], "task_end");
+    assert_eq!(end["error"], "Session timed out after 0.3 s");
+    let done = app.wait_done(&sid).await;
+    assert_eq!(done["reason"], "timeout");
+}
+
+#[tokio::test]
+async fn parked_dispatches_run_on_a_late_echo_and_end_on_timeout_or_disconnect() {
+    let app = spawn_app_with(|c| c.accept_timeout = Duration::from_millis(800)).await;
+    let mut d = app.device("dev1").await;
+    let mut e = app.device("dev2").await;
+    let dispatch = |target: &'static str, name: &'static str| {
+        let app = &app;
+        async move {
+            let (code, body) = app
+                .dispatch(json!({"target_id": target, "request": "x", "task_name": name, "commands": commands(&["t"])}))
+                .await;
+            assert_eq!(code, 200, "{body}");
+            body["session_id"].as_str().expect("sid").to_owned()
+        }
+    };
+    let late = dispatch("dev1", "late").await;
+    let never = dispatch("dev1", "never").await;
+    let orphan = dispatch("dev2", "orphan").await;
+    for _ in 0..2 {
+        assert_eq!(d.recv().await["type"], "task");
+    }
+    assert_eq!(e.recv().await["type"], "task");
+
+    // Echoed well after the dispatch, before its accept timeout: it runs normally.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.send(json!({"type": "task", "status": "continue", "client_type": "device", "client_id": "dev1", "task_name": "late", "request": "x", "session_id": null})).await;
+    assert_eq!(d.recv().await["type"], "heartbeat");
+    let cmd = d.recv().await;
+    assert_eq!(cmd["type"], "command");
+    d.send(results_for(&cmd, "dev1")).await;
+    let end = d.recv().await;
+    assert_eq!(
+        (end["session_id"].as_str(), end["status"].as_str()),
+        (Some(late.as_str()), Some("completed"))
+    );
+
+    // Its executor goes away: cancelled at once, not at the accept timeout.
+    e.close().await;
+    let done = app.wait_done(&orphan).await;
+    assert_eq!(done["reason"], "device_disconnected", "{done}");
+
+    // Never echoed: failed by the shared timer.
+    let end = d.recv().await;
+    assert_eq!(end["session_id"], never.as_str());
+    assert_eq!(end["error"], "Device did not accept the task within 0.8 s");
+    let done = app.wait_done(&never).await;
+    assert_eq!(done["reason"], "not_accepted", "{done}");
+    assert_eq!(app.get("/api/health").await.1["active_sessions"], 0);
+}
+
+#[tokio::test]
 async fn silent_client_is_closed_by_the_liveness_check() {
     let app = spawn_app_with(|c| {
         c.client_timeout = Duration::from_millis(400);

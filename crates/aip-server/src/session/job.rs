@@ -60,7 +60,8 @@ enum Accepted {
 pub(super) struct SessionJob {
     app: Arc<AppState>,
     handle: Arc<SessionHandle>,
-    rx: mpsc::Receiver<SessionEvent>,
+    /// Given when the job is spawned.
+    rx: Option<mpsc::Receiver<SessionEvent>>,
     record: SessionRecord,
     planner: Option<Planner>,
     ctx: SessionContext,
@@ -72,7 +73,6 @@ impl SessionJob {
     pub(super) fn new(
         app: Arc<AppState>,
         handle: Arc<SessionHandle>,
-        rx: mpsc::Receiver<SessionEvent>,
         record: SessionRecord,
         planner: Planner,
         ctx: SessionContext,
@@ -80,7 +80,7 @@ impl SessionJob {
         Self {
             app,
             handle,
-            rx,
+            rx: None,
             record,
             planner: Some(planner),
             ctx,
@@ -89,7 +89,23 @@ impl SessionJob {
         }
     }
 
-    pub(super) async fn run(mut self) {
+    /// When a parked job must run even if nothing happens: its accept timeout, or its
+    /// session timeout if that is earlier.
+    pub(super) fn wake_at(&self) -> Instant {
+        let config = &self.app.config;
+        let limit = match config.session_timeout {
+            Some(t) => t.min(config.accept_timeout),
+            None => config.accept_timeout,
+        };
+        self.started + limit
+    }
+
+    pub(super) fn alarms(&self) -> &std::sync::Arc<super::Alarms> {
+        &self.app.sessions.alarms
+    }
+
+    pub(super) async fn run(mut self, rx: mpsc::Receiver<SessionEvent>) {
+        self.rx = Some(rx);
         let handle = self.handle.clone();
         let session_timeout = self.app.config.session_timeout;
         let deadline = session_timeout.map(|t| self.started + t);
@@ -206,8 +222,9 @@ impl SessionJob {
     }
 
     async fn await_acceptance(&mut self) -> Result<Accepted, Outcome> {
+        // From the session's start: a job parked until now has waited already.
         let limit = self.app.config.accept_timeout;
-        match tokio::time::timeout(limit, self.rx.recv()).await {
+        match tokio::time::timeout_at(self.started + limit, self.recv()).await {
             Err(_) => Err(Outcome::failed(
                 Some("not_accepted"),
                 text::not_accepted(fmt_secs(limit)),
@@ -220,6 +237,14 @@ impl SessionJob {
             )),
             Ok(Some(SessionEvent::Echo)) => Ok(Accepted::Echo),
             Ok(Some(ev)) => Ok(Accepted::Report(ev)),
+        }
+    }
+
+    /// The next event; `None` once every sender is gone.
+    async fn recv(&mut self) -> Option<SessionEvent> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => None,
         }
     }
 
@@ -243,7 +268,7 @@ impl SessionJob {
         loop {
             let ev = match next.take() {
                 Some(ev) => ev,
-                None => match self.rx.recv().await {
+                None => match self.recv().await {
                     Some(ev) => ev,
                     None => std::future::pending().await,
                 },
@@ -363,7 +388,7 @@ impl SessionJob {
         let limit = self.app.config.command_timeout;
         let deadline = Instant::now() + limit;
         loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            match tokio::time::timeout_at(deadline, self.recv()).await {
                 Err(_) | Ok(None) => {
                     tracing::warn!(session_id = %self.record.session_id, "command timed out");
                     let error = text::command_timed_out(fmt_secs(limit));

@@ -4,9 +4,17 @@
 //! All state changes of one session happen inside its job, so results, timeouts,
 //! cancellations and completion cannot race into two terminal states. Everybody else
 //! talks to the job through its [`SessionHandle`]: an event channel and a cancel token.
+//!
+//! A session whose `task` was pushed (HTTP dispatch) may wait a long time for the
+//! device's echo, and many may wait at once. Until something happens to it, such a
+//! session has no task and no channel of its own: its job is parked in the handle
+//! ([`Run::Dormant`]) and one shared timer ([`alarm::Alarms`]) wakes it when its accept
+//! timeout (or session timeout) is due. The first event, cancellation or alarm spawns
+//! the job, which then runs exactly as if it had been spawned at once. A parked session
+//! costs about half the memory of a running one and nothing to schedule.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use aip_protocol::ActionResult;
 use dashmap::mapref::entry::Entry;
@@ -20,8 +28,11 @@ use crate::state::AppState;
 use crate::storage::{Origin, SessionRecord, StoreError};
 
 pub mod agent;
+mod alarm;
 pub mod driver;
 mod job;
+
+use alarm::{AlarmKey, Alarms};
 
 use driver::{SessionContext, SessionDriver};
 
@@ -97,6 +108,23 @@ pub struct ClientEnd {
     pub result: Option<Value>,
 }
 
+/// Capacity of a session's event channel.
+const EVENT_QUEUE: usize = 64;
+
+/// Where a session's job is.
+enum Run {
+    /// Created, the job not handed over yet; the receiver if an early event opened the
+    /// channel (the job is then spawned at once).
+    Unstarted(Option<mpsc::Receiver<SessionEvent>>),
+    /// Waiting for the executor to take up the pushed task: no task, no channel.
+    Dormant {
+        job: Box<job::SessionJob>,
+        alarm: AlarmKey,
+    },
+    /// Spawned.
+    Running,
+}
+
 /// Shared view of a live session.
 pub struct SessionHandle {
     pub session_id: String,
@@ -109,7 +137,9 @@ pub struct SessionHandle {
     pub executor_conn: u64,
     acceptance: AtomicU8,
     task_response_id: Mutex<Option<String>>,
-    events: mpsc::Sender<SessionEvent>,
+    /// Opened by the first event, or when the job is spawned.
+    events: OnceLock<mpsc::Sender<SessionEvent>>,
+    run: Mutex<Run>,
     cancel: CancellationToken,
     cancel_reason: Mutex<Option<CancelReason>>,
     done: CancellationToken,
@@ -143,7 +173,12 @@ impl SessionHandle {
     /// Delivers an event to the job (waits if the job is behind: backpressure on the
     /// sender's connection only).
     pub async fn deliver(&self, event: SessionEvent) {
-        if self.events.send(event).await.is_err() {
+        self.wake();
+        let sent = match self.events.get() {
+            Some(tx) => tx.send(event).await.is_ok(),
+            None => false,
+        };
+        if !sent {
             tracing::debug!(session_id = %self.session_id, "event for a finished session dropped");
         }
     }
@@ -157,6 +192,36 @@ impl SessionHandle {
             }
         }
         self.cancel.cancel();
+        self.wake();
+    }
+
+    /// Opens the event channel if it is not open yet; a parked job is spawned with it.
+    fn wake(&self) {
+        let mut run = self.run.lock();
+        match &mut *run {
+            Run::Running => {}
+            Run::Unstarted(rx) => {
+                if rx.is_none() {
+                    *rx = Some(self.open_channel());
+                }
+            }
+            Run::Dormant { .. } => {
+                let Run::Dormant { job, alarm } = std::mem::replace(&mut *run, Run::Running) else {
+                    return;
+                };
+                let rx = self.open_channel();
+                drop(run);
+                job.alarms().cancel(alarm);
+                tokio::spawn(job.run(rx));
+            }
+        }
+    }
+
+    fn open_channel(&self) -> mpsc::Receiver<SessionEvent> {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        // Called under `run`'s lock, once per session: the cell is empty.
+        let _ = self.events.set(tx);
+        rx
     }
 
     /// Resolves once the job has stored its final state.
@@ -181,6 +246,7 @@ pub struct SessionManager {
     live: DashMap<String, Arc<SessionHandle>>,
     active: AtomicUsize,
     max_active: usize,
+    alarms: Arc<Alarms>,
 }
 
 /// Everything needed to create a session.
@@ -195,7 +261,6 @@ pub struct NewSession {
 /// A created (stored, indexed) session whose job has not started yet.
 pub struct PendingSession {
     pub handle: Arc<SessionHandle>,
-    rx: mpsc::Receiver<SessionEvent>,
     record: SessionRecord,
     planner: Planner,
     ctx: SessionContext,
@@ -208,6 +273,7 @@ impl SessionManager {
             live: DashMap::new(),
             active: AtomicUsize::new(0),
             max_active,
+            alarms: Arc::new(Alarms::default()),
         }
     }
 
@@ -250,7 +316,6 @@ impl SessionManager {
         if !self.reserve() {
             return Err(CreateError::TooMany);
         }
-        let (tx, rx) = mpsc::channel(64);
         let record = new.record;
         let handle = Arc::new(SessionHandle {
             session_id: record.session_id.clone(),
@@ -262,7 +327,8 @@ impl SessionManager {
             executor_conn: new.executor_conn,
             acceptance: AtomicU8::new(Acceptance::NotApplicable as u8),
             task_response_id: Mutex::new(None),
-            events: tx,
+            events: OnceLock::new(),
+            run: Mutex::new(Run::Unstarted(None)),
             cancel: CancellationToken::new(),
             cancel_reason: Mutex::new(None),
             done: CancellationToken::new(),
@@ -316,7 +382,6 @@ impl SessionManager {
         }
         Ok(PendingSession {
             handle,
-            rx,
             record,
             planner: new.planner,
             ctx: new.ctx,
@@ -336,17 +401,40 @@ impl SessionManager {
 }
 
 impl PendingSession {
-    /// Starts the session's job.
+    /// Starts the session's job: spawned now, or parked until the executor takes up the
+    /// pushed task (or its timeout is due) if nothing has happened to it yet.
     pub fn start(self, app: &Arc<AppState>) {
+        let handle = self.handle.clone();
         let job = job::SessionJob::new(
             app.clone(),
             self.handle,
-            self.rx,
             self.record,
             self.planner,
             self.ctx,
         );
-        tokio::spawn(job.run());
+        let mut run = handle.run.lock();
+        let rx = match std::mem::replace(&mut *run, Run::Running) {
+            Run::Unstarted(Some(rx)) => rx,
+            Run::Unstarted(None) if handle.acceptance() == Acceptance::Awaiting => {
+                let alarm = app
+                    .sessions
+                    .alarms
+                    .set(app, job.wake_at(), &handle.session_id);
+                *run = Run::Dormant {
+                    job: Box::new(job),
+                    alarm,
+                };
+                return;
+            }
+            Run::Unstarted(None) => handle.open_channel(),
+            // Started twice: the first start stands.
+            other => {
+                *run = other;
+                return;
+            }
+        };
+        drop(run);
+        tokio::spawn(job.run(rx));
     }
 
     /// Undoes [`SessionManager::create`]: the session never existed.
