@@ -355,6 +355,12 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
 
 /// Strict parse of any AIP model, with the §2.1 rules (duplicate keys: last wins).
 pub fn parse_strict<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ParseError> {
+    // Fast path: valid messages are the rule, and tracking the path of every field costs
+    // about as much as the parse itself. Only a message that fails is parsed again, with
+    // the path, for the error's detail (and the duplicate-key rule).
+    if let Ok(v) = serde_json::from_str(text) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     match serde_path_to_error::deserialize(&mut de) {
         Ok(v) => {
