@@ -32,7 +32,10 @@ pub struct ClientEntry {
     pub conn: ConnHandle,
     pub metadata: Option<Map<String, Value>>,
     pub platform: Option<String>,
-    pub system_info: Option<Value>,
+    /// Devices: `metadata.system_info`, shared (not copied) with every session it runs.
+    pub system_info: Option<Arc<Value>>,
+    /// `metadata.tools`, shared likewise (an MCP device may advertise large schemas).
+    pub tools: Option<Arc<Value>>,
     /// Constellations: the device named by `target_id` at registration.
     pub scope: Option<String>,
     pub connected_at: DateTime<Utc>,
@@ -63,9 +66,13 @@ impl ClientEntry {
                 .as_ref()
                 .and_then(|m| m.get("system_info"))
                 .filter(|v| v.is_object())
-                .cloned(),
+                .map(|v| Arc::new(v.clone())),
             ClientType::Constellation => None,
         };
+        let tools = metadata
+            .as_ref()
+            .and_then(|m| m.get("tools"))
+            .map(|v| Arc::new(v.clone()));
         Self {
             client_id,
             role,
@@ -73,6 +80,7 @@ impl ClientEntry {
             metadata,
             platform,
             system_info,
+            tools,
             scope,
             connected_at: Utc::now(),
             seq: 0,

@@ -47,7 +47,7 @@ impl DriverFactory for LlmDriverFactory {
     fn create(&self, ctx: &SessionContext) -> Option<Box<dyn SessionDriver>> {
         let mut tools = ctx
             .executor_tools
-            .as_ref()
+            .as_deref()
             .map(ToolSpec::from_advertised)
             .unwrap_or_default();
         if tools.is_empty() {
@@ -57,7 +57,7 @@ impl DriverFactory for LlmDriverFactory {
         let loop_ctx = LoopContext {
             request: ctx.request.clone(),
             platform: ctx.platform.clone(),
-            system_info: ctx.executor_system_info.clone(),
+            system_info: ctx.executor_system_info.as_deref().cloned(),
             tools: tools.clone(),
         };
         Some(Box::new(LlmDriver {

@@ -3,6 +3,8 @@
 //! The session job asks its driver for one [`Step`] at a time and hands it the rounds
 //! so far. Drivers never touch sockets; they can be dropped (cancelled) at any await.
 
+use std::sync::Arc;
+
 use aip_protocol::plan::Plan;
 use aip_protocol::{ActionResult, Command, ResultStatus};
 use async_trait::async_trait;
@@ -17,9 +19,9 @@ pub struct SessionContext {
     /// Effective platform: `windows` or `linux`.
     pub platform: String,
     pub executor_id: String,
-    pub executor_system_info: Option<Value>,
+    pub executor_system_info: Option<Arc<Value>>,
     /// The executor's advertised tools (`metadata.tools`), if any.
-    pub executor_tools: Option<Value>,
+    pub executor_tools: Option<Arc<Value>>,
 }
 
 /// One finished round: the commands sent and the results received (or synthesised).

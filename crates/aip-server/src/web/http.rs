@@ -212,11 +212,7 @@ pub async fn dispatch(
         platform: platform.clone(),
         executor_id: device.client_id.clone(),
         executor_system_info: device.system_info.clone(),
-        executor_tools: device
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("tools"))
-            .cloned(),
+        executor_tools: device.tools.clone(),
     };
     let planner = app.planner(&ctx, commands);
     let agent_name = match &planner {

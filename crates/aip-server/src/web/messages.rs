@@ -218,11 +218,7 @@ impl ClientConn {
             platform: platform.clone(),
             executor_id: executor.client_id.clone(),
             executor_system_info: executor.system_info.clone(),
-            executor_tools: executor
-                .metadata
-                .as_ref()
-                .and_then(|m| m.get("tools"))
-                .cloned(),
+            executor_tools: executor.tools.clone(),
         };
         let planner = self.app.planner(&ctx, commands);
         let now = Utc::now();
@@ -365,7 +361,7 @@ impl ClientConn {
             .app
             .registry
             .device(target)
-            .and_then(|d| d.system_info.clone())
+            .and_then(|d| d.system_info.as_deref().cloned())
             .unwrap_or_else(|| json!({"error": text::device_info_unknown(target)}));
         self.reply(ServerMessage::device_info_response(msg.request_id, info));
     }
