@@ -410,17 +410,25 @@ async fn session_timeout_fails_the_session_on_both_sides() {
     assert_eq!(done["reason"], "timeout");
 }
 
-#[tokio::test]
-async fn accept_timeout_fails_a_dispatch_nobody_accepts() {
-    let app = spawn_app_with(|c| c.accept_timeout = Duration::from_millis(300)).await;
+/// Dispatches a one-command plan to a new device `dev1` that never echoes it; returns the
+/// session id and the `task_end` the device gets when the server gives up.
+async fn unechoed_dispatch(app: &TestApp) -> (String, serde_json::Value) {
     let mut d = app.device("dev1").await;
     let (_, body) = app
         .dispatch(json!({"target_id": "dev1", "request": "x", "commands": commands(&["t"])}))
         .await;
     let sid = body["session_id"].as_str().expect("sid").to_owned();
-    d.recv().await; // the task; no echo
+    assert_eq!(d.recv().await["type"], "task"); // no echo
     let end = d.recv().await;
     assert_eq!(end["type"], "task_end");
+    assert_eq!(end["session_id"], sid.as_str());
+    (sid, end)
+}
+
+#[tokio::test]
+async fn accept_timeout_fails_a_dispatch_nobody_accepts() {
+    let app = spawn_app_with(|c| c.accept_timeout = Duration::from_millis(300)).await;
+    let (sid, end) = unechoed_dispatch(&app).await;
     assert_eq!(end["error"], "Device did not accept the task within 0.3 s");
     let done = app.wait_done(&sid).await;
     assert_eq!(done["state"], "failed");
@@ -436,14 +444,7 @@ async fn unaccepted_dispatch_fails_at_the_session_timeout_when_it_is_shorter() {
         c.accept_timeout = Duration::from_secs(30);
     })
     .await;
-    let mut d = app.device("dev1").await;
-    let (_, body) = app
-        .dispatch(json!({"target_id": "dev1", "request": "x", "commands": commands(&["t"])}))
-        .await;
-    let sid = body["session_id"].as_str().expect("sid").to_owned();
-    d.recv().await; // the task; no echo
-    let end = d.recv().await;
-    assert_eq!(end["type"], "task_end");
+    let (sid, end) = unechoed_dispatch(&app).await;
     assert_eq!(end["error"], "Session timed out after 0.3 s");
     let done = app.wait_done(&sid).await;
     assert_eq!(done["reason"], "timeout");

@@ -1397,18 +1397,23 @@ mod tests {
         assert!(nested.join(DB_FILE_NAME).exists());
     }
 
+    /// Makes every insert of `session_id` into `table` fail, behind the store's back.
+    fn refuse_inserts(dir: &Path, table: &str, session_id: &str) {
+        let conn = Connection::open(dir.join(DB_FILE_NAME)).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} \
+             WHEN NEW.session_id = '{session_id}' \
+             BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END;"
+        ))
+        .unwrap();
+    }
+
     #[tokio::test]
     async fn a_failing_write_fails_alone_and_the_rest_of_its_batch_is_stored() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         // A trigger refusing one id stands in for any failing statement.
-        let side = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
-        side.execute_batch(
-            "CREATE TRIGGER refuse BEFORE INSERT ON live WHEN NEW.session_id = 'bad' \
-             BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END;",
-        )
-        .unwrap();
-        drop(side);
+        refuse_inserts(dir.path(), "live", "bad");
         let (a, bad, b) = tokio::join!(
             store.upsert(rec("a", "t", SessionState::Running, 1)),
             store.upsert(rec("bad", "t", SessionState::Running, 2)),
@@ -1496,12 +1501,7 @@ mod tests {
         // A write that fails is not remembered: the record is unchanged.
         let dir2 = tempfile::tempdir().unwrap();
         let store2 = SqliteStore::open(dir2.path()).unwrap();
-        let conn = Connection::open(dir2.path().join(DB_FILE_NAME)).unwrap();
-        conn.execute_batch(
-            "CREATE TRIGGER no_bad BEFORE INSERT ON sessions WHEN NEW.session_id = 'bad' \
-             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
-        )
-        .unwrap();
+        refuse_inserts(dir2.path(), "sessions", "bad");
         assert!(store2
             .upsert(rec("bad", "t", SessionState::Completed, 1))
             .await
