@@ -501,6 +501,31 @@ async fn parked_dispatches_run_on_a_late_echo_and_end_on_timeout_or_disconnect()
 }
 
 #[tokio::test]
+async fn a_burst_of_unaccepted_dispatches_all_fail_at_their_accept_timeout() {
+    // More than the timer wakes per slice, all due within a few milliseconds.
+    let app = spawn_app_with(|c| c.accept_timeout = Duration::from_millis(500)).await;
+    let mut d = app.device("dev1").await;
+    let body = json!({"target_id": "dev1", "request": "x", "commands": commands(&["t"])});
+    let answers =
+        futures_util::future::join_all((0..300).map(|_| app.dispatch(body.clone()))).await;
+    assert!(answers.iter().all(|(code, _)| *code == 200));
+    let mut not_accepted = 0;
+    while not_accepted < 300 {
+        let msg = d.recv().await;
+        if msg["type"] == "task_end" {
+            assert_eq!(msg["error"], "Device did not accept the task within 0.5 s");
+            not_accepted += 1;
+        }
+    }
+    let last = answers[299].1["session_id"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    assert_eq!(app.wait_done(&last).await["reason"], "not_accepted");
+    assert_eq!(app.get("/api/health").await.1["active_sessions"], 0);
+}
+
+#[tokio::test]
 async fn silent_client_is_closed_by_the_liveness_check() {
     let app = spawn_app_with(|c| {
         c.client_timeout = Duration::from_millis(400);

@@ -16,6 +16,9 @@ use tokio::time::Instant;
 
 use crate::state::AppState;
 
+/// Most sessions woken before the timer task yields.
+const WAKE_SLICE: usize = 256;
+
 /// Identifies one alarm: when, and a sequence number for alarms due at the same instant.
 pub(super) type AlarmKey = (Instant, u64);
 
@@ -57,11 +60,17 @@ impl Alarms {
         self.due.lock().remove(&key);
     }
 
-    /// Removes and returns the sessions due at `now`.
-    fn take_due(&self, now: Instant) -> Vec<String> {
+    /// Removes and returns at most `max` of the sessions due at `now`, earliest first.
+    fn take_due(&self, now: Instant, max: usize) -> Vec<String> {
         let mut due = self.due.lock();
-        let later = due.split_off(&(now, u64::MAX));
-        std::mem::replace(&mut *due, later).into_values().collect()
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            match due.first_entry() {
+                Some(entry) if entry.key().0 <= now => taken.push(entry.remove()),
+                _ => break,
+            }
+        }
+        taken
     }
 
     fn next(&self) -> Option<Instant> {
@@ -80,14 +89,43 @@ async fn timer(alarms: Arc<Alarms>, app: Weak<AppState>) {
                 }
             }
             Some(_) => {
-                let due = alarms.take_due(Instant::now());
+                // In slices, yielding in between: thousands of sessions may fall due at once
+                // (a burst of dispatches nobody accepts) and each wake spawns a job.
+                let due = alarms.take_due(Instant::now(), WAKE_SLICE);
                 let Some(app) = app.upgrade() else { return };
                 for session_id in due {
                     if let Some(h) = app.sessions.get(&session_id) {
                         h.wake();
                     }
                 }
+                drop(app);
+                tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn due_alarms_come_out_earliest_first_in_slices_and_cancelled_ones_never() {
+        let alarms = Alarms::default();
+        let t0 = Instant::now();
+        let mut keys = Vec::new();
+        for (i, ms) in [30u64, 10, 20, 10, 500].iter().enumerate() {
+            let key = (t0 + Duration::from_millis(*ms), i as u64);
+            alarms.due.lock().insert(key, format!("s{i}"));
+            keys.push(key);
+        }
+        alarms.cancel(keys[2]);
+        assert_eq!(alarms.next(), Some(t0 + Duration::from_millis(10)));
+        let now = t0 + Duration::from_millis(100);
+        assert_eq!(alarms.take_due(now, 2), ["s1", "s3"]);
+        assert_eq!(alarms.take_due(now, 2), ["s0"]);
+        assert!(alarms.take_due(now, 2).is_empty());
+        assert_eq!(alarms.next(), Some(t0 + Duration::from_millis(500)));
     }
 }
