@@ -47,8 +47,7 @@ pub(crate) async fn run(ctx: &Ctx, args: &ChurnArgs) -> anyhow::Result<RunResult
             ))
         })
         .collect();
-    let meters = Meters::at_start(&window, ctx.server_pid).await;
-    let cpu = meters.at_end(&window).await;
+    let cpu = Meters::over(&window, ctx.server_pid).await;
     join_tasks(tasks, &rec, "client task died").await;
     if let Some(s) = &mut server {
         s.read_after();

@@ -32,8 +32,7 @@ pub(crate) async fn run(ctx: &Ctx, args: &HeartbeatArgs) -> anyhow::Result<RunRe
         .into_iter()
         .map(|(_, conn)| tokio::spawn(round_trips(conn, window, rec.clone())))
         .collect();
-    let meters = Meters::at_start(&window, ctx.server_pid).await;
-    let cpu = meters.at_end(&window).await;
+    let cpu = Meters::over(&window, ctx.server_pid).await;
     if let Some(s) = &mut server {
         s.read_after();
     }

@@ -54,8 +54,7 @@ pub(crate) async fn run(ctx: &Ctx, args: &HoldArgs) -> anyhow::Result<RunResult>
             tokio::spawn(hold_one(conn, first, every, window, rec.clone()))
         })
         .collect();
-    let meters = Meters::at_start(&window, ctx.server_pid).await;
-    let cpu = meters.at_end(&window).await;
+    let cpu = Meters::over(&window, ctx.server_pid).await;
     join_tasks(tasks, &rec, "client task died").await;
 
     Ok(clients_result(

@@ -119,21 +119,18 @@ pub struct Meters {
 }
 
 impl Meters {
-    /// Waits for the window to open, then starts measuring.
-    pub async fn at_start(window: &Window, server_pid: Option<u32>) -> Self {
+    /// Waits for the window to open, measures until it closes; returns (server,
+    /// generator) CPU percent over it.
+    pub async fn over(window: &Window, server_pid: Option<u32>) -> (Option<f64>, Option<f64>) {
         tokio::time::sleep_until(window.start.into()).await;
-        Self {
+        let meters = Self {
             server: server_pid.and_then(|pid| CpuMeter::start(Some(pid))),
             generator: CpuMeter::start(None),
-        }
-    }
-
-    /// Waits for the window to close; returns (server, generator) CPU percent.
-    pub async fn at_end(self, window: &Window) -> (Option<f64>, Option<f64>) {
+        };
         tokio::time::sleep_until(window.end.into()).await;
         (
-            self.server.and_then(|m| m.percent()),
-            self.generator.and_then(|m| m.percent()),
+            meters.server.and_then(|m| m.percent()),
+            meters.generator.and_then(|m| m.percent()),
         )
     }
 }

@@ -210,8 +210,7 @@ where
     let tasks: Vec<_> = (0..workers)
         .map(|_| tokio::spawn(worker(shared.clone())))
         .collect();
-    let meters = Meters::at_start(&window, ctx.server_pid).await;
-    let cpu = meters.at_end(&window).await;
+    let cpu = Meters::over(&window, ctx.server_pid).await;
     if let Some(s) = &mut server {
         s.read_after();
     }

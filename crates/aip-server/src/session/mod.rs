@@ -198,17 +198,12 @@ impl SessionHandle {
     /// Opens the event channel if it is not open yet; a parked job is spawned with it.
     fn wake(&self) {
         let mut run = self.run.lock();
-        match &mut *run {
+        match std::mem::replace(&mut *run, Run::Running) {
             Run::Running => {}
             Run::Unstarted(rx) => {
-                if rx.is_none() {
-                    *rx = Some(self.open_channel());
-                }
+                *run = Run::Unstarted(Some(rx.unwrap_or_else(|| self.open_channel())));
             }
-            Run::Dormant { .. } => {
-                let Run::Dormant { job, alarm } = std::mem::replace(&mut *run, Run::Running) else {
-                    return;
-                };
+            Run::Dormant { job, alarm } => {
                 let rx = self.open_channel();
                 drop(run);
                 job.alarms().cancel(alarm);

@@ -1120,6 +1120,11 @@ mod tests {
         }
     }
 
+    /// Stores `r`, which must succeed.
+    async fn put(store: &SqliteStore, r: SessionRecord) {
+        store.upsert(r).await.unwrap();
+    }
+
     #[tokio::test]
     async fn upsert_get_round_trip() {
         let dir = tempfile::tempdir().unwrap();
@@ -1195,22 +1200,10 @@ mod tests {
     async fn latest_by_task_name_picks_newest_created() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        store
-            .upsert(rec("b", "t", SessionState::Completed, 300))
-            .await
-            .unwrap();
-        store
-            .upsert(rec("a", "t", SessionState::Completed, 100))
-            .await
-            .unwrap();
-        store
-            .upsert(rec("c", "other", SessionState::Completed, 900))
-            .await
-            .unwrap();
-        store
-            .upsert(rec("d", "t", SessionState::Running, 200))
-            .await
-            .unwrap();
+        put(&store, rec("b", "t", SessionState::Completed, 300)).await;
+        put(&store, rec("a", "t", SessionState::Completed, 100)).await;
+        put(&store, rec("c", "other", SessionState::Completed, 900)).await;
+        put(&store, rec("d", "t", SessionState::Running, 200)).await;
         let latest = store.latest_by_task_name("t").await.unwrap().unwrap();
         assert_eq!(latest.session_id, "b");
         assert!(store.latest_by_task_name("zzz").await.unwrap().is_none());
@@ -1263,15 +1256,11 @@ mod tests {
         assert_eq!(ids(store.list(&limited).await.unwrap()), ["c", "b"]);
 
         for i in 0..150 {
-            store
-                .upsert(rec(
-                    &format!("m{i}"),
-                    "many",
-                    SessionState::Created,
-                    1000 + i,
-                ))
-                .await
-                .unwrap();
+            put(
+                &store,
+                rec(&format!("m{i}"), "many", SessionState::Created, 1000 + i),
+            )
+            .await;
         }
         assert_eq!(
             store.list(&SessionFilter::default()).await.unwrap().len(),
@@ -1283,14 +1272,8 @@ mod tests {
     async fn mark_interrupted_fails_live_records() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        store
-            .upsert(rec("c", "t", SessionState::Created, 1))
-            .await
-            .unwrap();
-        store
-            .upsert(rec("r", "t", SessionState::Running, 2))
-            .await
-            .unwrap();
+        put(&store, rec("c", "t", SessionState::Created, 1)).await;
+        put(&store, rec("r", "t", SessionState::Running, 2)).await;
         let mut done = rec("d", "t", SessionState::Completed, 3);
         done.result = Some(json!(42));
         store.upsert(done.clone()).await.unwrap();
@@ -1325,14 +1308,8 @@ mod tests {
             store.upsert(r).await.unwrap();
         }
         // Live records, old.
-        store
-            .upsert(rec("live1", "t", SessionState::Running, 0))
-            .await
-            .unwrap();
-        store
-            .upsert(rec("live2", "t", SessionState::Created, 0))
-            .await
-            .unwrap();
+        put(&store, rec("live1", "t", SessionState::Running, 0)).await;
+        put(&store, rec("live2", "t", SessionState::Created, 0)).await;
 
         // By age: finished before 35 -> e1, e2, e3.
         assert_eq!(store.purge(t(35), 1000).await.unwrap(), 3);
@@ -1390,10 +1367,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let nested = dir.path().join("a").join("b");
         let store = SqliteStore::open(&nested).unwrap();
-        store
-            .upsert(rec("s", "t", SessionState::Created, 1))
-            .await
-            .unwrap();
+        put(&store, rec("s", "t", SessionState::Created, 1)).await;
         assert!(nested.join(DB_FILE_NAME).exists());
     }
 
@@ -1450,10 +1424,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_with(dir.path(), 2).unwrap();
         for id in ["a", "b", "c"] {
-            store
-                .upsert(rec(id, "t", SessionState::Completed, 1))
-                .await
-                .unwrap();
+            put(&store, rec(id, "t", SessionState::Completed, 1)).await;
             tamper(dir.path(), id);
         }
         let error = |r: Option<SessionRecord>| r.unwrap().error;
@@ -1552,10 +1523,7 @@ mod tests {
             SessionState::Failed
         );
         // And a live record created, deleted (a dispatch that could not be queued).
-        store
-            .upsert(rec("gone", "t3", SessionState::Created, 6))
-            .await
-            .unwrap();
+        put(&store, rec("gone", "t3", SessionState::Created, 6)).await;
         store.delete("gone").await.unwrap();
         assert!(store.get("gone").await.unwrap().is_none());
         assert!(store.latest_by_task_name("t3").await.unwrap().is_none());
@@ -1566,33 +1534,18 @@ mod tests {
     async fn latest_by_task_name_looks_at_live_and_ended_records() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        store
-            .upsert(rec("old", "t", SessionState::Completed, 100))
-            .await
-            .unwrap();
-        store
-            .upsert(rec("live-a", "t", SessionState::Running, 200))
-            .await
-            .unwrap();
-        store
-            .upsert(rec("live-b", "t", SessionState::Created, 150))
-            .await
-            .unwrap();
+        put(&store, rec("old", "t", SessionState::Completed, 100)).await;
+        put(&store, rec("live-a", "t", SessionState::Running, 200)).await;
+        put(&store, rec("live-b", "t", SessionState::Created, 150)).await;
         let latest = store.latest_by_task_name("t").await.unwrap().unwrap();
         assert_eq!(latest.session_id, "live-a");
-        store
-            .upsert(rec("live-a", "t", SessionState::Cancelled, 200))
-            .await
-            .unwrap();
+        put(&store, rec("live-a", "t", SessionState::Cancelled, 200)).await;
         let latest = store.latest_by_task_name("t").await.unwrap().unwrap();
         assert_eq!(
             (latest.session_id.as_str(), latest.state),
             ("live-a", SessionState::Cancelled)
         );
-        store
-            .upsert(rec("new", "t", SessionState::Completed, 300))
-            .await
-            .unwrap();
+        put(&store, rec("new", "t", SessionState::Completed, 300)).await;
         let latest = store.latest_by_task_name("t").await.unwrap().unwrap();
         assert_eq!(latest.session_id, "new");
     }
@@ -1617,10 +1570,7 @@ mod tests {
             (0, 1)
         );
         // A new live record after the restart is live again.
-        store
-            .upsert(rec("n", "t", SessionState::Created, 10))
-            .await
-            .unwrap();
+        put(&store, rec("n", "t", SessionState::Created, 10)).await;
         assert_eq!(
             store
                 .latest_by_task_name("t")
@@ -1668,10 +1618,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Without recent records in memory: every read goes to the file.
         let store = SqliteStore::open_with(dir.path(), 0).unwrap();
-        store
-            .upsert(rec("s", "t", SessionState::Created, 1))
-            .await
-            .unwrap();
+        put(&store, rec("s", "t", SessionState::Created, 1)).await;
         let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
         conn.busy_timeout(BUSY_TIMEOUT).unwrap();
         // "s" is live; "e" has ended: both tables' rows are checked on the way out.
@@ -1679,10 +1626,7 @@ mod tests {
         assert!(matches!(store.get("s").await, Err(StoreError::Database(_))));
         conn.execute("UPDATE live SET state = 'created'", [])
             .unwrap();
-        store
-            .upsert(rec("e", "t", SessionState::Completed, 2))
-            .await
-            .unwrap();
+        put(&store, rec("e", "t", SessionState::Completed, 2)).await;
         conn.execute("UPDATE sessions SET result = '{not json'", [])
             .unwrap();
         assert!(matches!(store.get("e").await, Err(StoreError::Database(_))));
