@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::timeout;
@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::http::Http;
 use crate::report::{Latency, Recorder};
 use crate::Ctx;
 
@@ -28,12 +29,13 @@ pub fn ws_config() -> WebSocketConfig {
         .write_buffer_size(4096)
 }
 
-/// A server to load: WebSocket URL (with the token), HTTP base, key, per-await timeout.
+/// A server to load: WebSocket URL (with the token), HTTP host, key, per-await timeout.
 pub struct Target {
     /// The URL as given (reports).
     pub url: String,
     ws_url: String,
-    http_base: String,
+    /// `host:port` of both the WebSocket and the HTTP side.
+    authority: String,
     api_key: Option<String>,
     pub timeout: Duration,
 }
@@ -43,11 +45,14 @@ impl Target {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| anyhow::anyhow!("--url must look like ws://host:port/ws: {url}"))?;
-        let http_scheme = match scheme {
-            "ws" => "http",
-            "wss" => "https",
-            other => anyhow::bail!("--url must be a ws:// or wss:// URL, not {other}://"),
-        };
+        match scheme {
+            "ws" => {}
+            "wss" => anyhow::bail!(
+                "aip bench speaks plain ws:// and http:// only (TLS would measure the TLS \
+                 library); point it at the server's plain listener: {url}"
+            ),
+            other => anyhow::bail!("--url must be a ws:// URL, not {other}://"),
+        }
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         anyhow::ensure!(!authority.is_empty(), "--url has no host: {url}");
         let ws_url = match api_key {
@@ -60,32 +65,25 @@ impl Target {
         Ok(Self {
             url: url.to_owned(),
             ws_url,
-            http_base: format!("{http_scheme}://{authority}"),
+            // ws:// without a port means port 80.
+            authority: if authority.ends_with(']') || !authority.contains(':') {
+                format!("{authority}:80")
+            } else {
+                authority.to_owned()
+            },
             api_key: api_key.map(str::to_owned),
             timeout,
         })
     }
 
-    /// `path` (starting with `/`) on the HTTP side.
-    pub fn http_url(&self, path: &str) -> String {
-        format!("{}{path}", self.http_base)
+    /// `host:port` of the server.
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 
-    /// An HTTP client keeping up to `pool` connections to the server.
-    pub fn http_client(&self, pool: usize) -> anyhow::Result<reqwest::Client> {
-        Ok(reqwest::Client::builder()
-            .pool_max_idle_per_host(pool)
-            .tcp_nodelay(true)
-            .timeout(self.timeout)
-            .build()?)
-    }
-
-    /// Adds the API key, if any.
-    pub fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.api_key {
-            Some(k) => rb.header("X-API-Key", k),
-            None => rb,
-        }
+    /// The API key, if any.
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
     }
 }
 
@@ -397,63 +395,56 @@ impl<T> Pending<T> {
 }
 
 /// The one-command plan every `dispatch` and `session` request carries.
-fn dispatch_body(device: &str, task_name: &str) -> serde_json::Value {
-    serde_json::json!({
-        "target_id": device,
-        "request": "bench",
-        "task_name": task_name,
-        "commands": [{"tool_name": "noop", "tool_type": "action"}],
-    })
+#[derive(Serialize)]
+struct DispatchBody<'a> {
+    target_id: &'a str,
+    request: &'static str,
+    task_name: &'a str,
+    commands: [BenchCommand; 1],
+}
+
+#[derive(Serialize)]
+struct BenchCommand {
+    tool_name: &'static str,
+    tool_type: &'static str,
+}
+
+#[derive(Deserialize)]
+struct Dispatched {
+    session_id: Option<String>,
+}
+
+/// The fields of a `task_result` answer the generator checks.
+#[derive(Deserialize)]
+pub struct TaskResult {
+    pub status: Option<String>,
+    pub state: Option<String>,
 }
 
 /// `POST /api/dispatch`; returns the session id.
-pub async fn dispatch(
-    http: &reqwest::Client,
-    target: &Target,
-    device: &str,
-    task_name: &str,
-) -> Result<String, Fail> {
-    let request = target
-        .authed(http.post(target.http_url("/api/dispatch")))
-        .json(&dispatch_body(device, task_name));
-    let body = http_json(request, target.timeout, "dispatch").await?;
-    body.get("session_id")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned)
+pub async fn dispatch(http: &mut Http, device: &str, task_name: &str) -> Result<String, Fail> {
+    let body = DispatchBody {
+        target_id: device,
+        request: "bench",
+        task_name,
+        commands: [BenchCommand {
+            tool_name: "noop",
+            tool_type: "action",
+        }],
+    };
+    let body = serde_json::to_vec(&body).map_err(|_| Fail::new("dispatch: bad body"))?;
+    let answer = http.post_json("/api/dispatch", body, "dispatch").await?;
+    serde_json::from_slice::<Dispatched>(&answer)
+        .map_err(|_| Fail::new("dispatch: bad body"))?
+        .session_id
         .ok_or_else(|| Fail::new("dispatch: no session_id"))
 }
 
 /// `GET /api/task_result/{session_id}`.
-pub async fn task_result(
-    http: &reqwest::Client,
-    target: &Target,
-    session_id: &str,
-) -> Result<serde_json::Value, Fail> {
-    let url = target.http_url(&format!("/api/task_result/{}", encode_query(session_id)));
-    http_json(target.authed(http.get(url)), target.timeout, "task_result").await
-}
-
-/// Sends a request and reads a `200` JSON body; other statuses are failures by code.
-async fn http_json(
-    request: reqwest::RequestBuilder,
-    limit: Duration,
-    what: &str,
-) -> Result<serde_json::Value, Fail> {
-    let response = match timeout(limit, request.send()).await {
-        Err(_) => return Err(Fail::timeout(what)),
-        Ok(Err(e)) if e.is_timeout() => return Err(Fail::timeout(what)),
-        Ok(Err(_)) => return Err(Fail(format!("{what}: HTTP transport error"))),
-        Ok(Ok(r)) => r,
-    };
-    let status = response.status();
-    if status != reqwest::StatusCode::OK {
-        return Err(Fail(format!("{what}: HTTP {}", status.as_u16())));
-    }
-    match timeout(limit, response.json::<serde_json::Value>()).await {
-        Err(_) => Err(Fail::timeout(what)),
-        Ok(Err(_)) => Err(Fail(format!("{what}: bad body"))),
-        Ok(Ok(v)) => Ok(v),
-    }
+pub async fn task_result(http: &mut Http, session_id: &str) -> Result<TaskResult, Fail> {
+    let path = format!("/api/task_result/{}", encode_query(session_id));
+    let answer = http.get(&path, "task_result").await?;
+    serde_json::from_slice(&answer).map_err(|_| Fail::new("task_result: bad body"))
 }
 
 #[cfg(test)]
@@ -461,20 +452,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn derives_http_base_and_token() {
+    fn derives_authority_and_token() {
         let t = Target::new(
             "ws://127.0.0.1:5000/ws",
             Some("k y&"),
             Duration::from_secs(1),
         )
         .expect("target");
-        assert_eq!(
-            t.http_url("/api/dispatch"),
-            "http://127.0.0.1:5000/api/dispatch"
-        );
+        assert_eq!(t.authority(), "127.0.0.1:5000");
+        assert_eq!(t.api_key(), Some("k y&"));
         assert_eq!(t.ws_url, "ws://127.0.0.1:5000/ws?token=k%20y%26");
-        let t = Target::new("wss://h:1?x=1", None, Duration::from_secs(1)).expect("target");
-        assert_eq!(t.http_url("/x"), "https://h:1/x");
+        let t = Target::new("ws://h?x=1", None, Duration::from_secs(1)).expect("target");
+        assert_eq!(t.authority(), "h:80");
+        assert_eq!(t.ws_url, "ws://h?x=1");
+        assert!(Target::new("wss://h:1/ws", None, Duration::from_secs(1)).is_err());
         assert!(Target::new("http://h/ws", None, Duration::from_secs(1)).is_err());
     }
 }

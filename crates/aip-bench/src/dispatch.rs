@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::client::{dispatch, Conn};
+use crate::http::Http;
 use crate::report::RunResult;
 use crate::run::{self, Device, Plan};
 use crate::Ctx;
@@ -70,13 +71,17 @@ pub(crate) async fn run(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<RunRes
 
 /// Dispatches until the window closes, one at a time.
 async fn worker(s: Arc<Shared>) {
+    let mut http = match Http::new(&s.target) {
+        Ok(http) => http,
+        Err(fail) => return s.rec.fail(&fail.0),
+    };
     while !s.window.is_over() {
         let n = s.next.fetch_add(1, Ordering::Relaxed);
         let device = (n % s.devices.len() as u64) as usize;
         let name = format!("b-{}-{n}", s.run_id);
         let delivered = s.pending.insert(&name);
         let start = Instant::now();
-        let session_id = match dispatch(&s.http, &s.target, &s.devices[device], &name).await {
+        let session_id = match dispatch(&mut http, &s.devices[device], &name).await {
             Ok(sid) => sid,
             Err(fail) => {
                 s.pending.forget(&name);

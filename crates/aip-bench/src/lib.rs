@@ -5,9 +5,11 @@
 //! - [`BenchArgs`] / [`Scenario`] / [`CommonArgs`]: the clap surface the CLI flattens;
 //!   [`run`] prints a human summary (or one JSON object with `--json`), [`run_report`]
 //!   returns the [`Report`] itself (used by the tests).
-//! - `client`: where to connect (WebSocket URL, derived HTTP base, API key, per-await
+//! - `client`: where to connect (WebSocket URL, host and port, API key, per-await
 //!   timeout), one simulated client (connect, `register`, heartbeat round trip, close), the
-//!   connection ramp shared by every scenario, and the server frames the generator reads.
+//!   connection ramp shared by every scenario, the server frames the generator reads,
+//!   and the two HTTP calls (`dispatch`, `task_result`).
+//! - `http`: one keep-alive HTTP/1.1 connection per worker (hyper's client connection).
 //! - One module per scenario, each measuring one server: `hold` (N idle clients with
 //!   periodic heartbeats: RTT, RSS per connection, CPU), `heartbeat` (closed-loop round
 //!   trips), `dispatch` (HTTP dispatch to the `task` frame on the device), `session` (the
@@ -37,6 +39,7 @@ mod dispatch;
 pub mod floor;
 mod heartbeat;
 mod hold;
+mod http;
 mod procstat;
 mod report;
 mod run;
@@ -108,7 +111,7 @@ impl Scenario {
 /// Options shared by every scenario (accepted before or after the scenario name).
 #[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct CommonArgs {
-    /// WebSocket URL of the server; the HTTP base is the same host and port over http://.
+    /// WebSocket URL of the server; the HTTP API is on the same host and port.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:5000/ws")]
     pub url: String,
     /// API key: appended as ?token= to the WebSocket URL, sent as X-API-Key over HTTP.

@@ -81,7 +81,6 @@ impl Plan {
 /// Shared by the workers of one run.
 pub(crate) struct Shared<T> {
     pub target: Arc<Target>,
-    pub http: reqwest::Client,
     /// Client ids of the devices, in index order.
     pub devices: Vec<String>,
     /// What the devices report, by task name.
@@ -198,7 +197,6 @@ where
 
     let shared = Arc::new(Shared {
         target: ctx.target.clone(),
-        http: ctx.target.http_client(workers)?,
         devices: ids,
         pending,
         next: AtomicU64::new(0),

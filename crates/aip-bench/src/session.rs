@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::json;
 
 use crate::client::{dispatch, task_result, Conn, Fail};
+use crate::http::Http;
 use crate::report::RunResult;
 use crate::run::{self, Device, Plan};
 use crate::Ctx;
@@ -48,9 +48,13 @@ pub(crate) async fn run(ctx: &Ctx, args: &SessionArgs) -> anyhow::Result<RunResu
 
 /// Runs sessions until the window closes, one at a time.
 async fn worker(s: Arc<Shared>) {
+    let mut http = match Http::new(&s.target) {
+        Ok(http) => http,
+        Err(fail) => return s.rec.fail(&fail.0),
+    };
     while !s.window.is_over() {
         let start = Instant::now();
-        match one_session(&s).await {
+        match one_session(&s, &mut http).await {
             Ok(()) => {
                 let done = Instant::now();
                 if s.window.contains(done) {
@@ -65,12 +69,12 @@ async fn worker(s: Arc<Shared>) {
     }
 }
 
-async fn one_session(s: &Shared) -> Result<(), Fail> {
+async fn one_session(s: &Shared, http: &mut Http) -> Result<(), Fail> {
     let n = s.next.fetch_add(1, Ordering::Relaxed);
     let device = (n % s.devices.len() as u64) as usize;
     let name = format!("b-{}-{n}", s.run_id);
     let ended = s.pending.insert(&name);
-    let session_id = match dispatch(&s.http, &s.target, &s.devices[device], &name).await {
+    let session_id = match dispatch(http, &s.devices[device], &name).await {
         Ok(sid) => sid,
         Err(fail) => {
             s.pending.forget(&name);
@@ -90,13 +94,46 @@ async fn one_session(s: &Shared) -> Result<(), Fail> {
     if !end.completed {
         return Err(Fail::new("task_end not completed"));
     }
-    let result = task_result(&s.http, &s.target, &session_id).await?;
-    let field = |k: &str| result.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    match (field("status").as_deref(), field("state").as_deref()) {
+    let result = task_result(http, &session_id).await?;
+    match (result.status.as_deref(), result.state.as_deref()) {
         (Some("done"), Some("completed")) => Ok(()),
         (Some("done"), _) => Err(Fail::new("task_result: not completed")),
         _ => Err(Fail::new("task_result: not done after task_end")),
     }
+}
+
+/// The device's echo of a `task`: it accepts the session.
+#[derive(Serialize)]
+struct Echo<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    status: &'static str,
+    client_type: &'static str,
+    client_id: &'a str,
+    session_id: &'a str,
+    task_name: &'a str,
+    request: Option<&'a str>,
+}
+
+/// `command_results`: one success per action of the `command`.
+#[derive(Serialize)]
+struct Results<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    status: &'static str,
+    client_type: &'static str,
+    client_id: &'a str,
+    session_id: Option<&'a str>,
+    prev_response_id: Option<&'a str>,
+    action_results: Vec<Success<'a>>,
+}
+
+#[derive(Serialize)]
+struct Success<'a> {
+    status: &'static str,
+    /// Always `null`.
+    result: (),
+    call_id: Option<&'a str>,
 }
 
 /// Plays a cooperative device until told to stop; returns the connection if still open.
@@ -115,23 +152,35 @@ async fn device(mut conn: Conn, mut d: Device<End>) -> Option<Conn> {
                     continue;
                 };
                 names.insert(sid.clone(), name.clone());
-                json!({
-                    "type": "task", "status": "continue", "client_type": "device",
-                    "client_id": conn.client_id, "session_id": sid, "task_name": name,
-                    "request": frame.user_request,
+                serde_json::to_string(&Echo {
+                    ty: "task",
+                    status: "continue",
+                    client_type: "device",
+                    client_id: &conn.client_id,
+                    session_id: sid,
+                    task_name: name,
+                    request: frame.user_request.as_deref(),
                 })
             }
             "command" => {
-                let results: Vec<_> = frame
+                let action_results = frame
                     .actions
                     .iter()
                     .flatten()
-                    .map(|a| json!({"status": "success", "result": null, "call_id": a.call_id}))
+                    .map(|a| Success {
+                        status: "success",
+                        result: (),
+                        call_id: a.call_id.as_deref(),
+                    })
                     .collect();
-                json!({
-                    "type": "command_results", "status": "continue", "client_type": "device",
-                    "client_id": conn.client_id, "session_id": frame.session_id,
-                    "prev_response_id": frame.response_id, "action_results": results,
+                serde_json::to_string(&Results {
+                    ty: "command_results",
+                    status: "continue",
+                    client_type: "device",
+                    client_id: &conn.client_id,
+                    session_id: frame.session_id.as_deref(),
+                    prev_response_id: frame.response_id.as_deref(),
+                    action_results,
                 })
             }
             "task_end" => {
@@ -155,7 +204,11 @@ async fn device(mut conn: Conn, mut d: Device<End>) -> Option<Conn> {
             }
             _ => continue,
         };
-        if let Err(fail) = conn.send(reply.to_string().into()).await {
+        let Ok(reply) = reply else {
+            d.rec.fail("device: unserialisable reply");
+            continue;
+        };
+        if let Err(fail) = conn.send(reply.into()).await {
             d.rec.fail(&format!("device: {}", fail.0));
             return None;
         }

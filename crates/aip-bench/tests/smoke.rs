@@ -23,8 +23,13 @@ struct Server {
 }
 
 async fn aip_server() -> Server {
+    aip_server_with_key(None).await
+}
+
+async fn aip_server_with_key(api_key: Option<&str>) -> Server {
     let data_dir = tempfile::tempdir().expect("tempdir");
     let config = ServerConfig {
+        api_key: api_key.map(str::to_owned),
         data_dir: data_dir.path().to_path_buf(),
         // dispatch: devices never accept; keep their sessions from failing mid-run.
         accept_timeout: Duration::from_secs(600),
@@ -188,6 +193,41 @@ async fn session() {
     assert_clean(&report["target"]);
     assert_clean(&report["floor"]);
     assert!(report["ratio"]["p50"].is_number(), "{report:#}");
+}
+
+/// With an API key, the devices authenticate with `?token=` and the HTTP calls with
+/// `X-API-Key`; without the key every call is refused (and counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_with_api_key() {
+    let server = aip_server_with_key(Some("k&y")).await;
+    let run = |key: Option<&'static str>| {
+        let url = server.url.clone();
+        async move {
+            let mut args = vec![
+                "session".to_owned(),
+                "--devices".into(),
+                "2".into(),
+                "--concurrency".into(),
+                "2".into(),
+                "--seconds".into(),
+                "0.5".into(),
+                "--warmup".into(),
+                "0".into(),
+                "--url".into(),
+                url,
+            ];
+            if let Some(key) = key {
+                args.extend(["--api-key".to_owned(), key.to_owned()]);
+            }
+            let argv = std::iter::once("bench".to_owned()).chain(args);
+            let cli = Cli::try_parse_from(argv).expect("arguments");
+            aip_bench::run_report(cli.bench).await
+        }
+    };
+    let report = serde_json::to_value(run(Some("k&y")).await.expect("bench run")).expect("json");
+    assert_clean(&report["target"]);
+    // A wrong key: no device can register, so the run is refused outright.
+    assert!(run(Some("wrong")).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

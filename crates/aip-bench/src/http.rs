@@ -1,0 +1,138 @@
+//! The generator's HTTP side: one keep-alive HTTP/1.1 connection per worker.
+//!
+//! Each worker has at most one request in flight, so it owns its connection outright:
+//! no pool, no URL parsing, no per-request client machinery. That keeps the generator's
+//! own CPU per request small, which matters when it shares two cores with the server it
+//! measures (a general-purpose client such as reqwest spent about as much CPU per
+//! request here as the floor server does).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::client::{Fail, Target};
+
+/// A worker's connection to the server's HTTP API; reconnects when the server closed it.
+pub struct Http {
+    authority: String,
+    host: HeaderValue,
+    api_key: Option<HeaderValue>,
+    limit: Duration,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Http {
+    pub fn new(target: &Target) -> Result<Self, Fail> {
+        let header = |v: &str| HeaderValue::from_str(v).map_err(|_| Fail::new("bad header"));
+        Ok(Self {
+            authority: target.authority().to_owned(),
+            host: header(target.authority())?,
+            api_key: target.api_key().map(header).transpose()?,
+            limit: target.timeout,
+            sender: None,
+        })
+    }
+
+    /// `POST path` with a JSON body; the whole response body.
+    pub async fn post_json(
+        &mut self,
+        path: &str,
+        body: Vec<u8>,
+        what: &str,
+    ) -> Result<Bytes, Fail> {
+        self.request(Method::POST, path, Bytes::from(body), what)
+            .await
+    }
+
+    /// `GET path`; the whole response body.
+    pub async fn get(&mut self, path: &str, what: &str) -> Result<Bytes, Fail> {
+        self.request(Method::GET, path, Bytes::new(), what).await
+    }
+
+    /// Sends one request and reads a `200` body, all within the per-await timeout; other
+    /// statuses are failures by code. A failed connection is dropped (the next request
+    /// opens a new one); a request is never retried, since a dispatch is not idempotent.
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        what: &str,
+    ) -> Result<Bytes, Fail> {
+        let json = !body.is_empty();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, self.host.clone());
+        if json {
+            req = req.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if let Some(key) = &self.api_key {
+            req = req.header("X-API-Key", key.clone());
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|_| Fail(format!("{what}: bad request")))?;
+        let limit = self.limit;
+        let exchange = async {
+            let sender = self.ready(what).await?;
+            let response = sender
+                .send_request(req)
+                .await
+                .map_err(|_| Fail(format!("{what}: HTTP transport error")))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|_| Fail(format!("{what}: HTTP transport error")))?
+                .to_bytes();
+            Ok::<_, Fail>((status, body))
+        };
+        let outcome = match timeout(limit, exchange).await {
+            Err(_) => Err(Fail::timeout(what)),
+            Ok(r) => r,
+        };
+        match outcome {
+            Ok((StatusCode::OK, body)) => Ok(body),
+            Ok((status, _)) => Err(Fail(format!("{what}: HTTP {}", status.as_u16()))),
+            Err(fail) => {
+                self.sender = None;
+                Err(fail)
+            }
+        }
+    }
+
+    /// The open connection, ready for a request; opens one if there is none or the
+    /// server closed it.
+    async fn ready(&mut self, what: &str) -> Result<&mut SendRequest<Full<Bytes>>, Fail> {
+        if let Some(sender) = &mut self.sender {
+            if sender.ready().await.is_err() {
+                self.sender = None;
+            }
+        }
+        if self.sender.is_none() {
+            let stream = TcpStream::connect(&self.authority)
+                .await
+                .map_err(|e| Fail(format!("{what}: connect: {:?}", e.kind())))?;
+            let _ = stream.set_nodelay(true);
+            let (sender, conn) = http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|_| Fail(format!("{what}: HTTP handshake")))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.sender = Some(sender);
+        }
+        self.sender
+            .as_mut()
+            .ok_or_else(|| Fail(format!("{what}: no connection")))
+    }
+}
