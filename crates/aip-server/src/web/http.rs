@@ -286,37 +286,46 @@ pub async fn dispatch(
     })))
 }
 
-/// The HTTP view of a session (http-api.md §4.2).
-pub fn session_view(r: &SessionRecord) -> Value {
-    let mut v = if r.state.is_terminal() {
-        json!({
-            "status": "done",
-            "result": r.result,
-            "state": r.state.as_str(),
-            "error": r.error,
-            "reason": r.reason,
-        })
-    } else {
-        json!({"status": "pending", "state": r.state.as_str()})
-    };
-    v["session_id"] = json!(r.session_id);
-    v["task_name"] = json!(r.task_name);
-    v["client_id"] = json!(r.executor);
-    v["created_at"] = json!(http_timestamp(r.created_at));
-    if let Some(f) = r.finished_at {
-        v["finished_at"] = json!(http_timestamp(f));
+/// How a session record is shown over HTTP (http-api.md §4.2): serialised straight from the
+/// record, without building a `serde_json::Value` first (the result read after every
+/// session is a hot path). Keys in this order; an ended session adds `result`, `error` and
+/// `reason`, `finished_at` is present once set.
+pub struct SessionView<'a>(pub &'a SessionRecord);
+
+impl serde::Serialize for SessionView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.0;
+        let done = r.state.is_terminal();
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("status", if done { "done" } else { "pending" })?;
+        if done {
+            map.serialize_entry("result", &r.result)?;
+        }
+        map.serialize_entry("state", r.state.as_str())?;
+        if done {
+            map.serialize_entry("error", &r.error)?;
+            map.serialize_entry("reason", &r.reason)?;
+        }
+        map.serialize_entry("session_id", &r.session_id)?;
+        map.serialize_entry("task_name", &r.task_name)?;
+        map.serialize_entry("client_id", &r.executor)?;
+        map.serialize_entry("created_at", &http_timestamp(r.created_at))?;
+        if let Some(f) = r.finished_at {
+            map.serialize_entry("finished_at", &http_timestamp(f))?;
+        }
+        map.serialize_entry("origin", r.origin.as_str())?;
+        map.serialize_entry("requester", &r.owner)?;
+        map.serialize_entry("started_at", &r.started_at.map(http_timestamp))?;
+        map.end()
     }
-    v["origin"] = json!(r.origin.as_str());
-    v["requester"] = json!(r.owner);
-    v["started_at"] = json!(r.started_at.map(http_timestamp));
-    v
 }
 
 /// `GET /api/task_result/{id}`: by session id, else the newest with that task name.
 pub async fn task_result(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let record = match app.store.get(&id).await? {
         Some(r) => r,
         None => app
@@ -325,7 +334,7 @@ pub async fn task_result(
             .await?
             .ok_or_else(|| ApiError::not_found("Task not found"))?,
     };
-    Ok(Json(session_view(&record)))
+    Ok(Json(SessionView(&record)).into_response())
 }
 
 /// `GET /api/sessions?state=&client_id=&limit=`: newest first.
@@ -356,7 +365,7 @@ pub async fn list_sessions(
     };
     let records = app.store.list(&filter).await?;
     Ok(Json(json!({
-        "sessions": records.iter().map(session_view).collect::<Vec<_>>(),
+        "sessions": records.iter().map(SessionView).collect::<Vec<_>>(),
     })))
 }
 
@@ -364,20 +373,20 @@ pub async fn list_sessions(
 pub async fn get_session(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let record = app
         .store
         .get(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("Task not found"))?;
-    Ok(Json(session_view(&record)))
+    Ok(Json(SessionView(&record)).into_response())
 }
 
 /// `DELETE /api/sessions/{id}`: cancels a live session and returns its final view.
 pub async fn cancel_session(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Some(handle) = app.sessions.get(&id) else {
         return match app.store.get(&id).await? {
             Some(_) => Err(ApiError::new(
@@ -403,5 +412,55 @@ pub async fn cancel_session(
         .await?
         .ok_or_else(|| ApiError::not_found("Task not found"))?;
     tracing::info!(session_id = %id, "session cancelled over HTTP");
-    Ok(Json(session_view(&record)))
+    Ok(Json(SessionView(&record)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn record(state: SessionState) -> SessionRecord {
+        let at = |s: i64| {
+            Utc.timestamp_opt(1_700_000_000 + s, 0)
+                .single()
+                .expect("time")
+        };
+        let ended = state.is_terminal();
+        SessionRecord {
+            session_id: "s-1".into(),
+            task_name: "t\"1".into(),
+            request: "open notepad".into(),
+            origin: Origin::Http,
+            owner: None,
+            executor: "dev-1".into(),
+            platform: "windows".into(),
+            state,
+            reason: None,
+            error: ended.then(|| "boom".into()),
+            result: ended.then(|| json!({"results": [1, "two"]})),
+            created_at: at(0),
+            started_at: Some(at(1)),
+            finished_at: ended.then(|| at(2)),
+            echo_received: true,
+        }
+    }
+
+    /// The view's keys, their order and their nulls, as the HTTP API has always shown them.
+    #[test]
+    fn session_view_is_serialised_in_order() {
+        let pending =
+            serde_json::to_string(&SessionView(&record(SessionState::Running))).expect("serialise");
+        assert_eq!(
+            pending,
+            r#"{"status":"pending","state":"running","session_id":"s-1","task_name":"t\"1","client_id":"dev-1","created_at":"2023-11-14T22:13:20.000000Z","origin":"http","requester":null,"started_at":"2023-11-14T22:13:21.000000Z"}"#
+        );
+        let done =
+            serde_json::to_string(&SessionView(&record(SessionState::Failed))).expect("serialise");
+        assert_eq!(
+            done,
+            r#"{"status":"done","result":{"results":[1,"two"]},"state":"failed","error":"boom","reason":null,"session_id":"s-1","task_name":"t\"1","client_id":"dev-1","created_at":"2023-11-14T22:13:20.000000Z","finished_at":"2023-11-14T22:13:22.000000Z","origin":"http","requester":null,"started_at":"2023-11-14T22:13:21.000000Z"}"#
+        );
+    }
 }
