@@ -95,6 +95,11 @@ impl ClientEntry {
         self.conn.send(msg)
     }
 
+    /// Queues a message already serialised (one message for several recipients).
+    pub fn send_text(&self, json: String) -> Result<(), SendError> {
+        self.conn.send_raw(crate::conn::Outgoing::Text(json))
+    }
+
     /// Remembers a task assignment awaiting its echo.
     pub fn push_pending_echo(&self, pending: PendingEcho) {
         let mut q = self.pending_echo.lock();

@@ -351,7 +351,10 @@ impl SessionJob {
                 }
             }
             if !self.rounds.is_empty() {
-                // The previous round's results, stored before the next command goes out.
+                // The previous round's results, stored before the next command goes out
+                // (built here, not after every round: the last round's go with the final
+                // state, which the driver's `Finish` or `run` builds).
+                self.record.result = Some(rounds_result(&self.rounds));
                 self.persist().await;
             }
             let mut msg = ServerMessage::new(ServerMessageType::Command, TaskStatus::Continue);
@@ -375,8 +378,6 @@ impl SessionJob {
                 actions,
                 action_results: results,
             });
-            // Stored before the next command goes out, or with the final state.
-            self.record.result = Some(rounds_result(&self.rounds));
         }
     }
 
@@ -415,52 +416,62 @@ impl SessionJob {
     }
 
     async fn finish(mut self, o: Outcome) {
+        let Outcome {
+            state,
+            reason,
+            error,
+            result,
+            notify_requester,
+            notify_executor,
+        } = o;
         let sid = self.record.session_id.clone();
-        self.record.state = o.state;
-        self.record.reason = o.reason.map(str::to_owned);
-        self.record.error = o.error.clone();
-        self.record.result = o.result.clone();
+        // The `task_end` frame is serialised once, here, and the result then moves into
+        // the record: it is neither deep-copied nor serialised once per recipient.
+        let mut end = ServerMessage::task_end(
+            &sid,
+            &self.record.task_name,
+            state == SessionState::Completed,
+            result,
+            error.clone(),
+        );
+        let end_json = end.to_json();
+        self.record.state = state;
+        self.record.reason = reason.map(str::to_owned);
+        self.record.error = error;
+        self.record.result = end.result.take();
         self.record.finished_at = Some(Utc::now());
         // Stored before anyone is told.
         self.persist().await;
         self.app.sessions.release(&sid);
         unindex(&self.app, &self.handle);
 
-        let end = ServerMessage::task_end(
-            &sid,
-            &self.record.task_name,
-            o.state == SessionState::Completed,
-            o.result,
-            o.error,
-        );
         let h = &self.handle;
         let requester_is_executor = h.owner.as_deref() == Some(h.executor.as_str())
             && h.owner_conn == Some(h.executor_conn);
+        let tell = |client: &str, conn| {
+            if let Some(e) = self.app.registry.get_conn(client, conn) {
+                let _ = e.send_text(end_json.clone());
+            }
+        };
         if requester_is_executor {
             // A device's own session: it hears once, unless it ended the session itself.
-            if o.notify_executor {
-                if let Some(e) = self.app.registry.get_conn(&h.executor, h.executor_conn) {
-                    let _ = e.send(&end);
-                }
+            if notify_executor {
+                tell(&h.executor, h.executor_conn);
             }
         } else {
-            if o.notify_requester {
+            if notify_requester {
                 if let (Some(owner), Some(conn)) = (&h.owner, h.owner_conn) {
-                    if let Some(e) = self.app.registry.get_conn(owner, conn) {
-                        let _ = e.send(&end);
-                    }
+                    tell(owner, conn);
                 }
             }
-            if o.notify_executor {
-                if let Some(e) = self.app.registry.get_conn(&h.executor, h.executor_conn) {
-                    let _ = e.send(&end);
-                }
+            if notify_executor {
+                tell(&h.executor, h.executor_conn);
             }
         }
         tracing::info!(
             session_id = %sid,
-            state = o.state.as_str(),
-            reason = o.reason.unwrap_or(""),
+            state = state.as_str(),
+            reason = reason.unwrap_or(""),
             "session ended"
         );
         h.done.cancel();
