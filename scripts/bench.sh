@@ -24,7 +24,15 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DATA"; }
 trap cleanup EXIT
 
-"$FLOOR" --port 5099 --backlog 4096 >/dev/null 2>&1 & FP=$!; pids+=("$FP")
+# A fresh floor for every run, like aip: a process that served an earlier run would reuse
+# its freed memory and under-report RSS per connection.
+start_floor() {
+  "$FLOOR" --port 5099 --backlog 4096 >/dev/null 2>&1 &
+  FP=$!; pids+=("$FP")
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/5099) 2>/dev/null && return; sleep 0.1; done
+  echo "floor server did not start" >&2; exit 1
+}
+stop_floor() { kill -TERM "$FP"; wait "$FP" 2>/dev/null || true; }
 
 start_aip() {
   rm -rf "$DATA"/*
@@ -40,10 +48,12 @@ run() { # name, args...
   local name=$1; shift
   rm -f "$OUT/$name".*.json
   for i in $(seq "$RUNS"); do
+    start_floor
     start_aip
     echo "== $name ($i/$RUNS): aip bench $*" >&2
     "$AIP" bench "$@" --server-pid "$SP" --floor-url ws://127.0.0.1:5099/ws --floor-pid "$FP" --json >"$OUT/$name.$i.json"
     stop_aip
+    stop_floor
   done
 }
 
