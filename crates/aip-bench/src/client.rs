@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use hyper::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Semaphore};
@@ -36,7 +37,9 @@ pub struct Target {
     ws_url: String,
     /// `host:port` of both the WebSocket and the HTTP side.
     authority: String,
-    api_key: Option<String>,
+    /// The HTTP `Host` header (the authority) and `X-API-Key`, checked once here.
+    host_header: HeaderValue,
+    key_header: Option<HeaderValue>,
     pub timeout: Duration,
 }
 
@@ -62,16 +65,26 @@ impl Target {
             }
             None => url.to_owned(),
         };
+        // ws:// without a port means port 80.
+        let authority = if authority.ends_with(']') || !authority.contains(':') {
+            format!("{authority}:80")
+        } else {
+            authority.to_owned()
+        };
+        let host_header = HeaderValue::from_str(&authority)
+            .map_err(|_| anyhow::anyhow!("--url has a host that is not a valid header: {url}"))?;
+        let key_header = api_key
+            .map(|k| {
+                HeaderValue::from_str(k)
+                    .map_err(|_| anyhow::anyhow!("--api-key must be printable ASCII"))
+            })
+            .transpose()?;
         Ok(Self {
             url: url.to_owned(),
             ws_url,
-            // ws:// without a port means port 80.
-            authority: if authority.ends_with(']') || !authority.contains(':') {
-                format!("{authority}:80")
-            } else {
-                authority.to_owned()
-            },
-            api_key: api_key.map(str::to_owned),
+            authority,
+            host_header,
+            key_header,
             timeout,
         })
     }
@@ -81,9 +94,14 @@ impl Target {
         &self.authority
     }
 
-    /// The API key, if any.
-    pub fn api_key(&self) -> Option<&str> {
-        self.api_key.as_deref()
+    /// The `Host` header of every HTTP request.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host_header
+    }
+
+    /// The `X-API-Key` header, if a key was given.
+    pub fn key_header(&self) -> Option<&HeaderValue> {
+        self.key_header.as_ref()
     }
 }
 
@@ -460,7 +478,7 @@ mod tests {
         )
         .expect("target");
         assert_eq!(t.authority(), "127.0.0.1:5000");
-        assert_eq!(t.api_key(), Some("k y&"));
+        assert_eq!(t.key_header().map(|h| h.as_bytes()), Some(&b"k y&"[..]));
         assert_eq!(t.ws_url, "ws://127.0.0.1:5000/ws?token=k%20y%26");
         let t = Target::new("ws://h?x=1", None, Duration::from_secs(1)).expect("target");
         assert_eq!(t.authority(), "h:80");

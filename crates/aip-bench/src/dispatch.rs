@@ -71,10 +71,7 @@ pub(crate) async fn run(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<RunRes
 
 /// Dispatches until the window closes, one at a time.
 async fn worker(s: Arc<Shared>) {
-    let mut http = match Http::new(&s.target) {
-        Ok(http) => http,
-        Err(fail) => return s.rec.fail(&fail.0),
-    };
+    let mut http = Http::new(&s.target);
     while !s.window.is_over() {
         let n = s.next.fetch_add(1, Ordering::Relaxed);
         let device = (n % s.devices.len() as u64) as usize;

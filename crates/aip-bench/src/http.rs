@@ -29,15 +29,14 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn new(target: &Target) -> Result<Self, Fail> {
-        let header = |v: &str| HeaderValue::from_str(v).map_err(|_| Fail::new("bad header"));
-        Ok(Self {
+    pub fn new(target: &Target) -> Self {
+        Self {
             authority: target.authority().to_owned(),
-            host: header(target.authority())?,
-            api_key: target.api_key().map(header).transpose()?,
+            host: target.host_header().clone(),
+            api_key: target.key_header().cloned(),
             limit: target.timeout,
             sender: None,
-        })
+        }
     }
 
     /// `POST path` with a JSON body; the whole response body.
@@ -113,26 +112,28 @@ impl Http {
     /// The open connection, ready for a request; opens one if there is none or the
     /// server closed it.
     async fn ready(&mut self, what: &str) -> Result<&mut SendRequest<Full<Bytes>>, Fail> {
-        if let Some(sender) = &mut self.sender {
-            if sender.ready().await.is_err() {
-                self.sender = None;
-            }
-        }
-        if self.sender.is_none() {
-            let stream = TcpStream::connect(&self.authority)
-                .await
-                .map_err(|e| Fail(format!("{what}: connect: {:?}", e.kind())))?;
-            let _ = stream.set_nodelay(true);
-            let (sender, conn) = http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|_| Fail(format!("{what}: HTTP handshake")))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.sender = Some(sender);
-        }
-        self.sender
-            .as_mut()
-            .ok_or_else(|| Fail(format!("{what}: no connection")))
+        let open = match self.sender.take() {
+            Some(mut sender) => sender.ready().await.is_ok().then_some(sender),
+            None => None,
+        };
+        let sender = match open {
+            Some(sender) => sender,
+            None => self.connect(what).await?,
+        };
+        Ok(self.sender.insert(sender))
+    }
+
+    async fn connect(&self, what: &str) -> Result<SendRequest<Full<Bytes>>, Fail> {
+        let stream = TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| Fail(format!("{what}: connect: {:?}", e.kind())))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| Fail(format!("{what}: HTTP handshake")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
     }
 }

@@ -48,10 +48,7 @@ pub(crate) async fn run(ctx: &Ctx, args: &SessionArgs) -> anyhow::Result<RunResu
 
 /// Runs sessions until the window closes, one at a time.
 async fn worker(s: Arc<Shared>) {
-    let mut http = match Http::new(&s.target) {
-        Ok(http) => http,
-        Err(fail) => return s.rec.fail(&fail.0),
-    };
+    let mut http = Http::new(&s.target);
     while !s.window.is_over() {
         let start = Instant::now();
         match one_session(&s, &mut http).await {
