@@ -44,60 +44,79 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Spawn `aip serve <args>` (with `envs`) writing stderr to `stderr_path`,
-    /// and wait until `/api/health` answers 200.
-    async fn start(args: &[&str], envs: &[(&str, &str)], port: u16, stderr_path: &Path) -> Server {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve").args(args);
-        for (k, v) in envs {
-            cmd.env(k, v);
+    /// Spawns `aip serve` on a free port — `args(port)` and `envs(port)` say how it is given
+    /// — writing stderr next to `stderr_base`, and waits until `/api/health` answers 200.
+    /// A port is free when picked, but a concurrent test may bind it before the server
+    /// does; the server then exits with "Address already in use" and another port is tried.
+    async fn start(
+        args: impl Fn(&str) -> Vec<String>,
+        envs: impl Fn(&str) -> Vec<(&'static str, String)>,
+        stderr_base: &Path,
+    ) -> Server {
+        for _ in 0..5 {
+            let port = free_port();
+            let ps = port.to_string();
+            let mut cmd = Command::new(BIN);
+            cmd.arg("serve").args(args(&ps));
+            for (k, v) in envs(&ps) {
+                cmd.env(k, v);
+            }
+            let stderr_path = stderr_base.with_extension(format!("stderr-{port}.log"));
+            let child = cmd
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(&stderr_path).unwrap())
+                .spawn()
+                .unwrap();
+            let mut s = Server {
+                child: Some(child),
+                port,
+                stderr_path,
+            };
+            match s.wait_healthy().await {
+                Ok(()) => return s,
+                Err(stderr) if stderr.contains("Address already in use") => continue,
+                Err(stderr) => panic!("server exited early; stderr:\n{stderr}"),
+            }
         }
-        let child = cmd
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(stderr_path).unwrap())
-            .spawn()
-            .unwrap();
-        let mut s = Server {
-            child: Some(child),
-            port,
-            stderr_path: stderr_path.to_path_buf(),
-        };
-        s.wait_healthy().await;
-        s
+        panic!("no free port found in 5 tries");
     }
 
     /// The documented invocation: `--host 127.0.0.1 --port P --api-key K --data-dir D`.
     async fn standard(data_dir: &Path, extra: &[&str]) -> Server {
-        let port = free_port();
-        let ps = port.to_string();
         let dd = data_dir.to_str().unwrap().to_string();
-        let mut args = vec![
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &ps,
-            "--api-key",
-            KEY,
-            "--data-dir",
-            &dd,
-        ];
-        args.extend_from_slice(extra);
-        let stderr = data_dir.with_extension(format!("stderr-{port}.log"));
-        Server::start(&args, &[], port, &stderr).await
+        let args = |port: &str| {
+            let mut args: Vec<String> = [
+                "--host",
+                "127.0.0.1",
+                "--port",
+                port,
+                "--api-key",
+                KEY,
+                "--data-dir",
+                &dd,
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            args.extend(extra.iter().map(|a| a.to_string()));
+            args
+        };
+        Server::start(args, |_| Vec::new(), data_dir).await
     }
 
-    async fn wait_healthy(&mut self) {
+    /// Waits until `/api/health` answers 200; the server's stderr if it exited first.
+    async fn wait_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let client = http();
         loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("server exited early with {st}; stderr:\n{}", self.stderr());
+            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                return Err(self.stderr());
             }
             if let Ok(r) = client.get(self.url("/api/health")).send().await {
                 if r.status() == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(
@@ -424,19 +443,18 @@ async fn exact_documented_invocation_works_and_bad_options_exit_2() {
 async fn env_vars_configure_the_server() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("envdata");
-    let port = free_port();
-    let ps = port.to_string();
-    let stderr = tmp.path().join("stderr.log");
+    let dd = data.to_str().unwrap().to_string();
     let mut srv = Server::start(
-        &[],
-        &[
-            ("AIP_PORT", ps.as_str()),
-            ("AIP_API_KEY", KEY),
-            ("AIP_DATA_DIR", data.to_str().unwrap()),
-            ("AIP_LOG_LEVEL", "OFF"),
-        ],
-        port,
-        &stderr,
+        |_| Vec::new(),
+        |port| {
+            vec![
+                ("AIP_PORT", port.to_owned()),
+                ("AIP_API_KEY", KEY.to_owned()),
+                ("AIP_DATA_DIR", dd.clone()),
+                ("AIP_LOG_LEVEL", "OFF".to_owned()),
+            ]
+        },
+        &tmp.path().join("env"),
     )
     .await;
     let c = http();
@@ -466,7 +484,7 @@ async fn env_vars_configure_the_server() {
         "AIP_DATA_DIR is empty"
     );
     srv.kill9();
-    let err = std::fs::read_to_string(&stderr).unwrap();
+    let err = std::fs::read_to_string(&srv.stderr_path).unwrap();
     assert!(err.is_empty(), "AIP_LOG_LEVEL=OFF but stderr was:\n{err}");
 }
 
