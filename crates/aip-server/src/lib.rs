@@ -28,6 +28,18 @@ pub mod storage;
 pub mod web;
 
 pub use config::{PlatformMode, ServerConfig};
+
+/// The hasher of every map keyed by session ids, client ids and task names: foldhash,
+/// seeded at random per process (and per map). SipHash, the standard library's default,
+/// was ~8 % of the server's instructions per dispatch (BENCHMARKS.md); foldhash keeps a
+/// random seed, so colliding keys cannot be prepared offline.
+pub(crate) type IdHasher = foldhash::fast::RandomState;
+/// A `HashMap` with [`IdHasher`].
+pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, IdHasher>;
+/// A `HashSet` with [`IdHasher`].
+pub(crate) type IdSet<K> = std::collections::HashSet<K, IdHasher>;
+/// A `DashMap` with [`IdHasher`].
+pub(crate) type IdDashMap<K, V> = dashmap::DashMap<K, V, IdHasher>;
 pub use state::AppState;
 
 use session::CancelReason;

@@ -1,14 +1,14 @@
 //! Who is connected (server.md §3.1): one entry per registered client, unique by
 //! `client_id`, with the sessions it requests and executes.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::{IdDashMap, IdSet};
 use aip_protocol::{ClientType, ServerMessage};
 use chrono::{DateTime, Utc};
 use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
@@ -41,9 +41,9 @@ pub struct ClientEntry {
     pub connected_at: DateTime<Utc>,
     seq: u64,
     /// Live sessions this client requested.
-    pub as_requester: Mutex<HashSet<String>>,
+    pub as_requester: Mutex<IdSet<String>>,
     /// Live sessions this client executes.
-    pub as_executor: Mutex<HashSet<String>>,
+    pub as_executor: Mutex<IdSet<String>>,
     pending_echo: Mutex<VecDeque<PendingEcho>>,
 }
 
@@ -84,8 +84,8 @@ impl ClientEntry {
             scope,
             connected_at: Utc::now(),
             seq: 0,
-            as_requester: Mutex::new(HashSet::new()),
-            as_executor: Mutex::new(HashSet::new()),
+            as_requester: Mutex::new(IdSet::default()),
+            as_executor: Mutex::new(IdSet::default()),
             pending_echo: Mutex::new(VecDeque::new()),
         }
     }
@@ -138,7 +138,7 @@ impl ClientEntry {
 /// All registered clients.
 #[derive(Debug, Default)]
 pub struct Registry {
-    clients: DashMap<String, Arc<ClientEntry>>,
+    clients: IdDashMap<String, Arc<ClientEntry>>,
     seq: AtomicU64,
 }
 

@@ -16,9 +16,9 @@
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::IdDashMap;
 use aip_protocol::ActionResult;
 use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -238,7 +238,7 @@ pub enum CreateError {
 
 /// Live sessions and the active-session limit.
 pub struct SessionManager {
-    live: DashMap<String, Arc<SessionHandle>>,
+    live: IdDashMap<String, Arc<SessionHandle>>,
     active: AtomicUsize,
     max_active: usize,
     alarms: Arc<Alarms>,
@@ -265,7 +265,7 @@ impl SessionManager {
     /// An empty manager allowing `max_active` live sessions.
     pub fn new(max_active: usize) -> Self {
         Self {
-            live: DashMap::new(),
+            live: IdDashMap::default(),
             active: AtomicUsize::new(0),
             max_active,
             alarms: Arc::new(Alarms::default()),

@@ -38,7 +38,7 @@
 //!   `live` table). Times are stored as microseconds since the Unix epoch, `result` as
 //!   JSON text.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -50,6 +50,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Origin, SessionFilter, SessionRecord, SessionState, SessionStore, StoreError};
+use crate::IdMap;
 
 /// File name of the database inside the store directory.
 pub const DB_FILE_NAME: &str = "aip.sqlite3";
@@ -193,9 +194,9 @@ struct Inner {
 /// every read.
 #[derive(Default)]
 struct LiveIndex {
-    by_id: HashMap<String, LiveEntry>,
+    by_id: IdMap<String, LiveEntry>,
     /// Task name → (created_at, rowid) of its live records.
-    by_task: HashMap<String, Vec<(i64, i64)>>,
+    by_task: IdMap<String, Vec<(i64, i64)>>,
     recent: Recent,
 }
 
@@ -207,7 +208,7 @@ struct LiveIndex {
 #[derive(Default)]
 struct Recent {
     capacity: usize,
-    rows: HashMap<String, (u64, Arc<Row>)>,
+    rows: IdMap<String, (u64, Arc<Row>)>,
     /// Insertion order; an entry whose generation no longer matches `rows` is stale.
     order: VecDeque<(u64, String)>,
     generation: u64,
@@ -356,7 +357,7 @@ enum IndexChange {
 struct LiveView<'a> {
     committed: &'a parking_lot::Mutex<LiveIndex>,
     /// Session id → its rowid now (`None`: removed) for ids the batch touched.
-    overlay: HashMap<String, Option<i64>>,
+    overlay: IdMap<String, Option<i64>>,
     /// The batch emptied the live table.
     cleared: bool,
 }
@@ -365,7 +366,7 @@ impl<'a> LiveView<'a> {
     fn new(committed: &'a parking_lot::Mutex<LiveIndex>) -> Self {
         Self {
             committed,
-            overlay: HashMap::new(),
+            overlay: IdMap::default(),
             cleared: false,
         }
     }
