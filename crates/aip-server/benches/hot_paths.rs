@@ -82,20 +82,20 @@ fn plan_json() -> String {
     json!({"agent_name": "PlanAgent", "steps": steps}).to_string()
 }
 
-fn context() -> SessionContext {
+fn context(request: &str) -> SessionContext<'_> {
     SessionContext {
-        session_id: "3f2a9c1e-5b7d-4e8f-a1c2-d3e4f5a6b7c8".into(),
-        task_name: "open_notepad".into(),
-        request: plan_json(),
-        platform: "windows".into(),
-        executor_id: "device-5000".into(),
+        session_id: "3f2a9c1e-5b7d-4e8f-a1c2-d3e4f5a6b7c8",
+        task_name: "open_notepad",
+        request,
+        platform: "windows",
+        executor_id: "device-5000",
         executor_system_info: None,
         executor_tools: None,
     }
 }
 
 /// Drives a plan to its end, answering every command with a success.
-async fn drive(plan: Plan, ctx: &SessionContext) -> Vec<Round> {
+async fn drive(plan: Plan, ctx: &SessionContext<'_>) -> Vec<Round> {
     let mut driver = PlanDriver::new(Ok(plan));
     let mut rounds = Vec::new();
     loop {
@@ -133,8 +133,9 @@ fn session(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("tokio runtime");
-    let ctx = context();
-    let plan = Plan::parse(&ctx.request).expect("bench plan is valid");
+    let request = plan_json();
+    let ctx = context(&request);
+    let plan = Plan::parse(ctx.request).expect("bench plan is valid");
     assert_eq!(plan.steps.len(), STEPS);
 
     c.bench_function("plan_driver_10_steps", |b| {

@@ -79,12 +79,12 @@ impl AppState {
 
     /// Chooses the driver (server.md §5.1): explicit commands, a JSON plan in the
     /// request, the agent, else delegation.
-    pub fn planner(&self, ctx: &SessionContext, commands: Option<Vec<Command>>) -> Planner {
+    pub fn planner(&self, ctx: &SessionContext<'_>, commands: Option<Vec<Command>>) -> Planner {
         if let Some(commands) = commands {
             return Planner::Driver(Box::new(PlanDriver::new(Plan::from_commands(commands))));
         }
-        if looks_like_plan(&ctx.request) {
-            return Planner::Driver(Box::new(PlanDriver::new(Plan::parse(&ctx.request))));
+        if looks_like_plan(ctx.request) {
+            return Planner::Driver(Box::new(PlanDriver::new(Plan::parse(ctx.request))));
         }
         if let Some(driver) = self.agent.as_ref().and_then(|f| f.create(ctx)) {
             return Planner::Driver(driver);

@@ -44,20 +44,19 @@ impl LlmDriverFactory {
 }
 
 impl DriverFactory for LlmDriverFactory {
-    fn create(&self, ctx: &SessionContext) -> Option<Box<dyn SessionDriver>> {
+    fn create(&self, ctx: &SessionContext<'_>) -> Option<Box<dyn SessionDriver>> {
         let mut tools = ctx
             .executor_tools
-            .as_deref()
             .map(ToolSpec::from_advertised)
             .unwrap_or_default();
         if tools.is_empty() {
             tools = default_tools();
         }
-        let agent_name = default_agent_name(&ctx.platform).to_owned();
+        let agent_name = default_agent_name(ctx.platform).to_owned();
         let loop_ctx = LoopContext {
-            request: ctx.request.clone(),
-            platform: ctx.platform.clone(),
-            system_info: ctx.executor_system_info.as_deref().cloned(),
+            request: ctx.request.to_owned(),
+            platform: ctx.platform.to_owned(),
+            system_info: ctx.executor_system_info.cloned(),
             tools: tools.clone(),
         };
         Some(Box::new(LlmDriver {
@@ -100,7 +99,7 @@ impl SessionDriver for LlmDriver {
 
     async fn next_step(
         &mut self,
-        _ctx: &SessionContext,
+        _ctx: &SessionContext<'_>,
         rounds: &[Round],
     ) -> Result<Step, DriverError> {
         let results = (rounds.len() > self.answered)

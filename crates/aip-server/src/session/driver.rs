@@ -10,18 +10,45 @@ use aip_protocol::{ActionResult, Command, ResultStatus};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-/// What a driver is told about its session.
-#[derive(Debug, Clone)]
-pub struct SessionContext {
-    pub session_id: String,
-    pub task_name: String,
-    pub request: String,
+use crate::storage::SessionRecord;
+
+/// What a driver is told about its session: borrowed from the session's record and its
+/// executor's registration (a session waiting for its device holds no copy of them).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionContext<'a> {
+    pub session_id: &'a str,
+    pub task_name: &'a str,
+    pub request: &'a str,
     /// Effective platform: `windows` or `linux`.
-    pub platform: String,
-    pub executor_id: String,
-    pub executor_system_info: Option<Arc<Value>>,
+    pub platform: &'a str,
+    pub executor_id: &'a str,
+    pub executor_system_info: Option<&'a Value>,
     /// The executor's advertised tools (`metadata.tools`), if any.
-    pub executor_tools: Option<Arc<Value>>,
+    pub executor_tools: Option<&'a Value>,
+}
+
+impl<'a> SessionContext<'a> {
+    /// The context of the session stored as `record`.
+    pub fn of(record: &'a SessionRecord, executor: &'a ExecutorInfo) -> Self {
+        Self {
+            session_id: &record.session_id,
+            task_name: &record.task_name,
+            request: &record.request,
+            platform: &record.platform,
+            executor_id: &record.executor,
+            executor_system_info: executor.system_info.as_deref(),
+            executor_tools: executor.tools.as_deref(),
+        }
+    }
+}
+
+/// What a session keeps of its executor's registration for its driver: shared, not copied.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorInfo {
+    /// `metadata.system_info`.
+    pub system_info: Option<Arc<Value>>,
+    /// `metadata.tools`.
+    pub tools: Option<Arc<Value>>,
 }
 
 /// One finished round: the commands sent and the results received (or synthesised).
@@ -75,7 +102,7 @@ pub trait SessionDriver: Send + Sync {
     /// The next step, given every round so far.
     async fn next_step(
         &mut self,
-        ctx: &SessionContext,
+        ctx: &SessionContext<'_>,
         rounds: &[Round],
     ) -> Result<Step, DriverError>;
 }
@@ -83,7 +110,7 @@ pub trait SessionDriver: Send + Sync {
 /// Creates drivers for natural-language requests (the LLM agent driver plugs in here).
 pub trait DriverFactory: Send + Sync + 'static {
     /// A driver for this session, or `None` when this factory cannot plan it.
-    fn create(&self, ctx: &SessionContext) -> Option<Box<dyn SessionDriver>>;
+    fn create(&self, ctx: &SessionContext<'_>) -> Option<Box<dyn SessionDriver>>;
 }
 
 /// The platform's default `agent_name`.
@@ -117,7 +144,7 @@ impl SessionDriver for PlanDriver {
 
     async fn next_step(
         &mut self,
-        ctx: &SessionContext,
+        ctx: &SessionContext<'_>,
         rounds: &[Round],
     ) -> Result<Step, DriverError> {
         let plan = match &self.plan {
@@ -173,7 +200,7 @@ impl SessionDriver for PlanDriver {
                 .agent_name
                 .clone()
                 .or_else(|| plan.agent_name.clone())
-                .unwrap_or_else(|| default_agent_name(&ctx.platform).to_owned()),
+                .unwrap_or_else(|| default_agent_name(ctx.platform).to_owned()),
             process_name: step
                 .process_name
                 .clone()

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::driver::{rounds_result, Round, SessionContext, Step};
+use super::driver::{rounds_result, ExecutorInfo, Round, SessionContext, Step};
 use super::{
     unindex, CancelReason, ClientEnd, Planner, ReportedResults, SessionEvent, SessionHandle,
 };
@@ -64,7 +64,7 @@ pub(super) struct SessionJob {
     rx: Option<mpsc::Receiver<SessionEvent>>,
     record: SessionRecord,
     planner: Option<Planner>,
-    ctx: SessionContext,
+    executor_info: ExecutorInfo,
     rounds: Vec<Round>,
     started: Instant,
 }
@@ -75,7 +75,7 @@ impl SessionJob {
         handle: Arc<SessionHandle>,
         record: SessionRecord,
         planner: Planner,
-        ctx: SessionContext,
+        executor_info: ExecutorInfo,
     ) -> Self {
         Self {
             app,
@@ -83,7 +83,7 @@ impl SessionJob {
             rx: None,
             record,
             planner: Some(planner),
-            ctx,
+            executor_info,
             rounds: Vec::new(),
             started: Instant::now(),
         }
@@ -318,7 +318,8 @@ impl SessionJob {
             _ => return Outcome::failed(None, "Driver error: no driver".into(), None),
         };
         loop {
-            let step = match driver.next_step(&self.ctx, &self.rounds).await {
+            let ctx = SessionContext::of(&self.record, &self.executor_info);
+            let step = match driver.next_step(&ctx, &self.rounds).await {
                 Ok(step) => step,
                 Err(e) => return Outcome::failed(None, format!("Driver error: {e}"), None),
             };

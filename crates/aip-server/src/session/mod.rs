@@ -34,7 +34,7 @@ mod job;
 
 use alarm::{AlarmKey, Alarms};
 
-use driver::{SessionContext, SessionDriver};
+use driver::{ExecutorInfo, SessionDriver};
 
 /// What plans a session.
 pub enum Planner {
@@ -250,7 +250,8 @@ pub struct NewSession {
     pub owner_conn: Option<u64>,
     pub executor_conn: u64,
     pub planner: Planner,
-    pub ctx: SessionContext,
+    /// The executor's system info and tools, for the driver.
+    pub executor_info: ExecutorInfo,
 }
 
 /// A created (stored, indexed) session whose job has not started yet.
@@ -258,7 +259,7 @@ pub struct PendingSession {
     pub handle: Arc<SessionHandle>,
     record: SessionRecord,
     planner: Planner,
-    ctx: SessionContext,
+    executor_info: ExecutorInfo,
 }
 
 impl SessionManager {
@@ -379,7 +380,7 @@ impl SessionManager {
             handle,
             record,
             planner: new.planner,
-            ctx: new.ctx,
+            executor_info: new.executor_info,
         })
     }
 
@@ -405,7 +406,7 @@ impl PendingSession {
             self.handle,
             self.record,
             self.planner,
-            self.ctx,
+            self.executor_info,
         );
         let mut run = handle.run.lock();
         let rx = match std::mem::replace(&mut *run, Run::Running) {

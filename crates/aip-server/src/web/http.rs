@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::auth::header_authorized;
 use crate::registry::PendingEcho;
-use crate::session::driver::SessionContext;
+use crate::session::driver::{ExecutorInfo, SessionContext};
 use crate::session::{CancelReason, CreateError, NewSession, Planner};
 use crate::state::{parse_commands, AppState};
 use crate::storage::{Origin, SessionFilter, SessionRecord, SessionState, StoreError};
@@ -205,20 +205,6 @@ pub async fn dispatch(
     }
 
     let platform = app.effective_platform(device.platform.as_deref());
-    let ctx = SessionContext {
-        session_id: session_id.clone(),
-        task_name: task_name.clone(),
-        request: request.clone(),
-        platform: platform.clone(),
-        executor_id: device.client_id.clone(),
-        executor_system_info: device.system_info.clone(),
-        executor_tools: device.tools.clone(),
-    };
-    let planner = app.planner(&ctx, commands);
-    let agent_name = match &planner {
-        Planner::Driver(d) => Some(d.agent_name().to_owned()),
-        Planner::Delegate => None,
-    };
     let record = SessionRecord {
         session_id: session_id.clone(),
         task_name: task_name.clone(),
@@ -236,6 +222,15 @@ pub async fn dispatch(
         finished_at: None,
         echo_received: false,
     };
+    let executor_info = ExecutorInfo {
+        system_info: device.system_info.clone(),
+        tools: device.tools.clone(),
+    };
+    let planner = app.planner(&SessionContext::of(&record, &executor_info), commands);
+    let agent_name = match &planner {
+        Planner::Driver(d) => Some(d.agent_name().to_owned()),
+        Planner::Delegate => None,
+    };
     let pending = app
         .sessions
         .create(
@@ -245,7 +240,7 @@ pub async fn dispatch(
                 owner_conn: None,
                 executor_conn: device.conn.id(),
                 planner,
-                ctx,
+                executor_info,
             },
         )
         .await

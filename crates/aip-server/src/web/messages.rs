@@ -13,7 +13,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use crate::registry::ClientEntry;
-use crate::session::driver::SessionContext;
+use crate::session::driver::{ExecutorInfo, SessionContext};
 use crate::session::{
     Acceptance, ClientEnd, CreateError, NewSession, ReportedResults, SessionEvent,
 };
@@ -211,16 +211,6 @@ impl ClientConn {
             },
         };
         let platform = self.app.effective_platform(executor.platform.as_deref());
-        let ctx = SessionContext {
-            session_id: session_id.clone(),
-            task_name: task_name.clone(),
-            request: request.clone(),
-            platform: platform.clone(),
-            executor_id: executor.client_id.clone(),
-            executor_system_info: executor.system_info.clone(),
-            executor_tools: executor.tools.clone(),
-        };
-        let planner = self.app.planner(&ctx, commands);
         let now = Utc::now();
         let record = SessionRecord {
             session_id: session_id.clone(),
@@ -242,12 +232,19 @@ impl ClientConn {
             finished_at: None,
             echo_received: false,
         };
+        let executor_info = ExecutorInfo {
+            system_info: executor.system_info.clone(),
+            tools: executor.tools.clone(),
+        };
+        let planner = self
+            .app
+            .planner(&SessionContext::of(&record, &executor_info), commands);
         let new = NewSession {
             record,
             owner_conn: Some(self.entry.conn.id()),
             executor_conn: executor.conn.id(),
             planner,
-            ctx,
+            executor_info,
         };
         match self.app.sessions.create(&self.app, new).await {
             Ok(pending) => {
