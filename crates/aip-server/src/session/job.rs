@@ -115,7 +115,7 @@ impl SessionJob {
         let outcome = tokio::select! {
             biased;
             o = self.drive() => Some(o),
-            _ = handle.cancel.cancelled() => None,
+            _ = handle.cancel.wait() => None,
             _ = sleep_until(deadline) => Some(Outcome::failed(
                 Some("timeout"),
                 text::session_timed_out(fmt_secs(session_timeout.unwrap_or_default())),
@@ -475,7 +475,7 @@ impl SessionJob {
             reason = reason.unwrap_or(""),
             "session ended"
         );
-        h.done.cancel();
+        h.done.set();
     }
 }
 

@@ -13,7 +13,7 @@
 //! the job, which then runs exactly as if it had been spawned at once. A parked session
 //! costs about half the memory of a running one and nothing to schedule.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::IdDashMap;
@@ -22,7 +22,7 @@ use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::state::AppState;
 use crate::storage::{Origin, SessionRecord, StoreError};
@@ -140,9 +140,9 @@ pub struct SessionHandle {
     /// Opened by the first event, or when the job is spawned.
     events: OnceLock<mpsc::Sender<SessionEvent>>,
     run: Mutex<Run>,
-    cancel: CancellationToken,
+    cancel: Flag,
     cancel_reason: Mutex<Option<CancelReason>>,
-    done: CancellationToken,
+    done: Flag,
 }
 
 impl SessionHandle {
@@ -191,7 +191,7 @@ impl SessionHandle {
                 *r = Some(reason);
             }
         }
-        self.cancel.cancel();
+        self.cancel.set();
         self.wake();
     }
 
@@ -221,7 +221,37 @@ impl SessionHandle {
 
     /// Resolves once the job has stored its final state.
     pub async fn finished(&self) {
-        self.done.cancelled().await
+        self.done.wait().await
+    }
+}
+
+/// A flag set once that tasks can wait for: what a `CancellationToken` would do for a
+/// session's cancellation and end, without the tree node it allocates (two per session,
+/// ~250 bytes of every session waiting for its device).
+#[derive(Default)]
+struct Flag {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Flag {
+    /// Sets the flag and wakes every waiter; later calls do nothing.
+    fn set(&self) {
+        if !self.set.swap(true, Ordering::AcqRel) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once the flag is set.
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a `set` in between still wakes this waiter.
+        notified.as_mut().enable();
+        if self.set.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -325,9 +355,9 @@ impl SessionManager {
             task_response_id: Mutex::new(None),
             events: OnceLock::new(),
             run: Mutex::new(Run::Unstarted(None)),
-            cancel: CancellationToken::new(),
+            cancel: Flag::default(),
             cancel_reason: Mutex::new(None),
-            done: CancellationToken::new(),
+            done: Flag::default(),
         });
         match self.live.entry(record.session_id.clone()) {
             Entry::Occupied(o) => {
@@ -444,7 +474,7 @@ impl PendingSession {
         if let Err(e) = app.store.delete(sid).await {
             tracing::error!(session_id = %sid, cause = %e, "could not delete an aborted session");
         }
-        self.handle.done.cancel();
+        self.handle.done.set();
     }
 }
 
@@ -456,5 +486,47 @@ fn unindex(app: &AppState, h: &SessionHandle) {
     }
     if let Some(e) = app.registry.get(&h.executor) {
         e.as_executor.lock().remove(&h.session_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Flag;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn flag_wakes_waiters_set_before_and_after_they_wait() {
+        let flag = Arc::new(Flag::default());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let flag = flag.clone();
+                tokio::spawn(async move { flag.wait().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        flag.set();
+        flag.set();
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("a waiter was not woken")
+                .unwrap();
+        }
+        // Already set: resolves at once.
+        tokio::time::timeout(Duration::from_secs(5), flag.wait())
+            .await
+            .expect("waiting on a set flag did not resolve");
+    }
+
+    #[tokio::test]
+    async fn flag_not_set_keeps_waiting() {
+        let flag = Flag::default();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), flag.wait())
+                .await
+                .is_err(),
+            "an unset flag resolved"
+        );
     }
 }
