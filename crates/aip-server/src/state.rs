@@ -102,6 +102,11 @@ pub fn parse_commands(value: &Value) -> Result<Vec<Command>, String> {
         Ok(commands) => commands,
         Err(_) => aip_protocol::messages::parse_strict(&value.to_string()).map_err(|e| e.detail)?,
     };
+    non_empty_commands(commands)
+}
+
+/// `commands`, unless the list is empty.
+pub fn non_empty_commands(commands: Vec<Command>) -> Result<Vec<Command>, String> {
     if commands.is_empty() {
         return Err("the list of commands is empty".into());
     }

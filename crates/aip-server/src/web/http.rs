@@ -1,5 +1,6 @@
 //! REST API (http-api.md): dispatch, task results, clients, health, sessions.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use super::auth::header_authorized;
 use crate::registry::PendingEcho;
 use crate::session::driver::{ExecutorInfo, SessionContext};
 use crate::session::{CancelReason, CreateError, NewSession, Planner};
-use crate::state::{parse_commands, AppState};
+use crate::state::{non_empty_commands, parse_commands, AppState};
 use crate::storage::{Origin, SessionFilter, SessionRecord, SessionState, StoreError};
 
 /// An error answer: `{"detail": "<text>"}` with a status code.
@@ -115,38 +116,129 @@ pub async fn clients(State(app): State<Arc<AppState>>) -> Json<Value> {
     }))
 }
 
-fn non_empty_str<'a>(body: &'a Value, key: &str) -> Option<&'a str> {
-    body.get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+/// A field of a dispatch body as given: absent (or `null`), of the wrong JSON type, or a
+/// value of the expected type.
+enum Field<T> {
+    Absent,
+    Wrong,
+    Given(T),
 }
 
-fn present<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
-    body.get(key).filter(|v| !v.is_null())
+impl<'a> Field<Cow<'a, str>> {
+    /// A string field of a parsed body.
+    fn str_of(body: &'a Value, key: &str) -> Self {
+        match body.get(key) {
+            None | Some(Value::Null) => Field::Absent,
+            Some(Value::String(s)) => Field::Given(Cow::Borrowed(s)),
+            Some(_) => Field::Wrong,
+        }
+    }
+
+    /// A field the typed parser read (`None`: absent or `null`).
+    fn from_option(v: Option<Cow<'a, str>>) -> Self {
+        v.map_or(Field::Absent, Field::Given)
+    }
+
+    /// The string, if given and not empty.
+    fn non_empty(&self) -> Option<&str> {
+        match self {
+            Field::Given(s) if !s.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The fields of a `POST /api/dispatch` body that the handler reads.
+struct DispatchFields<'a> {
+    request: Field<Cow<'a, str>>,
+    target_id: Field<Cow<'a, str>>,
+    client_id: Field<Cow<'a, str>>,
+    task_name: Field<Cow<'a, str>>,
+    session_id: Field<Cow<'a, str>>,
+    /// `None`: absent or `null`; a list that is not a valid, non-empty list of commands is
+    /// an `Err` with the detail.
+    commands: Option<Result<Vec<aip_protocol::Command>, String>>,
+}
+
+/// Typed reading of a well-formed body: no `serde_json::Value` tree (whose maps are built
+/// and hashed key by key). Any field of another type, a duplicate key, a body that is not
+/// an object: the typed read fails and the body is read as a `Value` instead, which gives
+/// every such case its own error in the normative order.
+#[derive(serde::Deserialize)]
+struct TypedBody<'a> {
+    #[serde(borrow, default)]
+    request: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    target_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    client_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    task_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    session_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    commands: Option<Vec<aip_protocol::Command>>,
+}
+
+impl<'a> DispatchFields<'a> {
+    /// Reads `bytes`, typed if it can, else as a `Value` kept in `value`. `None`: the body
+    /// is not a JSON object.
+    fn read(bytes: &'a [u8], value: &'a mut Option<Value>) -> Option<Self> {
+        Self::typed(bytes).or_else(|| Self::untyped(bytes, value))
+    }
+
+    fn typed(bytes: &'a [u8]) -> Option<Self> {
+        // A derived struct also accepts a JSON array (fields by position): objects only.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return None;
+        }
+        let b = serde_json::from_slice::<TypedBody<'a>>(bytes).ok()?;
+        Some(Self {
+            request: Field::from_option(b.request),
+            target_id: Field::from_option(b.target_id),
+            client_id: Field::from_option(b.client_id),
+            task_name: Field::from_option(b.task_name),
+            session_id: Field::from_option(b.session_id),
+            commands: b.commands.map(non_empty_commands),
+        })
+    }
+
+    fn untyped(bytes: &[u8], value: &'a mut Option<Value>) -> Option<Self> {
+        let body = &*value.insert(serde_json::from_slice(bytes).ok()?);
+        if !body.is_object() {
+            return None;
+        }
+        Some(Self {
+            request: Field::str_of(body, "request"),
+            target_id: Field::str_of(body, "target_id"),
+            client_id: Field::str_of(body, "client_id"),
+            task_name: Field::str_of(body, "task_name"),
+            session_id: Field::str_of(body, "session_id"),
+            commands: body
+                .get("commands")
+                .filter(|v| !v.is_null())
+                .map(parse_commands),
+        })
+    }
 }
 
 /// `POST /api/dispatch` (http-api.md §3): checks in the normative order.
 pub async fn dispatch(
     State(app): State<Arc<AppState>>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if !body.is_object() {
+) -> Result<Response, ApiError> {
+    let mut value = None;
+    let Some(fields) = DispatchFields::read(&body, &mut value) else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Request body must be a JSON object",
         ));
-    }
-    let request = body
-        .get("request")
-        .and_then(Value::as_str)
-        .filter(|r| !r.trim().is_empty())
-        .ok_or_else(|| ApiError::bad_request("Empty task content"))?
-        .to_owned();
-    let target = match (
-        non_empty_str(&body, "target_id"),
-        non_empty_str(&body, "client_id"),
-    ) {
+    };
+    let request = match &fields.request {
+        Field::Given(r) if !r.trim().is_empty() => r.to_string(),
+        _ => return Err(ApiError::bad_request("Empty task content")),
+    };
+    let target = match (fields.target_id.non_empty(), fields.client_id.non_empty()) {
         (None, None) => return Err(ApiError::bad_request("Empty client ID")),
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::bad_request(
@@ -155,32 +247,22 @@ pub async fn dispatch(
         }
         (Some(a), _) | (None, Some(a)) => a.to_owned(),
     };
-    let task_name = match present(&body, "task_name") {
-        None => uuid::Uuid::new_v4().to_string(),
-        Some(v) => match v.as_str().filter(|n| is_valid_http_task_name(n)) {
-            Some(n) => n.to_owned(),
-            None => return Err(ApiError::bad_request(
-                "Invalid task_name: must be a non-empty string of characters [A-Za-z0-9._-], at most 128 long, and must not start with '.'",
-            )),
-        },
+    let task_name = match &fields.task_name {
+        Field::Absent => uuid::Uuid::new_v4().to_string(),
+        Field::Given(n) if is_valid_http_task_name(n) => n.to_string(),
+        _ => return Err(ApiError::bad_request(
+            "Invalid task_name: must be a non-empty string of characters [A-Za-z0-9._-], at most 128 long, and must not start with '.'",
+        )),
     };
     // A fresh UUID cannot be in use; only a client-supplied id needs the store lookup.
-    let (session_id, client_supplied) = match present(&body, "session_id") {
-        None => (uuid::Uuid::new_v4().to_string(), false),
-        Some(v) => match v
-            .as_str()
-            .filter(|s| (1..=MAX_ID_LEN).contains(&s.chars().count()))
-        {
-            Some(s) => (s.to_owned(), true),
-            None => return Err(ApiError::bad_request("Invalid session_id")),
-        },
+    let (session_id, client_supplied) = match &fields.session_id {
+        Field::Absent => (uuid::Uuid::new_v4().to_string(), false),
+        Field::Given(s) if (1..=MAX_ID_LEN).contains(&s.chars().count()) => (s.to_string(), true),
+        _ => return Err(ApiError::bad_request("Invalid session_id")),
     };
-    let commands = match present(&body, "commands") {
+    let commands = match fields.commands {
         None => None,
-        Some(v) => Some(
-            parse_commands(v)
-                .map_err(|e| ApiError::bad_request(format!("Invalid commands: {e}")))?,
-        ),
+        Some(c) => Some(c.map_err(|e| ApiError::bad_request(format!("Invalid commands: {e}")))?),
     };
     if client_supplied
         && (app.sessions.get(&session_id).is_some() || app.store.get(&session_id).await?.is_some())
@@ -273,12 +355,22 @@ pub async fn dispatch(
     }
     pending.start(&app);
     tracing::info!(session_id = %session_id, client_id = %device.client_id, "task dispatched over HTTP");
-    Ok(Json(json!({
-        "status": "dispatched",
-        "session_id": session_id,
-        "task_name": task_name,
-        "client_id": device.client_id,
-    })))
+    Ok(Json(Dispatched {
+        status: "dispatched",
+        session_id: &session_id,
+        task_name: &task_name,
+        client_id: &device.client_id,
+    })
+    .into_response())
+}
+
+/// The answer to a dispatch (http-api.md §3), keys in this order.
+#[derive(serde::Serialize)]
+struct Dispatched<'a> {
+    status: &'static str,
+    session_id: &'a str,
+    task_name: &'a str,
+    client_id: &'a str,
 }
 
 /// How a session record is shown over HTTP (http-api.md §4.2): serialised straight from the
@@ -415,6 +507,80 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+
+    /// What the handler reads of a body, printed.
+    fn summary(f: &DispatchFields<'_>) -> String {
+        let field = |x: &Field<Cow<'_, str>>| match x {
+            Field::Absent => "absent".to_owned(),
+            Field::Wrong => "wrong".to_owned(),
+            Field::Given(s) => format!("{s:?}"),
+        };
+        format!(
+            "{} {} {} {} {} {:?}",
+            field(&f.request),
+            field(&f.target_id),
+            field(&f.client_id),
+            field(&f.task_name),
+            field(&f.session_id),
+            f.commands
+        )
+    }
+
+    #[test]
+    fn typed_and_untyped_reads_of_a_dispatch_body_agree() {
+        let bodies = [
+            r#"{"request": "open notepad", "target_id": "dev-1"}"#,
+            r#" {"request": "a\"b", "client_id": "dev-1", "task_name": null, "session_id": "s-1", "extra": [1]}"#,
+            r#"{"request": "x", "target_id": "", "client_id": "d", "task_name": "t-1", "commands":
+                [{"tool_name": "click", "tool_type": "action", "parameters": {"x": 1}, "call_id": "c1"}]}"#,
+            r#"{"request": "x", "target_id": "d", "commands": []}"#,
+            r#"{"request": "x", "target_id": "d", "commands": null}"#,
+        ];
+        for body in bodies {
+            let typed = DispatchFields::typed(body.as_bytes()).expect("typed read");
+            let mut value = None;
+            let untyped = DispatchFields::untyped(body.as_bytes(), &mut value).expect("read");
+            assert_eq!(summary(&typed), summary(&untyped), "{body}");
+        }
+    }
+
+    #[test]
+    fn bodies_the_typed_read_refuses_are_read_as_values() {
+        for (body, expected) in [
+            // Wrong types: the typed read fails; the fields are told apart.
+            (
+                r#"{"request": 5, "target_id": "d"}"#,
+                "wrong \"d\" absent absent absent None",
+            ),
+            (
+                r#"{"request": "x", "task_name": 7}"#,
+                "\"x\" absent absent wrong absent None",
+            ),
+            // A duplicate key: the last one counts, as when read as a value.
+            (
+                r#"{"request": "a", "request": "b"}"#,
+                "\"b\" absent absent absent absent None",
+            ),
+        ] {
+            assert!(DispatchFields::typed(body.as_bytes()).is_none(), "{body}");
+            let mut value = None;
+            let f = DispatchFields::read(body.as_bytes(), &mut value).expect("an object");
+            assert_eq!(summary(&f), expected, "{body}");
+        }
+        // A list (which a derived struct would read by position) and a non-object.
+        for body in [r#"["x", "d"]"#, "5", "not json", ""] {
+            let mut value = None;
+            assert!(
+                DispatchFields::read(body.as_bytes(), &mut value).is_none(),
+                "{body}"
+            );
+        }
+        // A list of commands that is not valid keeps its detail.
+        let body = r#"{"request": "x", "target_id": "d", "commands": [{"tool_name": 1}]}"#;
+        let mut value = None;
+        let f = DispatchFields::read(body.as_bytes(), &mut value).expect("an object");
+        assert!(matches!(f.commands, Some(Err(_))));
+    }
 
     fn record(state: SessionState) -> SessionRecord {
         let at = |s: i64| {
