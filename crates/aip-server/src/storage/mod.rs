@@ -3,6 +3,8 @@
 //! The embedded default is SQLite ([`sqlite::SqliteStore`]); a shared backend for
 //! several instances (Redis) implements the same trait.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -128,7 +130,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes a record (a dispatch that could not be queued); durable when it returns.
     async fn delete(&self, session_id: &str) -> Result<(), StoreError>;
     /// The record with this `session_id`.
-    async fn get(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Shared: a recently ended record is not copied for each read.
+    async fn get(&self, session_id: &str) -> Result<Option<Arc<SessionRecord>>, StoreError>;
     /// The most recently created record with this `task_name`.
     async fn latest_by_task_name(
         &self,

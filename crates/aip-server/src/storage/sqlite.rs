@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
@@ -208,7 +208,7 @@ struct LiveIndex {
 #[derive(Default)]
 struct Recent {
     capacity: usize,
-    rows: IdMap<String, (u64, Arc<Row>)>,
+    rows: IdMap<String, (u64, Arc<SessionRecord>)>,
     /// Insertion order; an entry whose generation no longer matches `rows` is stale.
     order: VecDeque<(u64, String)>,
     generation: u64,
@@ -222,7 +222,7 @@ impl Recent {
         }
     }
 
-    fn put(&mut self, row: Arc<Row>) {
+    fn put(&mut self, row: Arc<SessionRecord>) {
         if self.capacity == 0 {
             return;
         }
@@ -239,7 +239,7 @@ impl Recent {
         }
     }
 
-    fn get(&self, session_id: &str) -> Option<Arc<Row>> {
+    fn get(&self, session_id: &str) -> Option<Arc<SessionRecord>> {
         self.rows.get(session_id).map(|(_, row)| Arc::clone(row))
     }
 
@@ -405,23 +405,15 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// A record converted to column values (done by the caller, off the writer thread).
+/// A record to write, with what its columns need converted (done by the caller, off the
+/// writer thread). An ended record is then kept as it is among the recent ones.
 struct Row {
-    session_id: String,
-    task_name: String,
-    request: String,
-    origin: &'static str,
-    owner: Option<String>,
-    executor: String,
-    platform: String,
-    state: &'static str,
-    reason: Option<String>,
-    error: Option<String>,
+    record: Arc<SessionRecord>,
+    /// `result` as JSON text.
     result: Option<String>,
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
-    echo_received: bool,
     /// `created` or `running`: kept in the `live` table.
     live: bool,
 }
@@ -612,7 +604,7 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, live: &parking_lot::Mu
             for (Job { op, reply }, result) in batch.drain(..).zip(results) {
                 if let (Ok(_), WriteOp::Upsert(row)) = (&result, op) {
                     if !row.live {
-                        ended.push(Arc::<Row>::from(row));
+                        ended.push(row.record);
                     }
                 }
                 replies.push((reply, result));
@@ -701,23 +693,24 @@ fn apply(
     let mut changes = Vec::new();
     let n = match op {
         WriteOp::Upsert(r) => {
-            let rowid = live.rowid(&r.session_id);
+            let rowid = live.rowid(&r.record.session_id);
+            let rec = &*r.record;
             let values = params![
-                r.session_id,
-                r.task_name,
-                r.request,
-                r.origin,
-                r.owner,
-                r.executor,
-                r.platform,
-                r.state,
-                r.reason,
-                r.error,
+                rec.session_id,
+                rec.task_name,
+                rec.request,
+                rec.origin.as_str(),
+                rec.owner,
+                rec.executor,
+                rec.platform,
+                rec.state.as_str(),
+                rec.reason,
+                rec.error,
                 r.result,
                 r.created_at,
                 r.started_at,
                 r.finished_at,
-                r.echo_received,
+                rec.echo_received,
             ];
             if !r.live {
                 // Ended: into `sessions`, out of `live`.
@@ -725,7 +718,7 @@ fn apply(
                 if let Some(id) = rowid {
                     conn.prepare_cached("DELETE FROM live WHERE id = ?1")?
                         .execute([id])?;
-                    changes.push(IndexChange::Remove(r.session_id.clone()));
+                    changes.push(IndexChange::Remove(rec.session_id.clone()));
                 }
                 n
             } else {
@@ -740,16 +733,16 @@ fn apply(
                     None => {
                         // New (an ended record of the same id, if any, is replaced).
                         conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
-                            .execute([&r.session_id])?;
+                            .execute([&rec.session_id])?;
                         conn.prepare_cached(INSERT_LIVE_SQL)?.execute(values)?;
                         conn.last_insert_rowid()
                     }
                 };
                 changes.push(IndexChange::Insert(
-                    r.session_id.clone(),
+                    rec.session_id.clone(),
                     LiveEntry {
                         rowid: id,
-                        task_name: r.task_name.clone(),
+                        task_name: rec.task_name.clone(),
                         created_at: r.created_at,
                     },
                 ));
@@ -818,28 +811,23 @@ fn apply(
 // ---------------------------------------------------------------------------
 // Rows
 
-fn to_row(r: SessionRecord) -> Result<Row, StoreError> {
+fn to_row(mut r: SessionRecord) -> Result<Row, StoreError> {
+    // Times are stored to the microsecond; the record kept in memory says what a read from
+    // the file would.
+    r.created_at = r.created_at.trunc_subsecs(6);
+    r.started_at = r.started_at.map(|t| t.trunc_subsecs(6));
+    r.finished_at = r.finished_at.map(|t| t.trunc_subsecs(6));
     let result = match &r.result {
         Some(v) => Some(serde_json::to_string(v).map_err(db_err)?),
         None => None,
     };
     Ok(Row {
-        session_id: r.session_id,
-        task_name: r.task_name,
-        request: r.request,
-        origin: r.origin.as_str(),
-        owner: r.owner,
-        executor: r.executor,
-        platform: r.platform,
-        state: r.state.as_str(),
-        reason: r.reason,
-        error: r.error,
         result,
         created_at: r.created_at.timestamp_micros(),
         started_at: r.started_at.map(|t| t.timestamp_micros()),
         finished_at: r.finished_at.map(|t| t.timestamp_micros()),
-        echo_received: r.echo_received,
         live: !r.state.is_terminal(),
+        record: Arc::new(r),
     })
 }
 
@@ -860,28 +848,6 @@ struct RawRow {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     echo_received: bool,
-}
-
-impl From<&Row> for RawRow {
-    fn from(r: &Row) -> Self {
-        RawRow {
-            session_id: r.session_id.clone(),
-            task_name: r.task_name.clone(),
-            request: r.request.clone(),
-            origin: r.origin.to_owned(),
-            owner: r.owner.clone(),
-            executor: r.executor.clone(),
-            platform: r.platform.clone(),
-            state: r.state.to_owned(),
-            reason: r.reason.clone(),
-            error: r.error.clone(),
-            result: r.result.clone(),
-            created_at: r.created_at,
-            started_at: r.started_at,
-            finished_at: r.finished_at,
-            echo_received: r.echo_received,
-        }
-    }
 }
 
 fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -973,10 +939,10 @@ impl SessionStore for SqliteStore {
             .map(|_| ())
     }
 
-    async fn get(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    async fn get(&self, session_id: &str) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let recent = self.inner.live.lock().recent.get(session_id);
-        if let Some(row) = recent {
-            return SessionRecord::try_from(RawRow::from(&*row)).map(Some);
+        if let Some(record) = recent {
+            return Ok(Some(record));
         }
         let id = session_id.to_owned();
         let live = Arc::clone(&self.inner.live);
@@ -994,6 +960,7 @@ impl SessionStore for SqliteStore {
             )
         })
         .await
+        .map(|r| r.map(Arc::new))
     }
 
     async fn latest_by_task_name(
@@ -1156,7 +1123,7 @@ mod tests {
         };
         store.upsert(full.clone()).await.unwrap();
         let got = store.get("s1").await.unwrap().unwrap();
-        assert_eq!(got, full);
+        assert_eq!(*got, full);
         assert_eq!(
             serde_json::to_string(got.result.as_ref().unwrap()).unwrap(),
             serde_json::to_string(full.result.as_ref().unwrap()).unwrap(),
@@ -1169,7 +1136,7 @@ mod tests {
             ..rec("s2", "task", SessionState::Created, 5)
         };
         store.upsert(sparse.clone()).await.unwrap();
-        assert_eq!(store.get("s2").await.unwrap().unwrap(), sparse);
+        assert_eq!(*store.get("s2").await.unwrap().unwrap(), sparse);
         assert!(store.get("nope").await.unwrap().is_none());
     }
 
@@ -1185,7 +1152,7 @@ mod tests {
         r.result = Some(json!({"ok": true}));
         r.owner = None;
         store.upsert(r.clone()).await.unwrap();
-        assert_eq!(store.get("s").await.unwrap().unwrap(), r);
+        assert_eq!(*store.get("s").await.unwrap().unwrap(), r);
         assert_eq!(
             store.list(&SessionFilter::default()).await.unwrap().len(),
             1
@@ -1293,8 +1260,8 @@ mod tests {
             );
             assert_eq!(r.finished_at, Some(now));
         }
-        assert_eq!(store.get("d").await.unwrap().unwrap(), done);
-        assert_eq!(store.get("x").await.unwrap().unwrap(), cancelled);
+        assert_eq!(*store.get("d").await.unwrap().unwrap(), done);
+        assert_eq!(*store.get("x").await.unwrap().unwrap(), cancelled);
         assert_eq!(store.mark_interrupted(now).await.unwrap(), 0);
     }
 
@@ -1354,7 +1321,7 @@ mod tests {
             assert!(shared.get("s").await.unwrap().is_some());
         }
         let store = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(store.get("s").await.unwrap().unwrap(), r);
+        assert_eq!(*store.get("s").await.unwrap().unwrap(), r);
         // Schema version recorded.
         let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
         let v: i64 = conn
@@ -1428,7 +1395,7 @@ mod tests {
             put(&store, rec(id, "t", SessionState::Completed, 1)).await;
             tamper(dir.path(), id);
         }
-        let error = |r: Option<SessionRecord>| r.unwrap().error;
+        let error = |r: Option<Arc<SessionRecord>>| r.unwrap().error.clone();
         // "a" was forgotten (capacity 2): read from the file; "b" and "c" from memory.
         assert_eq!(
             error(store.get("a").await.unwrap()).as_deref(),
@@ -1436,7 +1403,7 @@ mod tests {
         );
         assert_eq!(error(store.get("b").await.unwrap()), None);
         assert_eq!(
-            store.get("c").await.unwrap().unwrap(),
+            *store.get("c").await.unwrap().unwrap(),
             rec("c", "t", SessionState::Completed, 1)
         );
     }
@@ -1447,18 +1414,18 @@ mod tests {
         let store = SqliteStore::open(dir.path()).unwrap();
         let ended = rec("s", "t", SessionState::Completed, 1);
         store.upsert(ended.clone()).await.unwrap();
-        assert_eq!(store.get("s").await.unwrap(), Some(ended.clone()));
+        assert_eq!(store.get("s").await.unwrap().as_deref(), Some(&ended));
 
         // Replaced by an ended record of the same id.
         let mut failed = rec("s", "t", SessionState::Failed, 1);
         failed.error = Some("boom".into());
         store.upsert(failed.clone()).await.unwrap();
-        assert_eq!(store.get("s").await.unwrap(), Some(failed));
+        assert_eq!(store.get("s").await.unwrap().as_deref(), Some(&failed));
 
         // Reused by a live session: the ended record is gone from memory and disk.
         let running = rec("s", "t", SessionState::Running, 2);
         store.upsert(running.clone()).await.unwrap();
-        assert_eq!(store.get("s").await.unwrap(), Some(running));
+        assert_eq!(store.get("s").await.unwrap().as_deref(), Some(&running));
 
         // Deleted after it ended.
         store.upsert(ended.clone()).await.unwrap();
@@ -1495,7 +1462,7 @@ mod tests {
         r.started_at = Some(t(2));
         store.upsert(r.clone()).await.unwrap();
         assert_eq!(count(dir.path(), "live"), 1, "updated in place");
-        assert_eq!(store.get("s").await.unwrap().unwrap(), r);
+        assert_eq!(*store.get("s").await.unwrap().unwrap(), r);
 
         r.state = SessionState::Completed;
         r.finished_at = Some(t(3));
@@ -1505,7 +1472,7 @@ mod tests {
             (count(dir.path(), "live"), count(dir.path(), "sessions")),
             (0, 1)
         );
-        assert_eq!(store.get("s").await.unwrap().unwrap(), r);
+        assert_eq!(*store.get("s").await.unwrap().unwrap(), r);
         assert_eq!(store.latest_by_task_name("t").await.unwrap().unwrap(), r);
 
         // Created and ended within one batch: the end finds the row the batch appended.
@@ -1560,7 +1527,7 @@ mod tests {
             store.upsert(r.clone()).await.unwrap();
         }
         let store = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(store.get("s").await.unwrap().unwrap(), r);
+        assert_eq!(*store.get("s").await.unwrap().unwrap(), r);
         assert_eq!(store.latest_by_task_name("t").await.unwrap().unwrap(), r);
         assert_eq!(store.mark_interrupted(t(9)).await.unwrap(), 1);
         let failed = store.get("s").await.unwrap().unwrap();

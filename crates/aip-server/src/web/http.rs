@@ -223,10 +223,7 @@ impl<'a> DispatchFields<'a> {
 }
 
 /// `POST /api/dispatch` (http-api.md §3): checks in the normative order.
-pub async fn dispatch(
-    State(app): State<Arc<AppState>>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let mut value = None;
     let Some(fields) = DispatchFields::read(&body, &mut value) else {
         return Err(ApiError::new(
@@ -419,6 +416,7 @@ pub async fn task_result(
             .store
             .latest_by_task_name(&id)
             .await?
+            .map(Arc::new)
             .ok_or_else(|| ApiError::not_found("Task not found"))?,
     };
     Ok(Json(SessionView(&record)).into_response())
