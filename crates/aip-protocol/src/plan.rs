@@ -99,20 +99,24 @@ impl Plan {
 
     /// The `commands` shorthand: every command its own step, stop on failure.
     pub fn from_commands(commands: Vec<Command>) -> Result<Plan, String> {
+        let mut steps: Vec<PlanStep> = commands
+            .into_iter()
+            .map(|c| PlanStep {
+                agent_name: None,
+                process_name: None,
+                root_name: None,
+                actions: vec![c],
+            })
+            .collect();
+        // The collect reuses the commands' buffer, whose capacity a parse from a byte
+        // stream rounds up (4 for one command): a plan lives as long as its session.
+        steps.shrink_to_fit();
         let plan = Plan {
             agent_name: None,
             process_name: None,
             root_name: None,
             stop_on_failure: true,
-            steps: commands
-                .into_iter()
-                .map(|c| PlanStep {
-                    agent_name: None,
-                    process_name: None,
-                    root_name: None,
-                    actions: vec![c],
-                })
-                .collect(),
+            steps,
         };
         plan.check()?;
         Ok(plan)
