@@ -28,6 +28,7 @@ pub mod storage;
 pub mod web;
 
 pub use config::{PlatformMode, ServerConfig};
+pub use state::AppState;
 
 /// The hasher of every map keyed by session ids, client ids and task names: foldhash,
 /// seeded at random per process (and per map). SipHash, the standard library's default,
@@ -40,7 +41,6 @@ pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, IdHasher>;
 pub(crate) type IdSet<K> = std::collections::HashSet<K, IdHasher>;
 /// A `DashMap` with [`IdHasher`].
 pub(crate) type IdDashMap<K, V> = dashmap::DashMap<K, V, IdHasher>;
-pub use state::AppState;
 
 use session::CancelReason;
 use storage::sqlite::SqliteStore;

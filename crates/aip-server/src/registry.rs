@@ -5,12 +5,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::{IdDashMap, IdSet};
 use aip_protocol::{ClientType, ServerMessage};
 use chrono::{DateTime, Utc};
 use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
+
+use crate::session::driver::ExecutorInfo;
+use crate::{IdDashMap, IdSet};
 
 use crate::conn::{ConnHandle, SendError};
 
@@ -93,6 +95,14 @@ impl ClientEntry {
     /// Queues a message on this client's connection.
     pub fn send(&self, msg: &ServerMessage) -> Result<(), SendError> {
         self.conn.send(msg)
+    }
+
+    /// What a session this device executes keeps of its registration (shared, not copied).
+    pub fn executor_info(&self) -> ExecutorInfo {
+        ExecutorInfo {
+            system_info: self.system_info.clone(),
+            tools: self.tools.clone(),
+        }
     }
 
     /// Queues a message already serialised (one message for several recipients).

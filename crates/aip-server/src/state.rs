@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{PlatformMode, ServerConfig};
 use crate::registry::Registry;
-use crate::session::driver::{DriverFactory, PlanDriver, SessionContext};
+use crate::session::driver::{DriverFactory, ExecutorInfo, PlanDriver, SessionContext};
 use crate::session::{Planner, SessionManager};
-use crate::storage::SessionStore;
+use crate::storage::{SessionRecord, SessionStore};
 
 /// Everything the server shares: configuration, registry, sessions, storage.
 pub struct AppState {
@@ -79,7 +79,14 @@ impl AppState {
 
     /// Chooses the driver (server.md §5.1): explicit commands, a JSON plan in the
     /// request, the agent, else delegation.
-    pub fn planner(&self, ctx: &SessionContext<'_>, commands: Option<Vec<Command>>) -> Planner {
+    /// `record` is the new session's, run by a device with `executor`'s registration.
+    pub fn planner(
+        &self,
+        record: &SessionRecord,
+        executor: &ExecutorInfo,
+        commands: Option<Vec<Command>>,
+    ) -> Planner {
+        let ctx = &SessionContext::of(record, executor);
         if let Some(commands) = commands {
             return Planner::Driver(Box::new(PlanDriver::new(Plan::from_commands(commands))));
         }

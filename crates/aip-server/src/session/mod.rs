@@ -16,7 +16,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::IdDashMap;
 use aip_protocol::ActionResult;
 use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
@@ -26,6 +25,7 @@ use tokio::sync::Notify;
 
 use crate::state::AppState;
 use crate::storage::{Origin, SessionRecord, StoreError};
+use crate::IdDashMap;
 
 pub mod agent;
 mod alarm;

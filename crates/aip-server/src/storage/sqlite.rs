@@ -222,14 +222,16 @@ impl Recent {
         }
     }
 
-    fn put(&mut self, row: Arc<SessionRecord>) {
+    fn put(&mut self, record: Arc<SessionRecord>) {
         if self.capacity == 0 {
             return;
         }
         self.generation += 1;
         let generation = self.generation;
-        self.order.push_back((generation, row.session_id.clone()));
-        self.rows.insert(row.session_id.clone(), (generation, row));
+        self.order
+            .push_back((generation, record.session_id.clone()));
+        self.rows
+            .insert(record.session_id.clone(), (generation, record));
         while self.order.len() > self.capacity {
             if let Some((g, id)) = self.order.pop_front() {
                 if self.rows.get(&id).is_some_and(|(current, _)| *current == g) {
@@ -240,7 +242,9 @@ impl Recent {
     }
 
     fn get(&self, session_id: &str) -> Option<Arc<SessionRecord>> {
-        self.rows.get(session_id).map(|(_, row)| Arc::clone(row))
+        self.rows
+            .get(session_id)
+            .map(|(_, record)| Arc::clone(record))
     }
 
     fn remove(&mut self, session_id: &str) {
@@ -405,17 +409,19 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// A record to write, with what its columns need converted (done by the caller, off the
-/// writer thread). An ended record is then kept as it is among the recent ones.
+/// A record to write, with its result already serialised (by the caller, off the writer
+/// thread). An ended record is then kept as it is among the recent ones.
 struct Row {
     record: Arc<SessionRecord>,
     /// `result` as JSON text.
     result: Option<String>,
-    created_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
+}
+
+impl Row {
     /// `created` or `running`: kept in the `live` table.
-    live: bool,
+    fn live(&self) -> bool {
+        !self.record.state.is_terminal()
+    }
 }
 
 enum WriteOp {
@@ -603,7 +609,7 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, live: &parking_lot::Mu
             let mut ended = Vec::new();
             for (Job { op, reply }, result) in batch.drain(..).zip(results) {
                 if let (Ok(_), WriteOp::Upsert(row)) = (&result, op) {
-                    if !row.live {
+                    if !row.live() {
                         ended.push(row.record);
                     }
                 }
@@ -693,8 +699,9 @@ fn apply(
     let mut changes = Vec::new();
     let n = match op {
         WriteOp::Upsert(r) => {
-            let rowid = live.rowid(&r.record.session_id);
             let rec = &*r.record;
+            let rowid = live.rowid(&rec.session_id);
+            let created_at = rec.created_at.timestamp_micros();
             let values = params![
                 rec.session_id,
                 rec.task_name,
@@ -707,12 +714,12 @@ fn apply(
                 rec.reason,
                 rec.error,
                 r.result,
-                r.created_at,
-                r.started_at,
-                r.finished_at,
+                created_at,
+                rec.started_at.map(|t| t.timestamp_micros()),
+                rec.finished_at.map(|t| t.timestamp_micros()),
                 rec.echo_received,
             ];
-            if !r.live {
+            if !r.live() {
                 // Ended: into `sessions`, out of `live`.
                 let n = conn.prepare_cached(UPSERT_SQL)?.execute(values)?;
                 if let Some(id) = rowid {
@@ -743,7 +750,7 @@ fn apply(
                     LiveEntry {
                         rowid: id,
                         task_name: rec.task_name.clone(),
-                        created_at: r.created_at,
+                        created_at,
                     },
                 ));
                 1
@@ -823,10 +830,6 @@ fn to_row(mut r: SessionRecord) -> Result<Row, StoreError> {
     };
     Ok(Row {
         result,
-        created_at: r.created_at.timestamp_micros(),
-        started_at: r.started_at.map(|t| t.timestamp_micros()),
-        finished_at: r.finished_at.map(|t| t.timestamp_micros()),
-        live: !r.state.is_terminal(),
         record: Arc::new(r),
     })
 }

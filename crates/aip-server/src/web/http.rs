@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 
 use super::auth::header_authorized;
 use crate::registry::PendingEcho;
-use crate::session::driver::{ExecutorInfo, SessionContext};
 use crate::session::{CancelReason, CreateError, NewSession, Planner};
 use crate::state::{non_empty_commands, parse_commands, AppState};
 use crate::storage::{Origin, SessionFilter, SessionRecord, SessionState, StoreError};
@@ -301,11 +300,8 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
         finished_at: None,
         echo_received: false,
     };
-    let executor_info = ExecutorInfo {
-        system_info: device.system_info.clone(),
-        tools: device.tools.clone(),
-    };
-    let planner = app.planner(&SessionContext::of(&record, &executor_info), commands);
+    let executor_info = device.executor_info();
+    let planner = app.planner(&record, &executor_info, commands);
     let agent_name = match &planner {
         Planner::Driver(d) => Some(d.agent_name().to_owned()),
         Planner::Delegate => None,

@@ -13,7 +13,6 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use crate::registry::ClientEntry;
-use crate::session::driver::{ExecutorInfo, SessionContext};
 use crate::session::{
     Acceptance, ClientEnd, CreateError, NewSession, ReportedResults, SessionEvent,
 };
@@ -232,13 +231,8 @@ impl ClientConn {
             finished_at: None,
             echo_received: false,
         };
-        let executor_info = ExecutorInfo {
-            system_info: executor.system_info.clone(),
-            tools: executor.tools.clone(),
-        };
-        let planner = self
-            .app
-            .planner(&SessionContext::of(&record, &executor_info), commands);
+        let executor_info = executor.executor_info();
+        let planner = self.app.planner(&record, &executor_info, commands);
         let new = NewSession {
             record,
             owner_conn: Some(self.entry.conn.id()),
