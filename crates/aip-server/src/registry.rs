@@ -43,9 +43,9 @@ pub struct ClientEntry {
     pub connected_at: DateTime<Utc>,
     seq: u64,
     /// Live sessions this client requested.
-    pub as_requester: Mutex<IdSet<String>>,
+    pub as_requester: Mutex<IdSet<Arc<str>>>,
     /// Live sessions this client executes.
-    pub as_executor: Mutex<IdSet<String>>,
+    pub as_executor: Mutex<IdSet<Arc<str>>>,
     pending_echo: Mutex<VecDeque<PendingEcho>>,
 }
 

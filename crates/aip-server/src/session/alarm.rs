@@ -25,7 +25,7 @@ pub(super) type AlarmKey = (Instant, u64);
 /// The alarms of every parked session.
 #[derive(Default)]
 pub(super) struct Alarms {
-    due: Mutex<BTreeMap<AlarmKey, String>>,
+    due: Mutex<BTreeMap<AlarmKey, Arc<str>>>,
     seq: AtomicU64,
     /// An alarm earlier than every other was set.
     earlier: Notify,
@@ -38,7 +38,7 @@ impl Alarms {
         self: &Arc<Self>,
         app: &Arc<AppState>,
         at: Instant,
-        session_id: &str,
+        session_id: &Arc<str>,
     ) -> AlarmKey {
         self.timer.get_or_init(|| {
             tokio::spawn(timer(Arc::clone(self), Arc::downgrade(app)));
@@ -46,7 +46,7 @@ impl Alarms {
         let key = (at, self.seq.fetch_add(1, Ordering::Relaxed));
         let first = {
             let mut due = self.due.lock();
-            due.insert(key, session_id.to_owned());
+            due.insert(key, Arc::clone(session_id));
             due.first_key_value().is_some_and(|(k, _)| *k == key)
         };
         if first {
@@ -61,7 +61,7 @@ impl Alarms {
     }
 
     /// Removes and returns at most `max` of the sessions due at `now`, earliest first.
-    fn take_due(&self, now: Instant, max: usize) -> Vec<String> {
+    fn take_due(&self, now: Instant, max: usize) -> Vec<Arc<str>> {
         let mut due = self.due.lock();
         let mut taken = Vec::new();
         while taken.len() < max {
@@ -117,14 +117,14 @@ mod tests {
         let mut keys = Vec::new();
         for (i, ms) in [30u64, 10, 20, 10, 500].iter().enumerate() {
             let key = (t0 + Duration::from_millis(*ms), i as u64);
-            alarms.due.lock().insert(key, format!("s{i}"));
+            alarms.due.lock().insert(key, Arc::from(format!("s{i}")));
             keys.push(key);
         }
         alarms.cancel(keys[2]);
         assert_eq!(alarms.next(), Some(t0 + Duration::from_millis(10)));
         let now = t0 + Duration::from_millis(100);
-        assert_eq!(alarms.take_due(now, 2), ["s1", "s3"]);
-        assert_eq!(alarms.take_due(now, 2), ["s0"]);
+        assert_eq!(alarms.take_due(now, 2), [Arc::from("s1"), Arc::from("s3")]);
+        assert_eq!(alarms.take_due(now, 2), [Arc::from("s0")]);
         assert!(alarms.take_due(now, 2).is_empty());
         assert_eq!(alarms.next(), Some(t0 + Duration::from_millis(500)));
     }

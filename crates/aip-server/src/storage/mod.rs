@@ -127,6 +127,11 @@ pub enum StoreError {
 pub trait SessionStore: Send + Sync + 'static {
     /// Inserts or replaces the record with this `session_id`; durable when it returns.
     async fn upsert(&self, record: SessionRecord) -> Result<(), StoreError>;
+    /// Stores a record whose `session_id` the server has just generated, so that no stored
+    /// record can have it: an [`upsert`](Self::upsert) that need not look for one.
+    async fn insert_new(&self, record: SessionRecord) -> Result<(), StoreError> {
+        self.upsert(record).await
+    }
     /// Removes a record (a dispatch that could not be queued); durable when it returns.
     async fn delete(&self, session_id: &str) -> Result<(), StoreError>;
     /// The record with this `session_id`.

@@ -38,6 +38,7 @@
 //!   `live` table). Times are stored as microseconds since the Unix epoch, `result` as
 //!   JSON text.
 
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,6 +48,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use smallvec::{smallvec, SmallVec};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Origin, SessionFilter, SessionRecord, SessionState, SessionStore, StoreError};
@@ -195,8 +197,9 @@ struct Inner {
 #[derive(Default)]
 struct LiveIndex {
     by_id: IdMap<String, LiveEntry>,
-    /// Task name → (created_at, rowid) of its live records.
-    by_task: IdMap<String, Vec<(i64, i64)>>,
+    /// Task name (shared with the entries of `by_id`) → (created_at, rowid) of its live
+    /// records; usually one, kept inline.
+    by_task: IdMap<Arc<str>, SmallVec<[(i64, i64); 1]>>,
     recent: Recent,
 }
 
@@ -259,7 +262,7 @@ impl Recent {
 
 struct LiveEntry {
     rowid: i64,
-    task_name: String,
+    task_name: Arc<str>,
     created_at: i64,
 }
 
@@ -278,7 +281,7 @@ impl LiveIndex {
                     row.get::<_, String>(1)?,
                     LiveEntry {
                         rowid: row.get(0)?,
-                        task_name: row.get(2)?,
+                        task_name: Arc::from(row.get::<_, String>(2)?),
                         created_at: row.get(3)?,
                     },
                 ))
@@ -304,13 +307,19 @@ impl LiveIndex {
             .map(|&(_, rowid)| rowid)
     }
 
-    fn insert(&mut self, session_id: String, entry: LiveEntry) {
+    fn insert(&mut self, session_id: String, mut entry: LiveEntry) {
         self.remove(&session_id);
         self.recent.remove(&session_id);
-        self.by_task
-            .entry(entry.task_name.clone())
-            .or_default()
-            .push((entry.created_at, entry.rowid));
+        let row = (entry.created_at, entry.rowid);
+        match self.by_task.entry(Arc::clone(&entry.task_name)) {
+            Entry::Occupied(mut o) => {
+                o.get_mut().push(row);
+                entry.task_name = Arc::clone(o.key());
+            }
+            Entry::Vacant(v) => {
+                v.insert(smallvec![row]);
+            }
+        }
         self.by_id.insert(session_id, entry);
     }
 
@@ -318,10 +327,10 @@ impl LiveIndex {
         let Some(old) = self.by_id.remove(session_id) else {
             return;
         };
-        if let Some(rows) = self.by_task.get_mut(&old.task_name) {
-            rows.retain(|&(_, rowid)| rowid != old.rowid);
+        if let Some(rows) = self.by_task.get_mut(&*old.task_name) {
+            rows.retain(|&mut (_, rowid)| rowid != old.rowid);
             if rows.is_empty() {
-                self.by_task.remove(&old.task_name);
+                self.by_task.remove(&*old.task_name);
             }
         }
     }
@@ -415,6 +424,9 @@ struct Row {
     record: Arc<SessionRecord>,
     /// `result` as JSON text.
     result: Option<String>,
+    /// The session id was generated for this record: no stored record can have it, so
+    /// neither table is searched for an older one.
+    fresh: bool,
 }
 
 impl Row {
@@ -700,7 +712,11 @@ fn apply(
     let n = match op {
         WriteOp::Upsert(r) => {
             let rec = &*r.record;
-            let rowid = live.rowid(&rec.session_id);
+            let rowid = if r.fresh {
+                None
+            } else {
+                live.rowid(&rec.session_id)
+            };
             let created_at = rec.created_at.timestamp_micros();
             let values = params![
                 rec.session_id,
@@ -739,8 +755,10 @@ fn apply(
                     }
                     None => {
                         // New (an ended record of the same id, if any, is replaced).
-                        conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
-                            .execute([&rec.session_id])?;
+                        if !r.fresh {
+                            conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+                                .execute([&rec.session_id])?;
+                        }
                         conn.prepare_cached(INSERT_LIVE_SQL)?.execute(values)?;
                         conn.last_insert_rowid()
                     }
@@ -749,7 +767,7 @@ fn apply(
                     rec.session_id.clone(),
                     LiveEntry {
                         rowid: id,
-                        task_name: rec.task_name.clone(),
+                        task_name: Arc::from(rec.task_name.as_str()),
                         created_at,
                     },
                 ));
@@ -818,7 +836,7 @@ fn apply(
 // ---------------------------------------------------------------------------
 // Rows
 
-fn to_row(mut r: SessionRecord) -> Result<Row, StoreError> {
+fn to_row(mut r: SessionRecord, fresh: bool) -> Result<Row, StoreError> {
     // Times are stored to the microsecond; the record kept in memory says what a read from
     // the file would.
     r.created_at = r.created_at.trunc_subsecs(6);
@@ -831,6 +849,7 @@ fn to_row(mut r: SessionRecord) -> Result<Row, StoreError> {
     Ok(Row {
         result,
         record: Arc::new(r),
+        fresh,
     })
 }
 
@@ -932,7 +951,12 @@ fn query_one(
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn upsert(&self, record: SessionRecord) -> Result<(), StoreError> {
-        let row = to_row(record)?;
+        let row = to_row(record, false)?;
+        self.write(WriteOp::Upsert(Box::new(row))).await.map(|_| ())
+    }
+
+    async fn insert_new(&self, record: SessionRecord) -> Result<(), StoreError> {
+        let row = to_row(record, true)?;
         self.write(WriteOp::Upsert(Box::new(row))).await.map(|_| ())
     }
 
@@ -1499,6 +1523,54 @@ mod tests {
         assert!(store.get("gone").await.unwrap().is_none());
         assert!(store.latest_by_task_name("t3").await.unwrap().is_none());
         assert_eq!(count(dir.path(), "live"), 0);
+    }
+
+    #[tokio::test]
+    async fn fresh_records_live_and_end_like_upserted_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        // Two live sessions of one task (they share its name in the index), one ended.
+        store
+            .insert_new(rec("f1", "shared", SessionState::Created, 1))
+            .await
+            .unwrap();
+        store
+            .insert_new(rec("f2", "shared", SessionState::Created, 2))
+            .await
+            .unwrap();
+        put(&store, rec("f1", "shared", SessionState::Running, 1)).await;
+        assert_eq!(count(dir.path(), "live"), 2);
+        let newest = store.latest_by_task_name("shared").await.unwrap().unwrap();
+        assert_eq!(newest.session_id, "f2");
+        put(&store, rec("f2", "shared", SessionState::Completed, 2)).await;
+        assert_eq!(
+            (count(dir.path(), "live"), count(dir.path(), "sessions")),
+            (1, 1)
+        );
+        // The ended record is the newest; the other stays live and found.
+        let newest = store.latest_by_task_name("shared").await.unwrap().unwrap();
+        assert_eq!(newest.session_id, "f2");
+        put(&store, rec("f1", "shared", SessionState::Failed, 1)).await;
+        assert_eq!(
+            store.get("f1").await.unwrap().unwrap().state,
+            SessionState::Failed
+        );
+        assert_eq!(count(dir.path(), "live"), 0);
+        // A fresh record that is already ended goes straight to the indexed table.
+        store
+            .insert_new(rec("f3", "other", SessionState::Cancelled, 3))
+            .await
+            .unwrap();
+        assert_eq!(count(dir.path(), "sessions"), 3);
+        // After a restart the live index is rebuilt from the file, names shared again.
+        store
+            .insert_new(rec("f4", "shared", SessionState::Created, 4))
+            .await
+            .unwrap();
+        drop(store);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let newest = store.latest_by_task_name("shared").await.unwrap().unwrap();
+        assert_eq!(newest.session_id, "f4");
     }
 
     #[tokio::test]

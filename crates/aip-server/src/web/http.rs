@@ -312,6 +312,7 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
             &app,
             NewSession {
                 record,
+                fresh_id: !client_supplied,
                 owner_conn: None,
                 executor_conn: device.conn.id(),
                 planner,

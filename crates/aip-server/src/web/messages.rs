@@ -235,6 +235,7 @@ impl ClientConn {
         let planner = self.app.planner(&record, &executor_info, commands);
         let new = NewSession {
             record,
+            fresh_id: !client_supplied,
             owner_conn: Some(self.entry.conn.id()),
             executor_conn: executor.conn.id(),
             planner,
