@@ -48,6 +48,19 @@ fn serialise(c: &mut Criterion) {
             .to_json()
         })
     });
+    // Serialisation alone: the server's writer against serde_json's derive.
+    let task = ServerMessage::task_assignment(
+        "3f2a9c1e-5b7d-4e8f-a1c2-d3e4f5a6b7c8",
+        "9b1d7c2e-0f3a-4b5c-8d6e-7f8a9b0c1d2e",
+        "open notepad and type hello",
+        Some("HostAgent"),
+    );
+    group.bench_function("task_assignment_written", |b| {
+        b.iter(|| black_box(&task).to_json())
+    });
+    group.bench_function("task_assignment_serde_json", |b| {
+        b.iter(|| serde_json::to_string(black_box(&task)))
+    });
     group.finish();
 }
 

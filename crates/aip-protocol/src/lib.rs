@@ -16,6 +16,7 @@ pub mod transfer;
 pub mod validate;
 
 pub use messages::{
-    parse_client_message, ActionResult, ClientMessage, ClientMessageType, ClientType, Command,
-    McpToolInfo, ParseError, ResultStatus, ServerMessage, ServerMessageType, TaskStatus, ToolType,
+    parse_client_message, push_json_str, ActionResult, ClientMessage, ClientMessageType,
+    ClientType, Command, McpToolInfo, ParseError, ResultStatus, ServerMessage, ServerMessageType,
+    TaskStatus, ToolType,
 };

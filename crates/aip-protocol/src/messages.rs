@@ -54,6 +54,21 @@ pub enum ServerMessageType {
     DeviceInfoResponse,
 }
 
+impl ServerMessageType {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Task => "task",
+            Self::Heartbeat => "heartbeat",
+            Self::TaskEnd => "task_end",
+            Self::Command => "command",
+            Self::Error => "error",
+            Self::DeviceInfoRequest => "device_info_request",
+            Self::DeviceInfoResponse => "device_info_response",
+        }
+    }
+}
+
 /// Task / message status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,6 +78,19 @@ pub enum TaskStatus {
     Failed,
     Ok,
     Error,
+}
+
+impl TaskStatus {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Continue => "continue",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Ok => "ok",
+            Self::Error => "error",
+        }
+    }
 }
 
 /// Role a client registers with.
@@ -329,9 +357,99 @@ impl ServerMessage {
         m
     }
 
-    /// Compact JSON, every field present in declaration order.
+    /// Compact JSON, every field present in declaration order: byte for byte what
+    /// `serde_json::to_string` writes (tests compare the two), written directly because
+    /// every frame the server sends goes through here and serde_json scans each string,
+    /// keys included, a byte at a time for characters to escape.
     pub fn to_json(&self) -> String {
-        to_json(self)
+        let mut out = String::with_capacity(self.json_len_hint());
+        out.push_str("{\"type\":\"");
+        out.push_str(self.kind.as_str());
+        out.push_str("\",\"status\":\"");
+        out.push_str(self.status.as_str());
+        out.push('"');
+        push_field(&mut out, "user_request", self.user_request.as_deref());
+        push_field(&mut out, "agent_name", self.agent_name.as_deref());
+        push_field(&mut out, "process_name", self.process_name.as_deref());
+        push_field(&mut out, "root_name", self.root_name.as_deref());
+        out.push_str(",\"actions\":");
+        match &self.actions {
+            Some(actions) => out.push_str(&to_json(actions)),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"messages\":");
+        match &self.messages {
+            Some(messages) => {
+                out.push('[');
+                for (i, m) in messages.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    push_json_str(&mut out, m);
+                }
+                out.push(']');
+            }
+            None => out.push_str("null"),
+        }
+        push_field(&mut out, "error", self.error.as_deref());
+        push_field(&mut out, "session_id", self.session_id.as_deref());
+        push_field(&mut out, "task_name", self.task_name.as_deref());
+        push_field(&mut out, "timestamp", self.timestamp.as_deref());
+        push_field(&mut out, "response_id", self.response_id.as_deref());
+        out.push_str(",\"result\":");
+        match &self.result {
+            Some(result) => out.push_str(&to_json(result)),
+            None => out.push_str("null"),
+        }
+        out.push('}');
+        out
+    }
+
+    /// Room for the keys, the nulls and the plain strings.
+    fn json_len_hint(&self) -> usize {
+        let strings = [
+            &self.user_request,
+            &self.agent_name,
+            &self.process_name,
+            &self.root_name,
+            &self.error,
+            &self.session_id,
+            &self.task_name,
+            &self.timestamp,
+            &self.response_id,
+        ];
+        256 + strings
+            .iter()
+            .map(|s| s.as_deref().map_or(0, str::len))
+            .sum::<usize>()
+    }
+}
+
+/// Appends `,"key":value`, the value a JSON string or `null`.
+fn push_field(out: &mut String, key: &str, value: Option<&str>) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    match value {
+        Some(v) => push_json_str(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it (control
+/// characters, `"` and `\\`; nothing else). Ids, names and timestamps have nothing to
+/// escape and are copied whole; anything else is left to serde_json.
+pub fn push_json_str(out: &mut String, s: &str) {
+    // No early exit: the compiler turns this into a vector loop.
+    let needs_escape = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&to_json(&s));
     }
 }
 
@@ -394,6 +512,73 @@ fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> ParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_messages_are_written_as_serde_writes_them() {
+        let mut awkward: Vec<String> = [
+            "",
+            "plain-id_0.9",
+            "quote \" backslash \\ slash / done",
+            "controls \n\r\t\u{8}\u{c}\u{0}\u{1f} del \u{7f}",
+            "unicode é ✓ 🦀 \u{2028}",
+            "</script>",
+        ]
+        .map(String::from)
+        .into();
+        // Every character serde_json escapes, alone in a string, and its neighbours.
+        awkward.extend(
+            (0u8..=0x20)
+                .chain([b'"', b'\\', b'/', 0x7f])
+                .map(|b| format!("a{}b", b as char)),
+        );
+        let mut cases = vec![
+            ServerMessage::heartbeat_ok(),
+            ServerMessage::task_ack("6f1c2e0a-3b7d-4c55-9a9e-1d2f3a4b5c6d"),
+            ServerMessage::task_assignment("s", "t", "open notepad", Some("agent")),
+            ServerMessage::task_end(
+                "s",
+                "t",
+                false,
+                Some(serde_json::json!({"a": [1, 2.5, null]})),
+                Some("boom".into()),
+            ),
+            ServerMessage::device_info_response(None, serde_json::json!("x\ny")),
+        ];
+        for text in &awkward {
+            let text = text.as_str();
+            let mut m = ServerMessage::error(text);
+            m.user_request = Some(text.into());
+            m.agent_name = Some(text.into());
+            m.process_name = Some(text.into());
+            m.root_name = Some(text.into());
+            m.messages = Some(vec![text.into(), String::new(), text.into()]);
+            m.session_id = Some(text.into());
+            m.task_name = Some(text.into());
+            m.timestamp = Some(text.into());
+            m.response_id = Some(text.into());
+            m.result = Some(serde_json::json!({ text: text }));
+            m.actions = Some(vec![Command {
+                tool_name: text.into(),
+                parameters: Some(serde_json::Map::from_iter([(
+                    text.to_owned(),
+                    Value::from(text),
+                )])),
+                tool_type: ToolType::Action,
+                call_id: Some(text.into()),
+            }]);
+            cases.push(m);
+        }
+        let mut empty = ServerMessage::heartbeat_ok();
+        empty.messages = Some(Vec::new());
+        empty.actions = Some(Vec::new());
+        empty.timestamp = None;
+        empty.response_id = None;
+        cases.push(empty);
+        for m in cases {
+            let want = serde_json::to_string(&m).expect("serialise");
+            assert_eq!(m.to_json(), want);
+        }
+    }
 
     #[test]
     fn null_client_type_means_device() {

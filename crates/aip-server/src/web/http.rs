@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use aip_protocol::time::http_timestamp;
 use aip_protocol::validate::{is_valid_http_task_name, MAX_ID_LEN};
-use aip_protocol::ServerMessage;
+use aip_protocol::{push_json_str, ServerMessage};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
@@ -349,22 +349,49 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
     }
     pending.start(&app);
     tracing::info!(session_id = %session_id, client_id = %device.client_id, "task dispatched over HTTP");
-    Ok(Json(Dispatched {
+    let answer = Dispatched {
         status: "dispatched",
         session_id: &session_id,
         task_name: &task_name,
         client_id: &device.client_id,
-    })
-    .into_response())
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        answer.to_json(),
+    )
+        .into_response())
 }
 
 /// The answer to a dispatch (http-api.md §3), keys in this order.
-#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct Dispatched<'a> {
     status: &'static str,
     session_id: &'a str,
     task_name: &'a str,
     client_id: &'a str,
+}
+
+impl Dispatched<'_> {
+    /// What serde_json would write (a test compares), written directly like every
+    /// frame (see `ServerMessage::to_json`).
+    fn to_json(&self) -> String {
+        let mut out = String::with_capacity(128);
+        let fields = [
+            ("{\"status\":", self.status),
+            (",\"session_id\":", self.session_id),
+            (",\"task_name\":", self.task_name),
+            (",\"client_id\":", self.client_id),
+        ];
+        for (key, value) in fields {
+            out.push_str(key);
+            push_json_str(&mut out, value);
+        }
+        out.push('}');
+        out
+    }
 }
 
 /// How a session record is shown over HTTP (http-api.md §4.2): serialised straight from the
@@ -600,6 +627,19 @@ mod tests {
             started_at: Some(at(1)),
             finished_at: ended.then(|| at(2)),
             echo_received: true,
+        }
+    }
+
+    #[test]
+    fn the_dispatch_answer_is_written_as_serde_writes_it() {
+        for id in ["s-1", "with \"quotes\" and \\", "ctl\u{1}\n", "é✓"] {
+            let answer = Dispatched {
+                status: "dispatched",
+                session_id: id,
+                task_name: "t",
+                client_id: id,
+            };
+            assert_eq!(answer.to_json(), serde_json::to_string(&answer).unwrap());
         }
     }
 
