@@ -285,7 +285,7 @@ impl SessionJob {
                             actions: Vec::new(),
                             action_results: results,
                         });
-                        self.record.result = Some(rounds_result(&self.rounds));
+                        self.record.result = Some(Box::new(rounds_result(&self.rounds)));
                         self.persist().await;
                     } else {
                         tracing::warn!(session_id = %self.record.session_id, "command_results with a foreign prev_response_id dropped");
@@ -355,7 +355,7 @@ impl SessionJob {
                 // The previous round's results, stored before the next command goes out
                 // (built here, not after every round: the last round's go with the final
                 // state, which the driver's `Finish` or `run` builds).
-                self.record.result = Some(rounds_result(&self.rounds));
+                self.record.result = Some(Box::new(rounds_result(&self.rounds)));
                 self.persist().await;
             }
             let mut msg = ServerMessage::new(ServerMessageType::Command, TaskStatus::Continue);
@@ -439,7 +439,7 @@ impl SessionJob {
         self.record.state = state;
         self.record.reason = reason.map(str::to_owned);
         self.record.error = error;
-        self.record.result = end.result.take();
+        self.record.result = end.result.take().map(Box::new);
         self.record.finished_at = Some(Utc::now());
         // Stored before anyone is told.
         self.persist().await;

@@ -95,7 +95,8 @@ pub struct SessionRecord {
     pub state: SessionState,
     pub reason: Option<String>,
     pub error: Option<String>,
-    pub result: Option<Value>,
+    /// Boxed: most records (every live one) have none, and a `Value` is 80 bytes inline.
+    pub result: Option<Box<Value>>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,

@@ -1137,11 +1137,11 @@ mod tests {
             state: SessionState::Completed,
             reason: Some("done".into()),
             error: Some("none really".into()),
-            result: Some(json!({
+            result: Some(Box::new(json!({
                 "zeta": 1,
                 "alpha": {"y": [1, 2, {"b": null, "a": true}], "x": "s"},
                 "mid": 2.5
-            })),
+            }))),
             created_at: Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap()
                 + chrono::Duration::microseconds(123_456),
             started_at: Some(t(1_700_000_000_000_001)),
@@ -1176,7 +1176,7 @@ mod tests {
         store.upsert(r.clone()).await.unwrap();
         r.state = SessionState::Completed;
         r.finished_at = Some(t(200));
-        r.result = Some(json!({"ok": true}));
+        r.result = Some(Box::new(json!({"ok": true})));
         r.owner = None;
         store.upsert(r.clone()).await.unwrap();
         assert_eq!(*store.get("s").await.unwrap().unwrap(), r);
@@ -1270,7 +1270,7 @@ mod tests {
         put(&store, rec("c", "t", SessionState::Created, 1)).await;
         put(&store, rec("r", "t", SessionState::Running, 2)).await;
         let mut done = rec("d", "t", SessionState::Completed, 3);
-        done.result = Some(json!(42));
+        done.result = Some(Box::new(json!(42)));
         store.upsert(done.clone()).await.unwrap();
         let cancelled = rec("x", "t", SessionState::Cancelled, 4);
         store.upsert(cancelled.clone()).await.unwrap();
@@ -1339,7 +1339,7 @@ mod tests {
     async fn durable_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = rec("s", "t", SessionState::Completed, 77);
-        r.result = Some(json!({"b": 1, "a": [1, 2]}));
+        r.result = Some(Box::new(json!({"b": 1, "a": [1, 2]})));
         {
             let store = SqliteStore::open(dir.path()).unwrap();
             let clone = store.clone();
@@ -1493,7 +1493,7 @@ mod tests {
 
         r.state = SessionState::Completed;
         r.finished_at = Some(t(3));
-        r.result = Some(json!({"done": true}));
+        r.result = Some(Box::new(json!({"done": true})));
         store.upsert(r.clone()).await.unwrap();
         assert_eq!(
             (count(dir.path(), "live"), count(dir.path(), "sessions")),
@@ -1690,7 +1690,7 @@ mod tests {
             let store = store.clone();
             handles.push(tokio::spawn(async move {
                 let mut r = rec(&format!("s{i:03}"), "t", SessionState::Completed, i);
-                r.result = Some(json!({ "i": i }));
+                r.result = Some(Box::new(json!({ "i": i })));
                 store.upsert(r).await
             }));
         }
@@ -1699,7 +1699,7 @@ mod tests {
         }
         for i in 0..200 {
             let r = store.get(&format!("s{i:03}")).await.unwrap().unwrap();
-            assert_eq!(r.result, Some(json!({ "i": i })));
+            assert_eq!(r.result, Some(Box::new(json!({ "i": i }))));
         }
         let all = store
             .list(&SessionFilter {

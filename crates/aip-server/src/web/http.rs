@@ -622,7 +622,7 @@ mod tests {
             state,
             reason: None,
             error: ended.then(|| "boom".into()),
-            result: ended.then(|| json!({"results": [1, "two"]})),
+            result: ended.then(|| Box::new(json!({"results": [1, "two"]}))),
             created_at: at(0),
             started_at: Some(at(1)),
             finished_at: ended.then(|| at(2)),
