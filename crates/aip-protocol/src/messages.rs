@@ -362,22 +362,37 @@ impl ServerMessage {
     /// every frame the server sends goes through here and serde_json scans each string,
     /// keys included, a byte at a time for characters to escape.
     pub fn to_json(&self) -> String {
-        let mut out = String::with_capacity(self.json_len_hint());
+        // The string fields before `actions` and `messages`, and those after them.
+        let head = [
+            ("user_request", &self.user_request),
+            ("agent_name", &self.agent_name),
+            ("process_name", &self.process_name),
+            ("root_name", &self.root_name),
+        ];
+        let tail = [
+            ("error", &self.error),
+            ("session_id", &self.session_id),
+            ("task_name", &self.task_name),
+            ("timestamp", &self.timestamp),
+            ("response_id", &self.response_id),
+        ];
+        // Room for the keys, the nulls and the plain strings.
+        let strings: usize = head
+            .iter()
+            .chain(&tail)
+            .map(|(_, v)| v.as_deref().map_or(0, str::len))
+            .sum();
+        let mut out = String::with_capacity(256 + strings);
         out.push_str("{\"type\":\"");
         out.push_str(self.kind.as_str());
         out.push_str("\",\"status\":\"");
         out.push_str(self.status.as_str());
         out.push('"');
-        push_field(&mut out, "user_request", self.user_request.as_deref());
-        push_field(&mut out, "agent_name", self.agent_name.as_deref());
-        push_field(&mut out, "process_name", self.process_name.as_deref());
-        push_field(&mut out, "root_name", self.root_name.as_deref());
-        out.push_str(",\"actions\":");
-        match &self.actions {
-            Some(actions) => out.push_str(&to_json(actions)),
-            None => out.push_str("null"),
+        for (key, value) in head {
+            push_field(&mut out, key, value.as_deref());
         }
-        out.push_str(",\"messages\":");
+        push_serialized(&mut out, "actions", self.actions.as_ref());
+        push_key(&mut out, "messages");
         match &self.messages {
             Some(messages) => {
                 out.push('[');
@@ -391,45 +406,34 @@ impl ServerMessage {
             }
             None => out.push_str("null"),
         }
-        push_field(&mut out, "error", self.error.as_deref());
-        push_field(&mut out, "session_id", self.session_id.as_deref());
-        push_field(&mut out, "task_name", self.task_name.as_deref());
-        push_field(&mut out, "timestamp", self.timestamp.as_deref());
-        push_field(&mut out, "response_id", self.response_id.as_deref());
-        out.push_str(",\"result\":");
-        match &self.result {
-            Some(result) => out.push_str(&to_json(result)),
-            None => out.push_str("null"),
+        for (key, value) in tail {
+            push_field(&mut out, key, value.as_deref());
         }
+        push_serialized(&mut out, "result", self.result.as_ref());
         out.push('}');
         out
     }
+}
 
-    /// Room for the keys, the nulls and the plain strings.
-    fn json_len_hint(&self) -> usize {
-        let strings = [
-            &self.user_request,
-            &self.agent_name,
-            &self.process_name,
-            &self.root_name,
-            &self.error,
-            &self.session_id,
-            &self.task_name,
-            &self.timestamp,
-            &self.response_id,
-        ];
-        256 + strings
-            .iter()
-            .map(|s| s.as_deref().map_or(0, str::len))
-            .sum::<usize>()
+/// Appends `,"key":` (keys are ASCII names with nothing to escape).
+fn push_key(out: &mut String, key: &str) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+}
+
+/// Appends `,"key":value`, the value serialised by serde_json, or `null`.
+fn push_serialized<T: Serialize>(out: &mut String, key: &str, value: Option<&T>) {
+    push_key(out, key);
+    match value {
+        Some(v) => out.push_str(&to_json(v)),
+        None => out.push_str("null"),
     }
 }
 
 /// Appends `,"key":value`, the value a JSON string or `null`.
 fn push_field(out: &mut String, key: &str, value: Option<&str>) {
-    out.push_str(",\"");
-    out.push_str(key);
-    out.push_str("\":");
+    push_key(out, key);
     match value {
         Some(v) => push_json_str(out, v),
         None => out.push_str("null"),
