@@ -1,4 +1,6 @@
-//! Normative error texts (protocol.md §3.3, §4.7). Tests compare them verbatim.
+//! Every text a peer can see: the normative error texts of `error` frames and session
+//! ends (protocol.md §3.3, §4.7), and in [`http`] the `detail` of every HTTP error
+//! answer (http-api.md). Tests compare them verbatim.
 
 pub const REGISTRATION_TIMED_OUT: &str = "Registration timed out";
 pub const FIRST_MESSAGE_NOT_REGISTER: &str = "First message must be a registration message";
@@ -25,6 +27,7 @@ pub const DEVICE_DISCONNECTED: &str = "Task was cancelled because target device 
 pub const REQUESTER_DISCONNECTED: &str = "Task was cancelled due to client disconnection";
 pub const SHUTTING_DOWN: &str = "Server shutting down";
 pub const SERVER_RESTARTED: &str = "Server restarted while the task was running";
+pub const CANCELLED_OVER_HTTP: &str = "Task was cancelled through the HTTP API";
 
 /// `Invalid registration message: <detail>`
 pub fn invalid_registration(detail: &str) -> String {
@@ -65,4 +68,55 @@ pub fn command_timed_out(secs: impl std::fmt::Display) -> String {
 /// `Device <id> not found or no system info available`
 pub fn device_info_unknown(id: &str) -> String {
     format!("Device {id} not found or no system info available")
+}
+/// `Internal error: <detail>` (a storage failure behind a WebSocket request)
+pub fn internal_error(detail: impl std::fmt::Display) -> String {
+    format!("Internal error: {detail}")
+}
+/// `Driver error: <detail>`
+pub fn driver_error(detail: &str) -> String {
+    format!("Driver error: {detail}")
+}
+/// `Invalid plan: <detail>`
+pub fn invalid_plan(detail: &str) -> String {
+    format!("Invalid plan: {detail}")
+}
+/// `Command '<tool>' failed: <error>`
+pub fn command_failed(tool: &str, error: &str) -> String {
+    format!("Command '{tool}' failed: {error}")
+}
+
+/// The `detail` of HTTP error answers (http-api.md).
+pub mod http {
+    pub const NOT_FOUND: &str = "Not Found";
+    pub const METHOD_NOT_ALLOWED: &str = "Method Not Allowed";
+    pub const BODY_NOT_OBJECT: &str = "Request body must be a JSON object";
+    pub const EMPTY_TASK: &str = "Empty task content";
+    pub const EMPTY_CLIENT_ID: &str = "Empty client ID";
+    pub const TARGETS_DIFFER: &str = "target_id and client_id refer to different clients";
+    pub const INVALID_TASK_NAME: &str = "Invalid task_name: must be a non-empty string of characters [A-Za-z0-9._-], at most 128 long, and must not start with '.'";
+    pub const INVALID_SESSION_ID: &str = "Invalid session_id";
+    pub const SESSION_ID_IN_USE: &str = "session_id already in use";
+    pub const CLIENT_NOT_ONLINE: &str = "Client not online";
+    pub const TARGET_NOT_DEVICE: &str = "Target is not a device client";
+    pub const SHUTTING_DOWN: &str = "Server is shutting down";
+    pub const TOO_MANY_SESSIONS: &str = "Too many active sessions";
+    pub const TOO_MANY_CONNECTIONS: &str = "Too many connections";
+    pub const TASK_NOT_FOUND: &str = "Task not found";
+    pub const INVALID_STATE: &str =
+        "Invalid state: expected created, running, completed, failed or cancelled";
+    pub const INVALID_LIMIT: &str = "Invalid limit: expected 1 to 1000";
+    pub const ALREADY_FINISHED: &str = "Session already finished";
+    pub const DID_NOT_STOP: &str = "Session did not stop in time";
+    pub const INVALID_API_KEY: &str = "Invalid API key";
+    pub const LOOPBACK_ONLY: &str = "Only loopback clients are accepted (--local)";
+
+    /// `Invalid commands: <detail>`
+    pub fn invalid_commands(detail: &str) -> String {
+        format!("Invalid commands: {detail}")
+    }
+    /// `Storage error: <detail>`
+    pub fn storage_error(detail: impl std::fmt::Display) -> String {
+        format!("Storage error: {detail}")
+    }
 }

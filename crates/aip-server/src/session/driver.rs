@@ -153,7 +153,7 @@ impl SessionDriver for PlanDriver {
                 return Ok(Step::Finish {
                     completed: false,
                     result: None,
-                    error: Some(format!("Invalid plan: {detail}")),
+                    error: Some(aip_protocol::errors::invalid_plan(detail)),
                 })
             }
         };
@@ -179,9 +179,9 @@ impl SessionDriver for PlanDriver {
                     return Ok(Step::Finish {
                         completed: false,
                         result: Some(rounds_result(rounds)),
-                        error: Some(format!(
-                            "Command '{tool}' failed: {}",
-                            failed.error.as_deref().unwrap_or("")
+                        error: Some(aip_protocol::errors::command_failed(
+                            tool,
+                            failed.error.as_deref().unwrap_or(""),
                         )),
                     });
                 }

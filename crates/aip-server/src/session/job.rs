@@ -16,12 +16,12 @@ use super::{
 use crate::config::fmt_secs;
 use crate::registry::PendingEcho;
 use crate::state::AppState;
-use crate::storage::{SessionRecord, SessionState};
+use crate::storage::{EndReason, SessionRecord, SessionState};
 
 /// How a session ended and who hears about it.
 struct Outcome {
     state: SessionState,
-    reason: Option<&'static str>,
+    reason: Option<EndReason>,
     error: Option<String>,
     result: Option<Value>,
     notify_requester: bool,
@@ -44,7 +44,7 @@ impl Outcome {
         }
     }
 
-    fn failed(reason: Option<&'static str>, error: String, result: Option<Value>) -> Self {
+    fn failed(reason: Option<EndReason>, error: String, result: Option<Value>) -> Self {
         Self {
             reason,
             ..Self::ended(false, Some(error), result)
@@ -117,7 +117,7 @@ impl SessionJob {
             o = self.drive() => Some(o),
             _ = handle.cancel.wait() => None,
             _ = sleep_until(deadline) => Some(Outcome::failed(
-                Some("timeout"),
+                Some(EndReason::Timeout),
                 text::session_timed_out(fmt_secs(session_timeout.unwrap_or_default())),
                 None,
             )),
@@ -134,24 +134,19 @@ impl SessionJob {
         let reason = (*self.handle.cancel_reason.lock()).unwrap_or(CancelReason::Shutdown);
         let (code, error, notify_requester, notify_executor) = match reason {
             CancelReason::DeviceDisconnected => (
-                "device_disconnected",
+                EndReason::DeviceDisconnected,
                 text::DEVICE_DISCONNECTED,
                 true,
                 false,
             ),
             CancelReason::RequesterDisconnected => (
-                "requester_disconnected",
+                EndReason::RequesterDisconnected,
                 text::REQUESTER_DISCONNECTED,
                 false,
                 false,
             ),
-            CancelReason::Shutdown => ("shutdown", text::SHUTTING_DOWN, true, true),
-            CancelReason::Api => (
-                "cancelled",
-                "Task was cancelled through the HTTP API",
-                true,
-                true,
-            ),
+            CancelReason::Shutdown => (EndReason::Shutdown, text::SHUTTING_DOWN, true, true),
+            CancelReason::Api => (EndReason::Cancelled, text::CANCELLED_OVER_HTTP, true, true),
         };
         Outcome {
             state: SessionState::Cancelled,
@@ -226,13 +221,13 @@ impl SessionJob {
         let limit = self.app.config.accept_timeout;
         match tokio::time::timeout_at(self.started + limit, self.recv()).await {
             Err(_) => Err(Outcome::failed(
-                Some("not_accepted"),
+                Some(EndReason::NotAccepted),
                 text::not_accepted(fmt_secs(limit)),
                 None,
             )),
             Ok(None) => Err(Outcome::failed(
                 None,
-                "Driver error: session channel closed".into(),
+                text::driver_error("session channel closed"),
                 None,
             )),
             Ok(Some(SessionEvent::Echo)) => Ok(Accepted::Echo),
@@ -315,13 +310,13 @@ impl SessionJob {
     async fn driven(&mut self) -> Outcome {
         let mut driver = match self.planner.take() {
             Some(Planner::Driver(d)) => d,
-            _ => return Outcome::failed(None, "Driver error: no driver".into(), None),
+            _ => return Outcome::failed(None, text::driver_error("no driver"), None),
         };
         loop {
             let ctx = SessionContext::of(&self.record, &self.executor_info);
             let step = match driver.next_step(&ctx, &self.rounds).await {
                 Ok(step) => step,
-                Err(e) => return Outcome::failed(None, format!("Driver error: {e}"), None),
+                Err(e) => return Outcome::failed(None, text::driver_error(&e.to_string()), None),
             };
             let (agent_name, process_name, root_name, mut actions) = match step {
                 Step::Finish {
@@ -337,14 +332,10 @@ impl SessionJob {
                 } => (agent_name, process_name, root_name, actions),
             };
             if actions.is_empty() {
-                return Outcome::failed(None, "Driver error: a step has no actions".into(), None);
+                return Outcome::failed(None, text::driver_error("a step has no actions"), None);
             }
             if agent_name.is_empty() {
-                return Outcome::failed(
-                    None,
-                    "Driver error: a step has no agent_name".into(),
-                    None,
-                );
+                return Outcome::failed(None, text::driver_error("a step has no agent_name"), None);
             }
             for a in &mut actions {
                 if a.call_id.as_deref().is_none_or(str::is_empty) {
@@ -437,7 +428,7 @@ impl SessionJob {
         );
         let end_json = end.to_json();
         self.record.state = state;
-        self.record.reason = reason.map(str::to_owned);
+        self.record.reason = reason;
         self.record.error = error;
         self.record.result = end.result.take().map(Box::new);
         self.record.finished_at = Some(Utc::now());
@@ -472,7 +463,7 @@ impl SessionJob {
         tracing::info!(
             session_id = %sid,
             state = state.as_str(),
-            reason = reason.unwrap_or(""),
+            reason = reason.map_or("", EndReason::as_str),
             "session ended"
         );
         h.done.set();

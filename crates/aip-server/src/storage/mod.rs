@@ -51,6 +51,59 @@ impl SessionState {
     }
 }
 
+/// Why a session ended, when its state alone does not say (server.md §4): stored as
+/// `reason` and shown over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// The session timeout passed.
+    Timeout,
+    /// The device neither echoed nor reported within the accept timeout.
+    NotAccepted,
+    DeviceDisconnected,
+    RequesterDisconnected,
+    /// Graceful shutdown.
+    Shutdown,
+    /// `DELETE /api/sessions/{id}`.
+    Cancelled,
+    /// The session was live when the server last stopped.
+    ServerRestarted,
+}
+
+impl EndReason {
+    /// The string used in storage and over HTTP.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::NotAccepted => "not_accepted",
+            Self::DeviceDisconnected => "device_disconnected",
+            Self::RequesterDisconnected => "requester_disconnected",
+            Self::Shutdown => "shutdown",
+            Self::Cancelled => "cancelled",
+            Self::ServerRestarted => "server_restarted",
+        }
+    }
+
+    /// Parses [`EndReason::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "timeout" => Self::Timeout,
+            "not_accepted" => Self::NotAccepted,
+            "device_disconnected" => Self::DeviceDisconnected,
+            "requester_disconnected" => Self::RequesterDisconnected,
+            "shutdown" => Self::Shutdown,
+            "cancelled" => Self::Cancelled,
+            "server_restarted" => Self::ServerRestarted,
+            _ => return None,
+        })
+    }
+}
+
+impl serde::Serialize for EndReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// Who asked for a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Origin {
@@ -93,7 +146,7 @@ pub struct SessionRecord {
     pub executor: String,
     pub platform: String,
     pub state: SessionState,
-    pub reason: Option<String>,
+    pub reason: Option<EndReason>,
     pub error: Option<String>,
     /// Boxed: most records (every live one) have none, and a `Value` is 80 bytes inline.
     pub result: Option<Box<Value>>,

@@ -9,7 +9,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use super::http::ApiError;
+use aip_protocol::errors::http as detail;
+
+use super::error::ApiError;
 use crate::state::AppState;
 
 /// Loopback: 127.0.0.0/8, ::1, and IPv4-mapped loopback.
@@ -60,11 +62,7 @@ pub async fn guard(
 ) -> Response {
     if app.config.local_only && !is_loopback(peer.ip()) {
         tracing::warn!(peer = %peer, "non-loopback peer refused (--local)");
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Only loopback clients are accepted (--local)",
-        )
-        .into_response();
+        return ApiError::new(StatusCode::FORBIDDEN, detail::LOOPBACK_ONLY).into_response();
     }
     let path = req.uri().path();
     if path == "/api/health" || path == "/ws" {
@@ -72,7 +70,8 @@ pub async fn guard(
     }
     if !header_authorized(&app, req.headers()) {
         tracing::warn!(path, "request with a missing or wrong API key refused");
-        let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "Invalid API key").into_response();
+        let mut resp =
+            ApiError::new(StatusCode::UNAUTHORIZED, detail::INVALID_API_KEY).into_response();
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),

@@ -16,61 +16,23 @@ use axum::Json;
 use chrono::Utc;
 use serde_json::{json, Value};
 
+use aip_protocol::errors::http as detail;
+
 use super::auth::header_authorized;
+use super::error::ApiError;
 use crate::registry::PendingEcho;
-use crate::session::{CancelReason, CreateError, NewSession, Planner};
+use crate::session::{CancelReason, NewSession, Planner};
 use crate::state::{non_empty_commands, parse_commands, AppState};
-use crate::storage::{Origin, SessionFilter, SessionRecord, SessionState, StoreError};
-
-/// An error answer: `{"detail": "<text>"}` with a status code.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    detail: String,
-}
-
-impl ApiError {
-    /// An error with this status and detail text.
-    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            detail: detail.into(),
-        }
-    }
-
-    fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, detail)
-    }
-
-    fn not_found(detail: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, detail)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({"detail": self.detail}))).into_response()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!(cause = %e, "storage failure in an HTTP request");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("Storage error: {e}"),
-        )
-    }
-}
+use crate::storage::{Origin, SessionFilter, SessionRecord, SessionState};
 
 /// Unknown route.
 pub async fn not_found() -> ApiError {
-    ApiError::not_found("Not Found")
+    ApiError::not_found(detail::NOT_FOUND)
 }
 
 /// Known route, wrong method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, detail::METHOD_NOT_ALLOWED)
 }
 
 /// `GET /api/health`.
@@ -227,58 +189,52 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
     let Some(fields) = DispatchFields::read(&body, &mut value) else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "Request body must be a JSON object",
+            detail::BODY_NOT_OBJECT,
         ));
     };
     let request = match &fields.request {
         Field::Given(r) if !r.trim().is_empty() => r.to_string(),
-        _ => return Err(ApiError::bad_request("Empty task content")),
+        _ => return Err(ApiError::bad_request(detail::EMPTY_TASK)),
     };
     let target = match (fields.target_id.non_empty(), fields.client_id.non_empty()) {
-        (None, None) => return Err(ApiError::bad_request("Empty client ID")),
-        (Some(a), Some(b)) if a != b => {
-            return Err(ApiError::bad_request(
-                "target_id and client_id refer to different clients",
-            ))
-        }
+        (None, None) => return Err(ApiError::bad_request(detail::EMPTY_CLIENT_ID)),
+        (Some(a), Some(b)) if a != b => return Err(ApiError::bad_request(detail::TARGETS_DIFFER)),
         (Some(a), _) | (None, Some(a)) => a.to_owned(),
     };
     let task_name = match &fields.task_name {
         Field::Absent => uuid::Uuid::new_v4().to_string(),
         Field::Given(n) if is_valid_http_task_name(n) => n.to_string(),
-        _ => return Err(ApiError::bad_request(
-            "Invalid task_name: must be a non-empty string of characters [A-Za-z0-9._-], at most 128 long, and must not start with '.'",
-        )),
+        _ => return Err(ApiError::bad_request(detail::INVALID_TASK_NAME)),
     };
     // A fresh UUID cannot be in use; only a client-supplied id needs the store lookup.
     let (session_id, client_supplied) = match &fields.session_id {
         Field::Absent => (uuid::Uuid::new_v4().to_string(), false),
         Field::Given(s) if (1..=MAX_ID_LEN).contains(&s.chars().count()) => (s.to_string(), true),
-        _ => return Err(ApiError::bad_request("Invalid session_id")),
+        _ => return Err(ApiError::bad_request(detail::INVALID_SESSION_ID)),
     };
     let commands = match fields.commands {
         None => None,
-        Some(c) => Some(c.map_err(|e| ApiError::bad_request(format!("Invalid commands: {e}")))?),
+        Some(c) => Some(c.map_err(|e| ApiError::bad_request(detail::invalid_commands(&e)))?),
     };
     if client_supplied
         && (app.sessions.get(&session_id).is_some() || app.store.get(&session_id).await?.is_some())
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "session_id already in use",
+            detail::SESSION_ID_IN_USE,
         ));
     }
     let device = app
         .registry
         .get(&target)
-        .ok_or_else(|| ApiError::not_found("Client not online"))?;
+        .ok_or_else(|| ApiError::not_found(detail::CLIENT_NOT_ONLINE))?;
     if device.role != aip_protocol::ClientType::Device {
-        return Err(ApiError::bad_request("Target is not a device client"));
+        return Err(ApiError::bad_request(detail::TARGET_NOT_DEVICE));
     }
     if app.is_shutting_down() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "Server is shutting down",
+            detail::SHUTTING_DOWN,
         ));
     }
 
@@ -319,16 +275,7 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
                 executor_info,
             },
         )
-        .await
-        .map_err(|e| match e {
-            CreateError::TooMany => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Too many active sessions")
-            }
-            CreateError::Live { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "session_id already in use")
-            }
-            CreateError::Store(e) => e.into(),
-        })?;
+        .await?;
 
     let msg =
         ServerMessage::task_assignment(&session_id, &task_name, &request, agent_name.as_deref());
@@ -345,7 +292,7 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
         .is_some();
     if !still_there || device.send(&msg).is_err() {
         pending.abort(&app).await;
-        return Err(ApiError::not_found("Client not online"));
+        return Err(ApiError::not_found(detail::CLIENT_NOT_ONLINE));
     }
     pending.start(&app);
     tracing::info!(session_id = %session_id, client_id = %device.client_id, "task dispatched over HTTP");
@@ -441,7 +388,7 @@ pub async fn task_result(
             .latest_by_task_name(&id)
             .await?
             .map(Arc::new)
-            .ok_or_else(|| ApiError::not_found("Task not found"))?,
+            .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?,
     };
     Ok(Json(SessionView(&record)).into_response())
 }
@@ -453,11 +400,9 @@ pub async fn list_sessions(
 ) -> Result<Json<Value>, ApiError> {
     let state = match q.get("state").filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) => Some(SessionState::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
-                "Invalid state: expected created, running, completed, failed or cancelled",
-            )
-        })?),
+        Some(s) => Some(
+            SessionState::parse(s).ok_or_else(|| ApiError::bad_request(detail::INVALID_STATE))?,
+        ),
     };
     let limit = match q.get("limit") {
         None => 100,
@@ -465,7 +410,7 @@ pub async fn list_sessions(
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| ApiError::bad_request("Invalid limit: expected 1 to 1000"))?,
+            .ok_or_else(|| ApiError::bad_request(detail::INVALID_LIMIT))?,
     };
     let filter = SessionFilter {
         state,
@@ -487,7 +432,7 @@ pub async fn get_session(
         .store
         .get(&id)
         .await?
-        .ok_or_else(|| ApiError::not_found("Task not found"))?;
+        .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?;
     Ok(Json(SessionView(&record)).into_response())
 }
 
@@ -500,9 +445,9 @@ pub async fn cancel_session(
         return match app.store.get(&id).await? {
             Some(_) => Err(ApiError::new(
                 StatusCode::CONFLICT,
-                "Session already finished",
+                detail::ALREADY_FINISHED,
             )),
-            None => Err(ApiError::not_found("Task not found")),
+            None => Err(ApiError::not_found(detail::TASK_NOT_FOUND)),
         };
     };
     handle.cancel(CancelReason::Api);
@@ -512,14 +457,14 @@ pub async fn cancel_session(
     {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "Session did not stop in time",
+            detail::DID_NOT_STOP,
         ));
     }
     let record = app
         .store
         .get(&id)
         .await?
-        .ok_or_else(|| ApiError::not_found("Task not found"))?;
+        .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?;
     tracing::info!(session_id = %id, "session cancelled over HTTP");
     Ok(Json(SessionView(&record)).into_response())
 }

@@ -191,7 +191,7 @@ impl ClientConn {
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(client_id = %me, cause = %e, "session lookup failed");
-                return self.refuse(format!("Internal error: {e}"));
+                return self.refuse(text::internal_error(e));
             }
         }
         let task_name = sanitize_task_name(msg.task_name.as_deref());
@@ -256,7 +256,7 @@ impl ClientConn {
                     text::session_owned(&session_id)
                 })
             }
-            Err(CreateError::Store(e)) => self.refuse(format!("Internal error: {e}")),
+            Err(CreateError::Store(e)) => self.refuse(text::internal_error(e)),
         }
     }
 

@@ -9,6 +9,7 @@ use axum::{middleware, Router};
 use crate::state::AppState;
 
 pub mod auth;
+pub mod error;
 pub mod http;
 pub mod ws;
 

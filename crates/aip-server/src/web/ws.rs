@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::auth::{header_key, key_matches};
-use super::http::ApiError;
+use aip_protocol::errors::http as detail;
+
+use super::error::ApiError;
 use super::messages::ClientConn;
 use crate::conn::{close, ConnHandle, Outgoing};
 use crate::registry::ClientEntry;
@@ -44,17 +46,20 @@ pub async fn upgrade(
             .or_else(|| header_key(&headers));
         if !given.is_some_and(|k| key_matches(expected, k)) {
             tracing::warn!("WebSocket upgrade with a missing or wrong token refused");
-            return ApiError::new(StatusCode::FORBIDDEN, "Invalid API key").into_response();
+            return ApiError::new(StatusCode::FORBIDDEN, detail::INVALID_API_KEY).into_response();
         }
     }
     if app.is_shutting_down() {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Server is shutting down")
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail::SHUTTING_DOWN)
             .into_response();
     }
     let Ok(permit) = app.conn_limit.clone().try_acquire_owned() else {
         tracing::warn!("connection limit reached; upgrade refused");
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Too many connections")
-            .into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            detail::TOO_MANY_CONNECTIONS,
+        )
+        .into_response();
     };
     let max = app.config.max_message_size;
     ws.max_message_size(max)

@@ -35,9 +35,8 @@ pub(super) fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
 /// server_restarted. Returns how many did.
 pub(super) fn interrupt_v1_live_rows(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
     conn.prepare_cached(
-        "UPDATE sessions SET state = 'failed', reason = 'server_restarted', \
-         error = 'Server restarted while the task was running', finished_at = ?1 \
+        "UPDATE sessions SET state = ?2, reason = ?3, error = ?4, finished_at = ?1 \
          WHERE state IN ('created', 'running')",
     )?
-    .execute([now])
+    .execute(super::writer::interrupted_params(now))
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::{Connection, OptionalExtension};
 
 use super::db_err;
-use crate::storage::{Origin, SessionRecord, SessionState, StoreError};
+use crate::storage::{EndReason, Origin, SessionRecord, SessionState, StoreError};
 
 /// A record to write, with its result already serialised (by the caller, off the writer
 /// thread). An ended record is then kept as it is among the recent ones.
@@ -95,6 +95,13 @@ impl TryFrom<RawRow> for SessionRecord {
             .ok_or_else(|| StoreError::Database(format!("unknown origin {:?}", r.origin)))?;
         let state = SessionState::parse(&r.state)
             .ok_or_else(|| StoreError::Database(format!("unknown state {:?}", r.state)))?;
+        let reason = match r.reason {
+            Some(text) => Some(
+                EndReason::parse(&text)
+                    .ok_or_else(|| StoreError::Database(format!("unknown end reason {text:?}")))?,
+            ),
+            None => None,
+        };
         let result = match r.result {
             Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
                 StoreError::Database(format!("bad result JSON for {}: {e}", r.session_id))
@@ -110,7 +117,7 @@ impl TryFrom<RawRow> for SessionRecord {
             executor: r.executor,
             platform: r.platform,
             state,
-            reason: r.reason,
+            reason,
             error: r.error,
             result,
             created_at: micros(r.created_at)?,

@@ -90,13 +90,14 @@ UPDATE live SET session_id = ?1, task_name = ?2, request = ?3, origin = ?4, owne
                 echo_received = ?15
 WHERE id = ?16";
 
-/// Start-up: every live record moves to `sessions` as failed / server_restarted.
+/// Start-up: every live record moves to `sessions` as failed / server_restarted (`?1` the
+/// time, `?2`–`?4` state, reason and error: `writer::interrupted_params`).
 pub(super) const INTERRUPT_LIVE_SQL: &str = concat!(
     "INSERT INTO sessions (",
     columns!(),
     ")
 SELECT session_id, task_name, request, origin, owner, executor, platform,
-       'failed', 'server_restarted', 'Server restarted while the task was running', result,
+       ?2, ?3, ?4, result,
        created_at, started_at, ?1, echo_received
 FROM live WHERE true ",
     on_conflict_replace!()

@@ -2,7 +2,7 @@
 
 use super::migrate::SCHEMA_VERSION;
 use super::*;
-use crate::storage::{Origin, SessionState};
+use crate::storage::{EndReason, Origin, SessionState};
 use chrono::TimeZone;
 use serde_json::json;
 
@@ -54,7 +54,7 @@ async fn upsert_get_round_trip() {
         executor: "dev".into(),
         platform: "windows".into(),
         state: SessionState::Completed,
-        reason: Some("done".into()),
+        reason: Some(EndReason::Cancelled),
         error: Some("none really".into()),
         result: Some(Box::new(json!({
             "zeta": 1,
@@ -199,7 +199,7 @@ async fn mark_interrupted_fails_live_records() {
     for id in ["c", "r"] {
         let r = store.get(id).await.unwrap().unwrap();
         assert_eq!(r.state, SessionState::Failed);
-        assert_eq!(r.reason.as_deref(), Some("server_restarted"));
+        assert_eq!(r.reason, Some(EndReason::ServerRestarted));
         assert_eq!(
             r.error.as_deref(),
             Some("Server restarted while the task was running")
@@ -570,8 +570,8 @@ async fn a_version_1_database_is_upgraded() {
     );
     assert_eq!(store.mark_interrupted(t(5)).await.unwrap(), 1);
     assert_eq!(
-        store.get("v1").await.unwrap().unwrap().reason.as_deref(),
-        Some("server_restarted")
+        store.get("v1").await.unwrap().unwrap().reason,
+        Some(EndReason::ServerRestarted)
     );
 }
 

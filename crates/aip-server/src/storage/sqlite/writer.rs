@@ -10,7 +10,7 @@ use super::memory::{IndexChange, LiveEntry, LiveIndex, LiveView};
 use super::migrate;
 use super::rows::Row;
 use super::sql::{ENDED, INSERT_LIVE_SQL, INTERRUPT_LIVE_SQL, UPDATE_LIVE_SQL, UPSERT_SQL};
-use crate::storage::StoreError;
+use crate::storage::{EndReason, SessionState, StoreError};
 
 /// Capacity of the queue in front of the writer thread.
 pub(super) const QUEUE_CAPACITY: usize = 4096;
@@ -194,7 +194,7 @@ fn upsert(
         rec.executor,
         rec.platform,
         rec.state.as_str(),
-        rec.reason,
+        rec.reason.map(EndReason::as_str),
         rec.error,
         r.result,
         created_at,
@@ -265,7 +265,8 @@ fn mark_interrupted(
     changes: &mut Vec<IndexChange>,
 ) -> rusqlite::Result<usize> {
     let in_place = migrate::interrupt_v1_live_rows(conn, now)?;
-    conn.prepare_cached(INTERRUPT_LIVE_SQL)?.execute([now])?;
+    conn.prepare_cached(INTERRUPT_LIVE_SQL)?
+        .execute(interrupted_params(now))?;
     let moved = conn.prepare_cached("DELETE FROM live")?.execute([])?;
     changes.push(IndexChange::Clear);
     Ok(in_place + moved)
@@ -302,4 +303,15 @@ fn purge(
     };
     changes.push(IndexChange::ForgetEnded);
     Ok(by_age + by_count)
+}
+
+/// The values [`INTERRUPT_LIVE_SQL`] (and version 1's update) bind: `?1` the time, then
+/// the state, reason and error of a session the server's stop interrupted.
+pub(super) fn interrupted_params(now: i64) -> (i64, &'static str, &'static str, &'static str) {
+    (
+        now,
+        SessionState::Failed.as_str(),
+        EndReason::ServerRestarted.as_str(),
+        aip_protocol::errors::SERVER_RESTARTED,
+    )
 }
