@@ -136,6 +136,25 @@ impl Plan {
     }
 }
 
+/// Parses a list of `Command`s given as JSON (HTTP `commands`, `metadata.commands`).
+pub fn parse_commands(value: &serde_json::Value) -> Result<Vec<Command>, String> {
+    // Straight from the parsed value; only a list that fails is printed and parsed again
+    // for the strict parser's error detail.
+    let commands = match Vec::<Command>::deserialize(value) {
+        Ok(commands) => commands,
+        Err(_) => parse_strict(&value.to_string()).map_err(|e| e.detail)?,
+    };
+    non_empty_commands(commands)
+}
+
+/// `commands`, unless the list is empty.
+pub fn non_empty_commands(commands: Vec<Command>) -> Result<Vec<Command>, String> {
+    if commands.is_empty() {
+        return Err("the list of commands is empty".into());
+    }
+    Ok(commands)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +192,33 @@ mod tests {
         assert!(Plan::parse(&many)
             .expect_err("too many")
             .contains("at most 100"));
+    }
+
+    #[test]
+    fn parse_commands_takes_a_list_and_explains_what_is_wrong_with_one() {
+        use serde_json::json;
+        let ok = parse_commands(&json!([
+            {"tool_name": "click", "tool_type": "action", "parameters": {"x": 1}},
+            {"tool_name": "screenshot", "tool_type": "data_collection", "call_id": "c2"},
+        ]))
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].tool_name, "click");
+        assert_eq!(ok[1].call_id.as_deref(), Some("c2"));
+
+        assert_eq!(
+            parse_commands(&json!([])).unwrap_err(),
+            "the list of commands is empty"
+        );
+        // The strict parser's detail, with the path to the bad field.
+        let err = parse_commands(&json!([{"tool_name": "t", "tool_type": "bogus"}])).unwrap_err();
+        assert!(
+            err.starts_with("[0].tool_type: unknown variant `bogus`"),
+            "{err}"
+        );
+        let err = parse_commands(&json!([{"tool_type": "action"}])).unwrap_err();
+        assert!(err.contains("missing field `tool_name`"), "{err}");
+        let err = parse_commands(&json!({"tool_name": "t"})).unwrap_err();
+        assert!(err.contains("expected a sequence"), "{err}");
     }
 }

@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,13 +54,13 @@ pub async fn run(
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
         .await?
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let agent: Option<Arc<dyn session::driver::DriverFactory>> = match &config.llm {
+    let drivers: Option<Arc<dyn session::driver::DriverFactory>> = match &config.llm {
         Some(llm) => Some(Arc::new(
             session::agent::LlmDriverFactory::new(llm.clone()).context("configuring the model")?,
         )),
         None => None,
     };
-    let state = AppState::new(config, Arc::new(store), agent);
+    let state = AppState::new(config, Arc::new(store), drivers);
     serve(listener, state, shutdown).await
 }
 
@@ -105,7 +104,7 @@ pub async fn serve(
 /// `task_end`s, close every WebSocket with 1001.
 async fn begin_shutdown(state: &Arc<AppState>) {
     tracing::info!("shutting down");
-    state.shutting_down.store(true, Ordering::Release);
+    state.begin_shutdown();
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
         state.sessions.cancel_all(CancelReason::Shutdown),

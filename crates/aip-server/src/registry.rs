@@ -11,13 +11,21 @@ use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
-use crate::session::driver::ExecutorInfo;
 use crate::{IdDashMap, IdSet};
 
 use crate::conn::{ConnHandle, SendError};
 
 /// Most task assignments remembered per device while their echo is outstanding.
 const MAX_PENDING_ECHOES: usize = 1024;
+
+/// What a session keeps of its executor's registration for its driver: shared, not copied.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorInfo {
+    /// `metadata.system_info`.
+    pub system_info: Option<Arc<Value>>,
+    /// `metadata.tools`.
+    pub tools: Option<Arc<Value>>,
+}
 
 /// A `task` the server sent to a device whose echo has not arrived (protocol.md §3.6).
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::state::AppState;
+use super::SessionManager;
 
 /// Most sessions woken before the timer task yields.
 const WAKE_SLICE: usize = 256;
@@ -36,12 +36,12 @@ impl Alarms {
     /// Wakes `session_id` at `at` unless cancelled first.
     pub(super) fn set(
         self: &Arc<Self>,
-        app: &Arc<AppState>,
+        manager: &Arc<SessionManager>,
         at: Instant,
         session_id: &Arc<str>,
     ) -> AlarmKey {
         self.timer.get_or_init(|| {
-            tokio::spawn(timer(Arc::clone(self), Arc::downgrade(app)));
+            tokio::spawn(timer(Arc::clone(self), Arc::downgrade(manager)));
         });
         let key = (at, self.seq.fetch_add(1, Ordering::Relaxed));
         let first = {
@@ -78,7 +78,7 @@ impl Alarms {
     }
 }
 
-async fn timer(alarms: Arc<Alarms>, app: Weak<AppState>) {
+async fn timer(alarms: Arc<Alarms>, manager: Weak<SessionManager>) {
     loop {
         match alarms.next() {
             None => alarms.earlier.notified().await,
@@ -92,13 +92,15 @@ async fn timer(alarms: Arc<Alarms>, app: Weak<AppState>) {
                 // In slices, yielding in between: thousands of sessions may fall due at once
                 // (a burst of dispatches nobody accepts) and each wake spawns a job.
                 let due = alarms.take_due(Instant::now(), WAKE_SLICE);
-                let Some(app) = app.upgrade() else { return };
+                let Some(manager) = manager.upgrade() else {
+                    return;
+                };
                 for session_id in due {
-                    if let Some(h) = app.sessions.get(&session_id) {
+                    if let Some(h) = manager.get(&session_id) {
                         h.wake();
                     }
                 }
-                drop(app);
+                drop(manager);
                 tokio::task::yield_now().await;
             }
         }

@@ -3,13 +3,12 @@
 //! The session job asks its driver for one [`Step`] at a time and hands it the rounds
 //! so far. Drivers never touch sockets; they can be dropped (cancelled) at any await.
 
-use std::sync::Arc;
-
 use aip_protocol::plan::Plan;
 use aip_protocol::{ActionResult, Command, ResultStatus};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
+use crate::registry::ExecutorInfo;
 use crate::storage::SessionRecord;
 
 /// What a driver is told about its session: borrowed from the session's record and its
@@ -40,15 +39,6 @@ impl<'a> SessionContext<'a> {
             executor_tools: executor.tools.as_deref(),
         }
     }
-}
-
-/// What a session keeps of its executor's registration for its driver: shared, not copied.
-#[derive(Debug, Clone, Default)]
-pub struct ExecutorInfo {
-    /// `metadata.system_info`.
-    pub system_info: Option<Arc<Value>>,
-    /// `metadata.tools`.
-    pub tools: Option<Arc<Value>>,
 }
 
 /// One finished round: the commands sent and the results received (or synthesised).

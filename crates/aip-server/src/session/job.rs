@@ -9,13 +9,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::driver::{rounds_result, ExecutorInfo, Round, SessionContext, Step};
+use super::accept::push_task;
+use super::driver::{rounds_result, Round, SessionContext, Step};
 use super::{
-    unindex, CancelReason, ClientEnd, Planner, ReportedResults, SessionEvent, SessionHandle,
+    CancelReason, ClientEnd, Planner, ReportedResults, SessionEvent, SessionHandle, SessionManager,
 };
 use crate::config::fmt_secs;
-use crate::registry::PendingEcho;
-use crate::state::AppState;
+use crate::registry::ExecutorInfo;
 use crate::storage::{EndReason, SessionRecord, SessionState};
 
 /// How a session ended and who hears about it.
@@ -58,7 +58,7 @@ enum Accepted {
 }
 
 pub(super) struct SessionJob {
-    app: Arc<AppState>,
+    manager: Arc<SessionManager>,
     handle: Arc<SessionHandle>,
     /// Given when the job is spawned.
     rx: Option<mpsc::Receiver<SessionEvent>>,
@@ -71,14 +71,14 @@ pub(super) struct SessionJob {
 
 impl SessionJob {
     pub(super) fn new(
-        app: Arc<AppState>,
+        manager: Arc<SessionManager>,
         handle: Arc<SessionHandle>,
         record: SessionRecord,
         planner: Planner,
         executor_info: ExecutorInfo,
     ) -> Self {
         Self {
-            app,
+            manager,
             handle,
             rx: None,
             record,
@@ -92,22 +92,22 @@ impl SessionJob {
     /// When a parked job must run even if nothing happens: its accept timeout, or its
     /// session timeout if that is earlier.
     pub(super) fn wake_at(&self) -> Instant {
-        let config = &self.app.config;
-        let limit = match config.session_timeout {
-            Some(t) => t.min(config.accept_timeout),
-            None => config.accept_timeout,
+        let settings = &self.manager.settings;
+        let limit = match settings.session_timeout {
+            Some(t) => t.min(settings.accept_timeout),
+            None => settings.accept_timeout,
         };
         self.started + limit
     }
 
     pub(super) fn alarms(&self) -> &std::sync::Arc<super::Alarms> {
-        &self.app.sessions.alarms
+        &self.manager.alarms
     }
 
     pub(super) async fn run(mut self, rx: mpsc::Receiver<SessionEvent>) {
         self.rx = Some(rx);
         let handle = self.handle.clone();
-        let session_timeout = self.app.config.session_timeout;
+        let session_timeout = self.manager.settings.session_timeout;
         let deadline = session_timeout.map(|t| self.started + t);
         // The driver is polled first: what the device reported before it went away (its
         // last results, then its close) still completes the session if that is all the
@@ -197,28 +197,16 @@ impl SessionJob {
             &self.record.request,
             None,
         );
-        let Some(device) = self
-            .app
-            .registry
-            .get_conn(&self.handle.executor, self.handle.executor_conn)
-        else {
-            // Its disconnect cancels us.
-            return;
-        };
-        self.handle
-            .set_pushed(msg.response_id.clone().unwrap_or_default());
-        device.push_pending_echo(PendingEcho {
-            session_id: self.record.session_id.clone(),
-            task_name: self.record.task_name.clone(),
-        });
-        if device.send(&msg).is_err() {
-            device.remove_pending_echo(&self.record.session_id);
+        let registry = &self.manager.registry;
+        // Gone or not reachable: its disconnect cancels us, else the accept timeout ends us.
+        if let Some(device) = registry.get_conn(&self.handle.executor, self.handle.executor_conn) {
+            push_task(registry, &self.handle, &device, &msg);
         }
     }
 
     async fn await_acceptance(&mut self) -> Result<Accepted, Outcome> {
         // From the session's start: a job parked until now has waited already.
-        let limit = self.app.config.accept_timeout;
+        let limit = self.manager.settings.accept_timeout;
         match tokio::time::timeout_at(self.started + limit, self.recv()).await {
             Err(_) => Err(Outcome::failed(
                 Some(EndReason::NotAccepted),
@@ -251,7 +239,7 @@ impl SessionJob {
     }
 
     async fn persist(&self) {
-        if let Err(e) = self.app.store.upsert(self.record.clone()).await {
+        if let Err(e) = self.manager.store.upsert(self.record.clone()).await {
             tracing::error!(session_id = %self.record.session_id, cause = %e, "could not store session");
         }
     }
@@ -358,7 +346,7 @@ impl SessionJob {
             msg.task_name = Some(self.record.task_name.clone());
             let rid = msg.response_id.clone().unwrap_or_default();
             if let Some(device) = self
-                .app
+                .manager
                 .registry
                 .get_conn(&self.handle.executor, self.handle.executor_conn)
             {
@@ -378,7 +366,7 @@ impl SessionJob {
         rid: &str,
         actions: &[aip_protocol::Command],
     ) -> Vec<ActionResult> {
-        let limit = self.app.config.command_timeout;
+        let limit = self.manager.settings.command_timeout;
         let deadline = Instant::now() + limit;
         loop {
             match tokio::time::timeout_at(deadline, self.recv()).await {
@@ -434,14 +422,14 @@ impl SessionJob {
         self.record.finished_at = Some(Utc::now());
         // Stored before anyone is told.
         self.persist().await;
-        self.app.sessions.release(&sid);
-        unindex(&self.app, &self.handle);
+        self.manager.release(&sid);
+        self.manager.unindex(&self.handle);
 
         let h = &self.handle;
         let requester_is_executor = h.owner.as_deref() == Some(h.executor.as_str())
             && h.owner_conn == Some(h.executor_conn);
         let tell = |client: &str, conn| {
-            if let Some(e) = self.app.registry.get_conn(client, conn) {
+            if let Some(e) = self.manager.registry.get_conn(client, conn) {
                 let _ = e.send_text(end_json.clone());
             }
         };

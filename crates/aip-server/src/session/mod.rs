@@ -13,28 +13,35 @@
 //! the job, which then runs exactly as if it had been spawned at once. A parked session
 //! costs about half the memory of a running one and nothing to schedule.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use aip_protocol::ActionResult;
 use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio::sync::Notify;
 
-use crate::state::AppState;
-use crate::storage::{Origin, SessionRecord, StoreError};
+use crate::config::{PlatformMode, ServerConfig};
+use crate::registry::{ExecutorInfo, Registry};
+use crate::storage::{Origin, SessionRecord, SessionStore, StoreError};
 use crate::IdDashMap;
 
+mod accept;
 pub mod agent;
 mod alarm;
 pub mod driver;
+mod flag;
 mod job;
+mod open;
+
+pub use accept::Acceptance;
+pub use open::OpenRequest;
 
 use alarm::{AlarmKey, Alarms};
-
-use driver::{ExecutorInfo, SessionDriver};
+use driver::{DriverFactory, SessionDriver};
+use flag::Flag;
 
 /// What plans a session.
 pub enum Planner {
@@ -42,31 +49,6 @@ pub enum Planner {
     Driver(Box<dyn SessionDriver>),
     /// Nothing on the server can plan it: the device runs it itself (protocol.md §3.11).
     Delegate,
-}
-
-/// How the executor has taken up a task that was pushed to it (protocol.md §3.6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Acceptance {
-    /// No `task` was pushed (the requester is driving it directly).
-    NotApplicable = 0,
-    /// A `task` was pushed; neither echo nor report yet.
-    Awaiting = 1,
-    /// The device echoed: the server drives it.
-    Echoed = 2,
-    /// The device reported first: it runs the task itself.
-    Reported = 3,
-}
-
-impl Acceptance {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::Awaiting,
-            2 => Self::Echoed,
-            3 => Self::Reported,
-            _ => Self::NotApplicable,
-        }
-    }
 }
 
 /// Why a session is cancelled.
@@ -148,30 +130,6 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    /// Current acceptance state.
-    pub fn acceptance(&self) -> Acceptance {
-        Acceptance::from_u8(self.acceptance.load(Ordering::Acquire))
-    }
-
-    /// Moves `from` → `to`; false if the state was something else.
-    pub fn transition(&self, from: Acceptance, to: Acceptance) -> bool {
-        self.acceptance
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// Records that a `task` with `response_id` was pushed to the executor.
-    pub fn set_pushed(&self, response_id: String) {
-        *self.task_response_id.lock() = Some(response_id);
-        self.acceptance
-            .store(Acceptance::Awaiting as u8, Ordering::Release);
-    }
-
-    /// `response_id` of the pushed `task`, if any.
-    pub fn task_response_id(&self) -> Option<String> {
-        self.task_response_id.lock().clone()
-    }
-
     /// Delivers an event to the job (waits if the job is behind: backpressure on the
     /// sender's connection only).
     pub async fn deliver(&self, event: SessionEvent) {
@@ -227,36 +185,6 @@ impl SessionHandle {
     }
 }
 
-/// A flag set once that tasks can wait for: what a `CancellationToken` would do for a
-/// session's cancellation and end, without the tree node it allocates (two per session,
-/// ~250 bytes of every session waiting for its device).
-#[derive(Default)]
-struct Flag {
-    set: AtomicBool,
-    notify: Notify,
-}
-
-impl Flag {
-    /// Sets the flag and wakes every waiter; later calls do nothing.
-    fn set(&self) {
-        if !self.set.swap(true, Ordering::AcqRel) {
-            self.notify.notify_waiters();
-        }
-    }
-
-    /// Resolves once the flag is set.
-    async fn wait(&self) {
-        let notified = self.notify.notified();
-        tokio::pin!(notified);
-        // Registered before the check, so a `set` in between still wakes this waiter.
-        notified.as_mut().enable();
-        if self.set.load(Ordering::Acquire) {
-            return;
-        }
-        notified.await;
-    }
-}
-
 /// Why a session could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -264,47 +192,95 @@ pub enum CreateError {
     TooMany,
     #[error("session_id is live")]
     Live { owner: Option<String> },
+    /// The executor went away before its `task` could be queued.
+    #[error("the executor is not connected")]
+    ExecutorGone,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Live sessions and the active-session limit.
+/// What sessions take from the server's configuration.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub max_active: usize,
+    /// How the platform handed to drivers is chosen.
+    pub platform: PlatformMode,
+    /// `None`: sessions never time out.
+    pub session_timeout: Option<Duration>,
+    pub command_timeout: Duration,
+    pub accept_timeout: Duration,
+}
+
+impl SessionSettings {
+    /// The session settings of `config`.
+    pub fn of(config: &ServerConfig) -> Self {
+        Self {
+            max_active: config.max_active_sessions,
+            platform: config.platform,
+            session_timeout: config.session_timeout,
+            command_timeout: config.command_timeout,
+            accept_timeout: config.accept_timeout,
+        }
+    }
+}
+
+/// Live sessions, the active-session limit, and the handles their jobs use: the
+/// registry (to reach the requester and the executor), the store, the driver factory.
 pub struct SessionManager {
     live: IdDashMap<Arc<str>, Arc<SessionHandle>>,
     active: AtomicUsize,
-    max_active: usize,
+    settings: SessionSettings,
     alarms: Arc<Alarms>,
+    registry: Arc<Registry>,
+    store: Arc<dyn SessionStore>,
+    /// Plans natural-language requests; `None`: they are delegated to the device.
+    drivers: Option<Arc<dyn DriverFactory>>,
 }
 
 /// Everything needed to create a session.
-pub struct NewSession {
-    pub record: SessionRecord,
+struct NewSession {
+    record: SessionRecord,
     /// `record.session_id` was generated by this server just now (not given by a client).
-    pub fresh_id: bool,
-    pub owner_conn: Option<u64>,
-    pub executor_conn: u64,
-    pub planner: Planner,
+    generated_id: bool,
+    owner_conn: Option<u64>,
+    executor_conn: u64,
+    planner: Planner,
     /// The executor's system info and tools, for the driver.
-    pub executor_info: ExecutorInfo,
+    executor_info: ExecutorInfo,
 }
 
 /// A created (stored, indexed) session whose job has not started yet.
-pub struct PendingSession {
-    pub handle: Arc<SessionHandle>,
+struct PendingSession {
+    manager: Arc<SessionManager>,
+    handle: Arc<SessionHandle>,
     record: SessionRecord,
     planner: Planner,
     executor_info: ExecutorInfo,
 }
 
 impl SessionManager {
-    /// An empty manager allowing `max_active` live sessions.
-    pub fn new(max_active: usize) -> Self {
-        Self {
+    /// An empty manager; sessions reach clients through `registry` and are stored in
+    /// `store`; `drivers` plans natural-language requests (`None`: delegation).
+    pub fn new(
+        settings: SessionSettings,
+        registry: Arc<Registry>,
+        store: Arc<dyn SessionStore>,
+        drivers: Option<Arc<dyn DriverFactory>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
             live: IdDashMap::default(),
             active: AtomicUsize::new(0),
-            max_active,
+            settings,
             alarms: Arc::new(Alarms::default()),
-        }
+            registry,
+            store,
+            drivers,
+        })
+    }
+
+    /// What the sessions were configured with.
+    pub fn settings(&self) -> &SessionSettings {
+        &self.settings
     }
 
     /// The live session `session_id`.
@@ -325,7 +301,7 @@ impl SessionManager {
     fn reserve(&self) -> bool {
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_active).then_some(n + 1)
+                (n < self.settings.max_active).then_some(n + 1)
             })
             .is_ok()
     }
@@ -338,11 +314,7 @@ impl SessionManager {
 
     /// Stores and indexes a new session. The caller queues its first frames, then calls
     /// [`PendingSession::start`] (or [`PendingSession::abort`]).
-    pub async fn create(
-        &self,
-        app: &Arc<AppState>,
-        new: NewSession,
-    ) -> Result<PendingSession, CreateError> {
+    async fn create(self: &Arc<Self>, new: NewSession) -> Result<PendingSession, CreateError> {
         if !self.reserve() {
             return Err(CreateError::TooMany);
         }
@@ -374,10 +346,10 @@ impl SessionManager {
                 v.insert(handle.clone());
             }
         }
-        let stored = if new.fresh_id {
-            app.store.insert_new(record.clone()).await
+        let stored = if new.generated_id {
+            self.store.insert_new(record.clone()).await
         } else {
-            app.store.upsert(record.clone()).await
+            self.store.upsert(record.clone()).await
         };
         if let Err(e) = stored {
             self.release(&record.session_id);
@@ -387,14 +359,14 @@ impl SessionManager {
         // procedure may have missed us, so cancel now.
         let sid = &handle.session_id;
         if let (Some(owner), Some(conn)) = (&handle.owner, handle.owner_conn) {
-            match app.registry.get_conn(owner, conn) {
+            match self.registry.get_conn(owner, conn) {
                 Some(e) => {
                     e.as_requester.lock().insert(Arc::clone(sid));
                 }
                 None => handle.cancel(CancelReason::RequesterDisconnected),
             }
         }
-        match app
+        match self
             .registry
             .get_conn(&handle.executor, handle.executor_conn)
         {
@@ -404,11 +376,11 @@ impl SessionManager {
             None => handle.cancel(CancelReason::DeviceDisconnected),
         }
         if let (Some(owner), Some(conn)) = (&handle.owner, handle.owner_conn) {
-            if app.registry.get_conn(owner, conn).is_none() {
+            if self.registry.get_conn(owner, conn).is_none() {
                 handle.cancel(CancelReason::RequesterDisconnected);
             }
         }
-        if app
+        if self
             .registry
             .get_conn(&handle.executor, handle.executor_conn)
             .is_none()
@@ -416,6 +388,7 @@ impl SessionManager {
             handle.cancel(CancelReason::DeviceDisconnected);
         }
         Ok(PendingSession {
+            manager: Arc::clone(self),
             handle,
             record,
             planner: new.planner,
@@ -438,10 +411,11 @@ impl SessionManager {
 impl PendingSession {
     /// Starts the session's job: spawned now, or parked until the executor takes up the
     /// pushed task (or its timeout is due) if nothing has happened to it yet.
-    pub fn start(self, app: &Arc<AppState>) {
+    fn start(self) {
         let handle = self.handle.clone();
+        let manager = self.manager;
         let job = job::SessionJob::new(
-            app.clone(),
+            Arc::clone(&manager),
             self.handle,
             self.record,
             self.planner,
@@ -451,10 +425,9 @@ impl PendingSession {
         let rx = match std::mem::replace(&mut *run, Run::Running) {
             Run::Unstarted(Some(rx)) => rx,
             Run::Unstarted(None) if handle.acceptance() == Acceptance::Awaiting => {
-                let alarm = app
-                    .sessions
+                let alarm = manager
                     .alarms
-                    .set(app, job.wake_at(), &handle.session_id);
+                    .set(&manager, job.wake_at(), &handle.session_id);
                 *run = Run::Dormant {
                     job: Box::new(job),
                     alarm,
@@ -473,69 +446,31 @@ impl PendingSession {
     }
 
     /// Undoes [`SessionManager::create`]: the session never existed.
-    pub async fn abort(self, app: &Arc<AppState>) {
+    async fn abort(self) {
         let sid = &self.handle.session_id;
-        app.sessions.release(sid);
-        unindex(app, &self.handle);
-        if let Some(e) = app.registry.get(&self.handle.executor) {
+        let manager = &self.manager;
+        manager.release(sid);
+        manager.unindex(&self.handle);
+        if let Some(e) = manager.registry.get(&self.handle.executor) {
             e.remove_pending_echo(sid);
         }
-        if let Err(e) = app.store.delete(sid).await {
+        if let Err(e) = manager.store.delete(sid).await {
             tracing::error!(session_id = %sid, cause = %e, "could not delete an aborted session");
         }
         self.handle.done.set();
     }
 }
 
-fn unindex(app: &AppState, h: &SessionHandle) {
-    if let Some(owner) = &h.owner {
-        if let Some(e) = app.registry.get(owner) {
-            e.as_requester.lock().remove(&h.session_id);
+impl SessionManager {
+    /// Removes a session from its requester's and executor's session sets.
+    fn unindex(&self, h: &SessionHandle) {
+        if let Some(owner) = &h.owner {
+            if let Some(e) = self.registry.get(owner) {
+                e.as_requester.lock().remove(&h.session_id);
+            }
         }
-    }
-    if let Some(e) = app.registry.get(&h.executor) {
-        e.as_executor.lock().remove(&h.session_id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Flag;
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    #[tokio::test]
-    async fn flag_wakes_waiters_set_before_and_after_they_wait() {
-        let flag = Arc::new(Flag::default());
-        let waiters: Vec<_> = (0..3)
-            .map(|_| {
-                let flag = flag.clone();
-                tokio::spawn(async move { flag.wait().await })
-            })
-            .collect();
-        tokio::task::yield_now().await;
-        flag.set();
-        flag.set();
-        for w in waiters {
-            tokio::time::timeout(Duration::from_secs(5), w)
-                .await
-                .expect("a waiter was not woken")
-                .unwrap();
+        if let Some(e) = self.registry.get(&h.executor) {
+            e.as_executor.lock().remove(&h.session_id);
         }
-        // Already set: resolves at once.
-        tokio::time::timeout(Duration::from_secs(5), flag.wait())
-            .await
-            .expect("waiting on a set flag did not resolve");
-    }
-
-    #[tokio::test]
-    async fn flag_not_set_keeps_waiting() {
-        let flag = Flag::default();
-        assert!(
-            tokio::time::timeout(Duration::from_millis(20), flag.wait())
-                .await
-                .is_err(),
-            "an unset flag resolved"
-        );
     }
 }

@@ -57,6 +57,7 @@ impl From<CreateError> for ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, detail::TOO_MANY_SESSIONS)
             }
             CreateError::Live { .. } => Self::new(StatusCode::CONFLICT, detail::SESSION_ID_IN_USE),
+            CreateError::ExecutorGone => Self::not_found(detail::CLIENT_NOT_ONLINE),
             CreateError::Store(e) => e.into(),
         }
     }

@@ -5,25 +5,24 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aip_protocol::plan::{non_empty_commands, parse_commands};
+use aip_protocol::push_json_str;
 use aip_protocol::time::http_timestamp;
 use aip_protocol::validate::{is_valid_http_task_name, MAX_ID_LEN};
-use aip_protocol::{push_json_str, ServerMessage};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::Utc;
 use serde_json::{json, Value};
 
 use aip_protocol::errors::http as detail;
 
 use super::auth::header_authorized;
 use super::error::ApiError;
-use crate::registry::PendingEcho;
-use crate::session::{CancelReason, NewSession, Planner};
-use crate::state::{non_empty_commands, parse_commands, AppState};
-use crate::storage::{Origin, SessionFilter, SessionRecord, SessionState};
+use crate::session::{CancelReason, OpenRequest};
+use crate::state::AppState;
+use crate::storage::{SessionFilter, SessionRecord, SessionState};
 
 /// Unknown route.
 pub async fn not_found() -> ApiError {
@@ -238,68 +237,23 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
         ));
     }
 
-    let platform = app.effective_platform(device.platform.as_deref());
-    let record = SessionRecord {
-        session_id: session_id.clone(),
-        task_name: task_name.clone(),
-        request: request.clone(),
-        origin: Origin::Http,
-        owner: None,
-        executor: device.client_id.clone(),
-        platform,
-        state: SessionState::Created,
-        reason: None,
-        error: None,
-        result: None,
-        created_at: Utc::now(),
-        started_at: None,
-        finished_at: None,
-        echo_received: false,
-    };
-    let executor_info = device.executor_info();
-    let planner = app.planner(&record, &executor_info, commands);
-    let agent_name = match &planner {
-        Planner::Driver(d) => Some(d.agent_name().to_owned()),
-        Planner::Delegate => None,
-    };
-    let pending = app
+    let handle = app
         .sessions
-        .create(
-            &app,
-            NewSession {
-                record,
-                fresh_id: !client_supplied,
-                owner_conn: None,
-                executor_conn: device.conn.id(),
-                planner,
-                executor_info,
-            },
-        )
+        .open(OpenRequest {
+            session_id,
+            generated_id: !client_supplied,
+            task_name,
+            request,
+            requester: None,
+            executor: Arc::clone(&device),
+            commands,
+        })
         .await?;
-
-    let msg =
-        ServerMessage::task_assignment(&session_id, &task_name, &request, agent_name.as_deref());
-    pending
-        .handle
-        .set_pushed(msg.response_id.clone().unwrap_or_default());
-    device.push_pending_echo(PendingEcho {
-        session_id: session_id.clone(),
-        task_name: task_name.clone(),
-    });
-    let still_there = app
-        .registry
-        .get_conn(&device.client_id, device.conn.id())
-        .is_some();
-    if !still_there || device.send(&msg).is_err() {
-        pending.abort(&app).await;
-        return Err(ApiError::not_found(detail::CLIENT_NOT_ONLINE));
-    }
-    pending.start(&app);
-    tracing::info!(session_id = %session_id, client_id = %device.client_id, "task dispatched over HTTP");
+    tracing::info!(session_id = %handle.session_id, client_id = %device.client_id, "task dispatched over HTTP");
     let answer = Dispatched {
         status: "dispatched",
-        session_id: &session_id,
-        task_name: &task_name,
+        session_id: &handle.session_id,
+        task_name: &handle.task_name,
         client_id: &device.client_id,
     };
     Ok((
@@ -471,9 +425,10 @@ pub async fn cancel_session(
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone;
+    use chrono::{TimeZone, Utc};
 
     use super::*;
+    use crate::storage::Origin;
 
     /// What the handler reads of a body, printed.
     fn summary(f: &DispatchFields<'_>) -> String {

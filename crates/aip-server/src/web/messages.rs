@@ -4,20 +4,17 @@
 use std::sync::Arc;
 
 use aip_protocol::errors as text;
+use aip_protocol::plan::parse_commands;
 use aip_protocol::transfer::{transfer_kind, TransferKind};
 use aip_protocol::validate::{is_valid_session_id, sanitize_task_name};
 use aip_protocol::{
     parse_client_message, ClientMessage, ClientMessageType, ClientType, ServerMessage, TaskStatus,
 };
-use chrono::Utc;
 use serde_json::{json, Value};
 
 use crate::registry::ClientEntry;
-use crate::session::{
-    Acceptance, ClientEnd, CreateError, NewSession, ReportedResults, SessionEvent,
-};
-use crate::state::{parse_commands, AppState};
-use crate::storage::{Origin, SessionRecord, SessionState};
+use crate::session::{ClientEnd, CreateError, OpenRequest, ReportedResults, SessionEvent};
+use crate::state::AppState;
 
 /// A registered connection's message handler.
 pub(super) struct ClientConn {
@@ -209,54 +206,20 @@ impl ClientConn {
                 }
             },
         };
-        let platform = self.app.effective_platform(executor.platform.as_deref());
-        let now = Utc::now();
-        let record = SessionRecord {
-            session_id: session_id.clone(),
+        let open = OpenRequest {
+            session_id,
+            generated_id: !client_supplied,
             task_name,
             request,
-            origin: match self.entry.role {
-                ClientType::Device => Origin::Device,
-                ClientType::Constellation => Origin::Constellation,
-            },
-            owner: Some(me.clone()),
-            executor: executor.client_id.clone(),
-            platform,
-            state: SessionState::Running,
-            reason: None,
-            error: None,
-            result: None,
-            created_at: now,
-            started_at: Some(now),
-            finished_at: None,
-            echo_received: false,
+            requester: Some(Arc::clone(&self.entry)),
+            executor,
+            commands,
         };
-        let executor_info = executor.executor_info();
-        let planner = self.app.planner(&record, &executor_info, commands);
-        let new = NewSession {
-            record,
-            fresh_id: !client_supplied,
-            owner_conn: Some(self.entry.conn.id()),
-            executor_conn: executor.conn.id(),
-            planner,
-            executor_info,
-        };
-        match self.app.sessions.create(&self.app, new).await {
-            Ok(pending) => {
-                // The acknowledgement precedes the session's first command.
-                self.reply(ServerMessage::task_ack(&session_id));
-                tracing::info!(session_id = %session_id, client_id = %me, executor = %executor.client_id, "task accepted");
-                pending.start(&self.app);
+        match self.app.sessions.open(open).await {
+            Ok(h) => {
+                tracing::info!(session_id = %h.session_id, client_id = %me, executor = %h.executor, "task accepted");
             }
-            Err(CreateError::TooMany) => self.refuse(text::TOO_MANY_SESSIONS),
-            Err(CreateError::Live { owner }) => {
-                self.refuse(if owner.as_deref() == Some(me.as_str()) {
-                    text::session_active(&session_id)
-                } else {
-                    text::session_owned(&session_id)
-                })
-            }
-            Err(CreateError::Store(e)) => self.refuse(text::internal_error(e)),
+            Err(e) => self.refuse(open_refusal(e, &me, msg.session_id.as_deref())),
         }
     }
 
@@ -273,7 +236,7 @@ impl ClientConn {
         match self.app.sessions.get(&sid) {
             None => self.reply(ServerMessage::task_ack(&sid)),
             Some(h) => {
-                if h.transition(Acceptance::Awaiting, Acceptance::Echoed) {
+                if h.accept_echo() {
                     self.reply(ServerMessage::task_ack(&sid));
                     h.deliver(SessionEvent::Echo).await;
                 } else {
@@ -298,12 +261,8 @@ impl ClientConn {
         if h.executor != self.entry.client_id || h.executor_conn != self.entry.conn.id() {
             return drop("sender is not the executor");
         }
-        if h.acceptance() == Acceptance::Awaiting {
-            let reports_on_task =
-                msg.prev_response_id.is_some() && msg.prev_response_id == h.task_response_id();
-            if !(reports_on_task && h.transition(Acceptance::Awaiting, Acceptance::Reported)) {
-                return drop("no command outstanding");
-            }
+        if !h.admit_results(msg.prev_response_id.as_deref()) {
+            return drop("no command outstanding");
         }
         h.deliver(SessionEvent::Results(Box::new(ReportedResults {
             prev_response_id: msg.prev_response_id,
@@ -324,9 +283,7 @@ impl ClientConn {
         let Some(h) = h else {
             return self.refuse(text::UNSUPPORTED_TASK_END);
         };
-        let runs_itself = h.acceptance() == Acceptance::Reported
-            || h.transition(Acceptance::Awaiting, Acceptance::Reported);
-        if !runs_itself {
+        if !h.admit_client_end() {
             return self.refuse(text::UNSUPPORTED_TASK_END);
         }
         let result = msg.metadata.as_ref().and_then(|m| m.get("result")).cloned();
@@ -356,5 +313,18 @@ impl ClientConn {
             .and_then(|d| d.system_info.as_deref().cloned())
             .unwrap_or_else(|| json!({"error": text::device_info_unknown(target)}));
         self.reply(ServerMessage::device_info_response(msg.request_id, info));
+    }
+}
+
+/// The `error` text for a session `me` could not open. `session_id`: the one the `task`
+/// gave, if any.
+fn open_refusal(e: CreateError, me: &str, session_id: Option<&str>) -> String {
+    let sid = session_id.unwrap_or("");
+    match e {
+        CreateError::TooMany => text::TOO_MANY_SESSIONS.to_owned(),
+        CreateError::Live { owner } if owner.as_deref() == Some(me) => text::session_active(sid),
+        CreateError::Live { .. } => text::session_owned(sid),
+        CreateError::ExecutorGone => text::internal_error(e),
+        CreateError::Store(e) => text::internal_error(e),
     }
 }
