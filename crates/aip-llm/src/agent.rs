@@ -358,59 +358,8 @@ impl AgentLoop {
 
     /// Answers every call of the last step with one `tool` message, in call order.
     fn feed_results(&mut self, pending: Vec<Pending>, results: Vec<ActionResult>) {
-        let run_ids: HashSet<&str> = pending
-            .iter()
-            .filter_map(|p| match p {
-                Pending::Run(c) => Some(c.id.as_str()),
-                Pending::Rejected { .. } => None,
-            })
-            .collect();
-        let mut used = vec![false; results.len()];
         let mut recorded = Vec::new();
-        let mut position = 0usize;
-        for p in &pending {
-            let (id, result) = match p {
-                Pending::Rejected { id, error } => (
-                    id.clone(),
-                    ActionResult {
-                        status: ResultStatus::Failure,
-                        error: Some(error.clone()),
-                        result: None,
-                        namespace: None,
-                        call_id: Some(id.clone()),
-                    },
-                ),
-                Pending::Run(call) => {
-                    let k = position;
-                    position += 1;
-                    let by_id = results.iter().enumerate().position(|(i, r)| {
-                        !used[i] && r.call_id.as_deref() == Some(call.id.as_str())
-                    });
-                    let by_position = (k < results.len()
-                        && !used[k]
-                        && results[k]
-                            .call_id
-                            .as_deref()
-                            .is_none_or(|cid| !run_ids.contains(cid)))
-                    .then_some(k);
-                    match by_id.or(by_position) {
-                        Some(i) => {
-                            used[i] = true;
-                            (call.id.clone(), results[i].clone())
-                        }
-                        None => (
-                            call.id.clone(),
-                            ActionResult {
-                                status: ResultStatus::Failure,
-                                error: Some("No result was reported for this call".into()),
-                                result: None,
-                                namespace: None,
-                                call_id: Some(call.id.clone()),
-                            },
-                        ),
-                    }
-                }
-            };
+        for (id, result) in match_results(&pending, &results) {
             let content = truncate(&observation(&result), self.config.max_observation_chars);
             self.messages.push(ChatCompletionRequestMessage::Tool(
                 ChatCompletionRequestToolMessage {
@@ -424,6 +373,65 @@ impl AgentLoop {
             last["results"] = Value::Array(recorded);
         }
     }
+}
+
+/// A failure result for call `id`.
+fn failure(id: &str, error: String) -> ActionResult {
+    ActionResult {
+        status: ResultStatus::Failure,
+        error: Some(error),
+        result: None,
+        namespace: None,
+        call_id: Some(id.to_owned()),
+    }
+}
+
+/// The result of every call of a step, in call order: a rejected call its rejection; a
+/// call that ran the result with its `call_id`, else the result at its position among
+/// the calls that ran (unless that one names another call), else a failure saying no
+/// result was reported. No result answers two calls.
+fn match_results(pending: &[Pending], results: &[ActionResult]) -> Vec<(String, ActionResult)> {
+    let run_ids: HashSet<&str> = pending
+        .iter()
+        .filter_map(|p| match p {
+            Pending::Run(c) => Some(c.id.as_str()),
+            Pending::Rejected { .. } => None,
+        })
+        .collect();
+    let mut used = vec![false; results.len()];
+    let mut position = 0usize;
+    let mut matched = Vec::with_capacity(pending.len());
+    for p in pending {
+        let call = match p {
+            Pending::Rejected { id, error } => {
+                matched.push((id.clone(), failure(id, error.clone())));
+                continue;
+            }
+            Pending::Run(call) => call,
+        };
+        let k = position;
+        position += 1;
+        let by_id = results
+            .iter()
+            .enumerate()
+            .position(|(i, r)| !used[i] && r.call_id.as_deref() == Some(call.id.as_str()));
+        let by_position = (k < results.len()
+            && !used[k]
+            && results[k]
+                .call_id
+                .as_deref()
+                .is_none_or(|cid| !run_ids.contains(cid)))
+        .then_some(k);
+        let result = match by_id.or(by_position) {
+            Some(i) => {
+                used[i] = true;
+                results[i].clone()
+            }
+            None => failure(&call.id, "No result was reported for this call".into()),
+        };
+        matched.push((call.id.clone(), result));
+    }
+    matched
 }
 
 fn function_tool(
@@ -680,5 +688,118 @@ mod tests {
         assert_eq!(calls[2].id, "call_3_2");
         assert!(calls[2].arguments.is_err());
         assert!(calls[3].arguments.is_err());
+    }
+
+    fn run(id: &str) -> Pending {
+        Pending::Run(ToolCall {
+            id: id.into(),
+            name: "t".into(),
+            arguments: Map::new(),
+        })
+    }
+
+    fn result(call_id: Option<&str>, marker: &str) -> ActionResult {
+        ActionResult {
+            status: ResultStatus::Success,
+            error: None,
+            result: Some(json!(marker)),
+            namespace: None,
+            call_id: call_id.map(str::to_owned),
+        }
+    }
+
+    /// (call id, what answered it: the result's marker, or the failure's error).
+    fn answers(pending: &[Pending], results: &[ActionResult]) -> Vec<(String, String)> {
+        match_results(pending, results)
+            .into_iter()
+            .map(|(id, r)| {
+                let what = match (&r.result, &r.error) {
+                    (Some(v), _) => v.as_str().unwrap_or("").to_owned(),
+                    (None, Some(e)) => e.clone(),
+                    (None, None) => String::new(),
+                };
+                (id, what)
+            })
+            .collect()
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
+    }
+
+    #[test]
+    fn results_reported_in_another_order_go_to_their_calls_by_id() {
+        let pending = [run("a"), run("b"), run("c")];
+        let results = [
+            result(Some("c"), "rc"),
+            result(Some("a"), "ra"),
+            result(Some("b"), "rb"),
+        ];
+        assert_eq!(
+            answers(&pending, &results),
+            pairs(&[("a", "ra"), ("b", "rb"), ("c", "rc")])
+        );
+    }
+
+    #[test]
+    fn a_call_without_a_result_gets_a_failure_saying_so() {
+        let pending = [run("a"), run("b")];
+        let results = [result(Some("b"), "rb")];
+        assert_eq!(
+            answers(&pending, &results),
+            pairs(&[("a", "No result was reported for this call"), ("b", "rb")])
+        );
+        assert_eq!(
+            answers(&pending, &[]),
+            pairs(&[
+                ("a", "No result was reported for this call"),
+                ("b", "No result was reported for this call")
+            ])
+        );
+    }
+
+    #[test]
+    fn results_without_or_with_unknown_ids_go_by_position_but_never_take_another_calls_result() {
+        let pending = [run("a"), run("b"), run("c")];
+        // "x" names no call: positional; none: positional; "a" at b's position is a's.
+        let results = [
+            result(Some("x"), "r0"),
+            result(Some("a"), "ra"),
+            result(None, "r2"),
+        ];
+        assert_eq!(
+            answers(&pending, &results),
+            pairs(&[
+                ("a", "ra"),
+                ("b", "No result was reported for this call"),
+                ("c", "r2")
+            ])
+        );
+        let results = [result(None, "r0"), result(None, "r1")];
+        assert_eq!(
+            answers(&pending, &results),
+            pairs(&[
+                ("a", "r0"),
+                ("b", "r1"),
+                ("c", "No result was reported for this call")
+            ])
+        );
+    }
+
+    #[test]
+    fn rejected_calls_keep_their_rejection_and_do_not_count_for_positions() {
+        let pending = [
+            run("a"),
+            Pending::Rejected {
+                id: "bad".into(),
+                error: "Unknown tool 'zz'".into(),
+            },
+            run("c"),
+        ];
+        let results = [result(None, "r0"), result(None, "r1")];
+        assert_eq!(
+            answers(&pending, &results),
+            pairs(&[("a", "r0"), ("bad", "Unknown tool 'zz'"), ("c", "r1")])
+        );
     }
 }

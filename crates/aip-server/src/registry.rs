@@ -213,3 +213,61 @@ impl Registry {
         self.clients.is_empty()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn device() -> ClientEntry {
+        ClientEntry::new(
+            "dev".into(),
+            ClientType::Device,
+            ConnHandle::new(1, tokio::sync::mpsc::channel(1).0),
+            None,
+            None,
+        )
+    }
+
+    fn pending(session_id: &str, task_name: &str) -> PendingEcho {
+        PendingEcho {
+            session_id: session_id.into(),
+            task_name: task_name.into(),
+        }
+    }
+
+    fn taken(e: &ClientEntry, sid: Option<&str>, name: Option<&str>) -> Option<String> {
+        e.take_pending_echo(sid, name).map(|p| p.session_id)
+    }
+
+    #[test]
+    fn an_echo_is_matched_by_session_id_else_by_task_name_oldest_first() {
+        let e = device();
+        e.push_pending_echo(pending("s1", "disk"));
+        e.push_pending_echo(pending("s2", "disk"));
+        e.push_pending_echo(pending("s3", "cpu"));
+        assert_eq!(taken(&e, Some("s2"), Some("cpu")).as_deref(), Some("s2"));
+        // No (or an empty) session id: by name, the oldest first.
+        e.push_pending_echo(pending("s4", "disk"));
+        assert_eq!(taken(&e, Some(""), Some("disk")).as_deref(), Some("s1"));
+        assert_eq!(taken(&e, None, Some("disk")).as_deref(), Some("s4"));
+        // A session id that is not pending matches nothing, whatever the name.
+        assert_eq!(taken(&e, Some("s9"), Some("cpu")), None);
+        assert_eq!(taken(&e, None, None), None);
+        assert_eq!(taken(&e, None, Some("cpu")).as_deref(), Some("s3"));
+        assert_eq!(taken(&e, None, Some("cpu")), None, "taken once");
+    }
+
+    #[test]
+    fn a_removed_echo_is_forgotten_and_the_oldest_go_first_beyond_the_cap() {
+        let e = device();
+        for i in 0..=MAX_PENDING_ECHOES {
+            e.push_pending_echo(pending(&format!("s{i}"), "t"));
+        }
+        assert_eq!(taken(&e, Some("s0"), None), None, "pushed out by the cap");
+        assert_eq!(taken(&e, Some("s1"), None).as_deref(), Some("s1"));
+        e.remove_pending_echo("s2");
+        assert_eq!(taken(&e, Some("s2"), None), None);
+        assert_eq!(taken(&e, None, Some("t")).as_deref(), Some("s3"));
+    }
+}

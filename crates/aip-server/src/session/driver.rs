@@ -200,3 +200,130 @@ impl SessionDriver for PlanDriver {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use aip_protocol::ToolType;
+
+    use super::*;
+
+    fn ctx(platform: &str) -> SessionContext<'_> {
+        SessionContext {
+            session_id: "s",
+            task_name: "t",
+            request: "r",
+            platform,
+            executor_id: "d",
+            executor_system_info: None,
+            executor_tools: None,
+        }
+    }
+
+    fn cmd(tool: &str, call_id: &str) -> Command {
+        Command {
+            tool_name: tool.into(),
+            tool_type: ToolType::Action,
+            parameters: None,
+            call_id: Some(call_id.into()),
+        }
+    }
+
+    fn result(status: ResultStatus, call_id: &str) -> ActionResult {
+        ActionResult {
+            status,
+            error: (status == ResultStatus::Failure).then(|| "boom".into()),
+            result: None,
+            namespace: None,
+            call_id: Some(call_id.into()),
+        }
+    }
+
+    /// The round the job would record after sending `step`'s actions.
+    fn round(step: Step, statuses: &[ResultStatus]) -> Round {
+        let Step::Commands { actions, .. } = step else {
+            panic!("expected commands")
+        };
+        let action_results = actions
+            .iter()
+            .zip(statuses)
+            .map(|(a, s)| result(*s, a.call_id.as_deref().unwrap()))
+            .collect();
+        Round {
+            response_id: "rid".into(),
+            actions,
+            action_results,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plan_sends_one_round_per_step_then_completes_with_every_round() {
+        let plan = Plan::from_commands(vec![cmd("ls", "c1"), cmd("df", "c2")]);
+        let mut d = PlanDriver::new(plan);
+        let mut rounds = Vec::new();
+        for tool in ["ls", "df"] {
+            let step = d.next_step(&ctx("windows"), &rounds).await.unwrap();
+            let Step::Commands {
+                agent_name,
+                actions,
+                ..
+            } = &step
+            else {
+                panic!("expected commands")
+            };
+            assert_eq!(agent_name, "HostAgent", "the platform's default");
+            assert_eq!(actions[0].tool_name, tool);
+            rounds.push(round(step, &[ResultStatus::Success]));
+        }
+        match d.next_step(&ctx("windows"), &rounds).await.unwrap() {
+            Step::Finish {
+                completed, result, ..
+            } => {
+                assert!(completed);
+                assert_eq!(result.unwrap()["rounds"].as_array().unwrap().len(), 2);
+            }
+            other => panic!("expected the end, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_action_stops_the_plan_naming_the_tool_found_by_call_id() {
+        let plan = Plan::parse(
+            r#"{"agent_name": "A", "steps": [
+                {"actions": [{"tool_name": "ls", "tool_type": "action", "call_id": "c1"},
+                             {"tool_name": "rm", "tool_type": "action", "call_id": "c2"}]},
+                {"actions": [{"tool_name": "df", "tool_type": "action"}]}]}"#,
+        );
+        let mut d = PlanDriver::new(plan);
+        let step = d.next_step(&ctx("linux"), &[]).await.unwrap();
+        let mut r = round(step, &[ResultStatus::Success, ResultStatus::Failure]);
+        // Reported in another order: the failed one is still `rm`.
+        r.action_results.reverse();
+        match d.next_step(&ctx("linux"), &[r]).await.unwrap() {
+            Step::Finish {
+                completed, error, ..
+            } => {
+                assert!(!completed);
+                assert_eq!(error.as_deref(), Some("Command 'rm' failed: boom"));
+            }
+            other => panic!("expected the end, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_plan_fails_at_its_first_step() {
+        let mut d = PlanDriver::new(Err("steps must not be empty".into()));
+        match d.next_step(&ctx("linux"), &[]).await.unwrap() {
+            Step::Finish {
+                completed, error, ..
+            } => {
+                assert!(!completed);
+                assert_eq!(
+                    error.as_deref(),
+                    Some("Invalid plan: steps must not be empty")
+                );
+            }
+            other => panic!("expected the end, got {other:?}"),
+        }
+    }
+}

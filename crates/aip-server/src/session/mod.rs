@@ -35,6 +35,9 @@ pub mod driver;
 mod flag;
 mod job;
 mod open;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
 
 pub use accept::Acceptance;
 pub use open::OpenRequest;
