@@ -13,7 +13,11 @@ use serde_json::json;
 async fn plan_runs_real_shell_commands_and_returns_their_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server(0, dir.path()).await;
-    let stop = start_device(server.port, "dev1", tools("dev1", Arc::new(AllowAll), true));
+    let stop = start_device(
+        server.port(),
+        "dev1",
+        tools("dev1", Arc::new(AllowAll), true),
+    );
     server.wait_device("dev1").await;
 
     let r = server
@@ -43,7 +47,7 @@ async fn plan_runs_real_shell_commands_and_returns_their_output() {
     assert_eq!(info["device_id"], "dev1");
     assert!(info["cpu_count"].as_u64().is_some_and(|n| n >= 1));
 
-    let clients = server.get("/api/clients").await;
+    let clients = server.get("/api/clients").await.1;
     assert_eq!(clients["clients"][0]["platform"], "linux");
     stop.cancel();
     server.stop().await;
@@ -54,7 +58,7 @@ async fn output_beyond_the_cap_is_truncated_and_marked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server(0, dir.path()).await;
     let stop = start_device(
-        server.port,
+        server.port(),
         "devcap",
         tools("devcap", Arc::new(AllowAll), true),
     );
@@ -78,7 +82,11 @@ async fn output_beyond_the_cap_is_truncated_and_marked() {
 async fn failing_command_fails_the_session_and_skips_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server(0, dir.path()).await;
-    let stop = start_device(server.port, "dev2", tools("dev2", Arc::new(AllowAll), true));
+    let stop = start_device(
+        server.port(),
+        "dev2",
+        tools("dev2", Arc::new(AllowAll), true),
+    );
     server.wait_device("dev2").await;
     let plan = json!({"actions": [
         {"tool_name": "execute_command", "tool_type": "action", "parameters": {"command": "echo partial; exit 3"}},
@@ -105,7 +113,11 @@ async fn timeout_kills_the_whole_process_group() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pidfile = dir.path().join("bg.pid");
     let server = start_server(0, dir.path()).await;
-    let stop = start_device(server.port, "dev3", tools("dev3", Arc::new(AllowAll), true));
+    let stop = start_device(
+        server.port(),
+        "dev3",
+        tools("dev3", Arc::new(AllowAll), true),
+    );
     server.wait_device("dev3").await;
     let command = format!("sleep 30 & echo $! > {}; sleep 30", pidfile.display());
     let r = server
@@ -142,7 +154,11 @@ async fn timeout_kills_the_whole_process_group() {
 async fn unknown_tools_and_bad_parameters_are_failures_not_crashes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server(0, dir.path()).await;
-    let stop = start_device(server.port, "dev4", tools("dev4", Arc::new(AllowAll), true));
+    let stop = start_device(
+        server.port(),
+        "dev4",
+        tools("dev4", Arc::new(AllowAll), true),
+    );
     server.wait_device("dev4").await;
     let r = server
         .run_plan(
@@ -199,7 +215,7 @@ async fn unknown_tools_and_bad_parameters_are_failures_not_crashes() {
 async fn device_reconnects_after_a_server_restart_and_takes_the_next_task() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server(0, dir.path()).await;
-    let port = server.port;
+    let port = server.port();
     let stop = start_device(port, "dev5", tools("dev5", Arc::new(AllowAll), true));
     server.wait_device("dev5").await;
     let r = server
@@ -233,7 +249,7 @@ async fn calls_refused_by_policy_fail_naming_the_rule_and_are_not_advertised() {
     )
     .expect("policy");
     let policy = ToolPolicy::new(vec![], vec!["write_*".into()], false, Some(commands));
-    let stop = start_device(server.port, "dev6", tools("dev6", Arc::new(policy), true));
+    let stop = start_device(server.port(), "dev6", tools("dev6", Arc::new(policy), true));
     server.wait_device("dev6").await;
 
     let r = server
@@ -279,7 +295,7 @@ async fn mcp_tool_is_called_end_to_end_through_the_server() {
     mcp::register(&mut set, &config)
         .await
         .expect("mcp server starts");
-    let stop = start_device(server.port, "dev7", set);
+    let stop = start_device(server.port(), "dev7", set);
     server.wait_device("dev7").await;
 
     let r = server
@@ -315,9 +331,9 @@ async fn mcp_tool_is_called_end_to_end_through_the_server() {
 }
 
 /// Waits until the session's command has been sent (state running).
-async fn wait_running(server: &Server, sid: &str) {
+async fn wait_running(server: &TestApp, sid: &str) {
     for _ in 0..500 {
-        let r = server.get(&format!("/api/task_result/{sid}")).await;
+        let r = server.get(&format!("/api/task_result/{sid}")).await.1;
         if r["state"] == "running" {
             return;
         }
@@ -331,7 +347,7 @@ async fn shutdown_lets_the_running_command_finish_within_the_grace() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server(0, dir.path()).await;
     let stop = start_device_with(
-        server.port,
+        server.port(),
         "grace",
         tools("grace", Arc::new(AllowAll), true),
         |c| c.shutdown_grace = Duration::from_secs(10),
@@ -361,7 +377,7 @@ async fn shutdown_without_grace_aborts_the_command_and_the_session_is_cancelled(
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server(0, dir.path()).await;
     let stop = start_device_with(
-        server.port,
+        server.port(),
         "nograce",
         tools("nograce", Arc::new(AllowAll), true),
         |c| c.shutdown_grace = Duration::ZERO,

@@ -44,7 +44,7 @@ fn offered_tools(body: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn natural(server: &Server, device: &str, request: &str) -> Value {
+async fn natural(server: &TestApp, device: &str, request: &str) -> Value {
     server
         .run(json!({"target_id": device, "request": request, "task_name": "nl"}))
         .await
@@ -64,7 +64,7 @@ async fn server_agent_runs_a_two_step_task_on_a_real_device() {
     .expect("mock");
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server_with(0, dir.path(), |c| c.llm = Some(llm_config(&mock, 20))).await;
-    let stop = start_device(server.port, "box", tools("box", Arc::new(AllowAll), true));
+    let stop = start_device(server.port(), "box", tools("box", Arc::new(AllowAll), true));
     server.wait_device("box").await;
 
     let r = natural(&server, "box", "What is forty plus two? Use the shell.").await;
@@ -116,7 +116,11 @@ async fn task_the_model_gives_up_on_fails_with_its_answer() {
         .expect("mock");
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server_with(0, dir.path(), |c| c.llm = Some(llm_config(&mock, 20))).await;
-    let stop = start_device(server.port, "box2", tools("box2", Arc::new(AllowAll), true));
+    let stop = start_device(
+        server.port(),
+        "box2",
+        tools("box2", Arc::new(AllowAll), true),
+    );
     server.wait_device("box2").await;
     let r = natural(&server, "box2", "Read /nonexistent").await;
     assert_eq!(r["state"], "failed", "{r}");
@@ -136,7 +140,11 @@ async fn max_steps_exceeded_fails_the_session_saying_so() {
     .expect("mock");
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server_with(0, dir.path(), |c| c.llm = Some(llm_config(&mock, 2))).await;
-    let stop = start_device(server.port, "box3", tools("box3", Arc::new(AllowAll), true));
+    let stop = start_device(
+        server.port(),
+        "box3",
+        tools("box3", Arc::new(AllowAll), true),
+    );
     server.wait_device("box3").await;
     let r = natural(&server, "box3", "loop forever").await;
     assert_eq!(r["state"], "failed", "{r}");
@@ -156,7 +164,11 @@ async fn rate_limit_is_retried_then_the_task_completes() {
     .expect("mock");
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server_with(0, dir.path(), |c| c.llm = Some(llm_config(&mock, 20))).await;
-    let stop = start_device(server.port, "box4", tools("box4", Arc::new(AllowAll), true));
+    let stop = start_device(
+        server.port(),
+        "box4",
+        tools("box4", Arc::new(AllowAll), true),
+    );
     server.wait_device("box4").await;
     let r = natural(&server, "box4", "anything").await;
     assert_eq!(r["state"], "completed", "{r}");
@@ -176,7 +188,11 @@ async fn endpoint_down_fails_the_session_with_the_cause() {
     llm.retry_base = Duration::from_millis(10);
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server_with(0, dir.path(), |c| c.llm = Some(llm)).await;
-    let stop = start_device(server.port, "box5", tools("box5", Arc::new(AllowAll), true));
+    let stop = start_device(
+        server.port(),
+        "box5",
+        tools("box5", Arc::new(AllowAll), true),
+    );
     server.wait_device("box5").await;
     let r = natural(&server, "box5", "anything").await;
     assert_eq!(r["state"], "failed", "{r}");
@@ -203,7 +219,7 @@ async fn device_with_a_model_runs_a_delegated_task_itself() {
     let server = start_server(0, dir.path()).await;
     let client = aip_llm::LlmClient::new(Arc::new(llm_config(&mock, 20))).expect("llm client");
     let stop = start_device_with(
-        server.port,
+        server.port(),
         "edge",
         tools("edge", Arc::new(AllowAll), true),
         |c| c.llm = Some(client),

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use aip_server::ServerConfig;
 use clap::Parser;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -18,8 +17,8 @@ struct Cli {
 /// A running server; dropping it shuts the server down.
 struct Server {
     url: String,
-    _data_dir: Option<tempfile::TempDir>,
-    _stop: oneshot::Sender<()>,
+    _aip: Option<aip_testkit::TestApp>,
+    _stop: Option<oneshot::Sender<()>>,
 }
 
 async fn aip_server() -> Server {
@@ -27,27 +26,17 @@ async fn aip_server() -> Server {
 }
 
 async fn aip_server_with_key(api_key: Option<&str>) -> Server {
-    let data_dir = tempfile::tempdir().expect("tempdir");
-    let config = ServerConfig {
-        api_key: api_key.map(str::to_owned),
-        data_dir: data_dir.path().to_path_buf(),
+    let app = aip_testkit::spawn_app_with(|c| {
+        c.api_key = api_key.map(str::to_owned);
         // dispatch: devices never accept; keep their sessions from failing mid-run.
-        accept_timeout: Duration::from_secs(600),
-        max_active_sessions: 100_000,
-        ..Default::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(aip_server::run(listener, config, async move {
-        let _ = stopped.await;
-    }));
+        c.accept_timeout = Duration::from_secs(600);
+        c.max_active_sessions = 100_000;
+    })
+    .await;
     Server {
-        url: format!("ws://{addr}/ws"),
-        _data_dir: Some(data_dir),
-        _stop: stop,
+        url: format!("ws://{}/ws", app.addr),
+        _aip: Some(app),
+        _stop: None,
     }
 }
 
@@ -62,8 +51,8 @@ async fn floor_server() -> Server {
     }));
     Server {
         url: format!("ws://{addr}/ws"),
-        _data_dir: None,
-        _stop: stop,
+        _aip: None,
+        _stop: Some(stop),
     }
 }
 

@@ -10,14 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use aip_testkit::{expect_ack, Ws};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const BIN: &str = env!("CARGO_BIN_EXE_aip");
 const KEY: &str = "s3cr3t-test-key-QWERTY-7781";
@@ -163,14 +157,13 @@ impl Server {
 
     async fn connect_device(&self, id: &str) -> Ws {
         let url = format!("ws://127.0.0.1:{}/ws?token={KEY}", self.port);
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        send(
-            &mut ws,
+        let mut ws = Ws::connect(&url).await;
+        ws.send(
             json!({"type":"register","status":"ok","client_type":"device",
                    "client_id":id,"metadata":{"platform":"linux"}}),
         )
         .await;
-        let ack = recv_until(&mut ws, |v| v["type"] == "heartbeat").await;
+        let ack = ws.recv_until(|v| v["type"] == "heartbeat").await;
         assert_eq!(ack["status"], "ok", "registration refused: {ack}");
         ws
     }
@@ -230,50 +223,19 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-/// Read JSON text frames until one satisfies `pred` (5 s), skipping others.
-async fn recv_until(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> Value {
-    let fut = async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Some(Ok(_)) => {}
-                other => panic!("websocket ended while waiting: {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .expect("timed out waiting for a frame")
-}
-
 /// Device side of an HTTP-dispatched session up to (and including) receiving
 /// the first `command`. Returns the `command` frame.
 async fn accept_task(ws: &mut Ws, device: &str, task_name: &str, sid: &str) -> Value {
-    let task = recv_until(ws, |v| v["type"] == "task").await;
+    let task = ws.recv_until(|v| v["type"] == "task").await;
     assert_eq!(task["session_id"], sid, "{task}");
     assert_eq!(task["task_name"], task_name, "{task}");
-    send(
-        ws,
+    ws.send(
         json!({"type":"task","status":"continue","client_type":"device","client_id":device,
                "task_name":task_name,"request":"run"}),
     )
     .await;
-    let ack = recv_until(ws, |v| {
-        v["type"] == "heartbeat" && v.get("session_id").is_some()
-    })
-    .await;
-    assert_eq!(ack["status"], "ok", "{ack}");
-    assert_eq!(ack["session_id"], sid, "{ack}");
-    let cmd = recv_until(ws, |v| v["type"] == "command").await;
+    expect_ack(ws, sid).await;
+    let cmd = ws.recv_until(|v| v["type"] == "command").await;
     assert_eq!(cmd["session_id"], sid, "{cmd}");
     cmd
 }
@@ -296,14 +258,13 @@ async fn finished_results_survive_kill_9_and_live_sessions_become_server_restart
         .filter(|v| !v.is_null())
         .unwrap_or(&actions[0]["response_id"])
         .clone();
-    send(
-        &mut ws,
+    ws.send(
         json!({"type":"command_results","status":"continue","client_id":"dev1",
                "session_id":sid1,"prev_response_id":response_id,
                "action_results":[{"status":"success","result":"hello","call_id":call_id}]}),
     )
     .await;
-    let end = recv_until(&mut ws, |v| v["type"] == "task_end").await;
+    let end = ws.recv_until(|v| v["type"] == "task_end").await;
     assert_eq!(end["status"], "completed", "{end}");
     assert_eq!(end["session_id"], sid1.as_str(), "{end}");
     let before = srv.wait_result("job1", |v| v["status"] == "done").await;
@@ -502,20 +463,10 @@ async fn sigterm_shuts_down_gracefully() {
         .unwrap();
     assert!(st.success());
 
-    let close = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(f))) => return f,
-                Some(Ok(_)) => {}
-                other => panic!("websocket ended without a close frame: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("no close frame within 10 s");
-    let close = close.expect("close frame without a code");
-    assert_eq!(close.code, CloseCode::Away, "close frame: {close:?}");
-    assert_eq!(u16::from(close.code), 1001);
+    let close = tokio::time::timeout(Duration::from_secs(10), ws.expect_close())
+        .await
+        .expect("no close frame within 10 s");
+    assert_eq!(close, Some(1001), "close frame");
 
     let st = srv
         .wait_exit(Duration::from_secs(10))

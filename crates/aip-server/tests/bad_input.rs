@@ -2,14 +2,10 @@
 //! http-api.md §3.3): each refusal carries the exact text the spec names, and nothing
 //! else is disturbed (connections stay, no session appears, other sessions go on).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-use futures_util::SinkExt;
+use aip_testkit::*;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 /// How long "nothing arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(300);
@@ -18,84 +14,6 @@ const QUIET: Duration = Duration::from_millis(300);
 const PLAN: &str = r#"{"actions":[{"tool_name":"t","tool_type":"action"}]}"#;
 
 const HTTP_BAD_TASK_NAME: &str = "Invalid task_name: must be a non-empty string of characters [A-Za-z0-9._-], at most 128 long, and must not start with '.'";
-
-/// The next frame is an `error` with exactly this text.
-async fn expect_error(ws: &mut Ws, text: &str) {
-    let m = ws.recv().await;
-    assert_eq!(m["type"], "error", "{m}");
-    assert_eq!(m["status"], "error", "{m}");
-    assert_eq!(m["error"], text, "{m}");
-    assert!(m["response_id"].is_string(), "{m}");
-}
-
-/// The next frame is an `error` whose text starts with `prefix`; returns the text.
-async fn expect_error_prefix(ws: &mut Ws, prefix: &str) -> String {
-    let m = ws.recv().await;
-    assert_eq!(m["type"], "error", "{m}");
-    assert_eq!(m["status"], "error", "{m}");
-    let text = m["error"].as_str().unwrap_or_default().to_owned();
-    assert!(text.starts_with(prefix), "{m}");
-    assert!(text.len() > prefix.len(), "no detail: {m}");
-    text
-}
-
-/// A heartbeat is still acknowledged: the connection is open and working.
-async fn assert_alive(ws: &mut Ws, id: &str) {
-    ws.send(json!({"type": "heartbeat", "status": "ok", "client_id": id}))
-        .await;
-    let ack = ws.recv().await;
-    assert_eq!(ack["type"], "heartbeat", "{ack}");
-    assert_eq!(ack["status"], "ok", "{ack}");
-    assert!(ack["session_id"].is_null(), "{ack}");
-}
-
-/// The next frame is a task acknowledgement for `sid`.
-async fn expect_ack(ws: &mut Ws, sid: &str) {
-    let ack = ws.recv().await;
-    assert_eq!(ack["type"], "heartbeat", "{ack}");
-    assert_eq!(ack["status"], "ok", "{ack}");
-    assert_eq!(ack["session_id"], sid, "{ack}");
-}
-
-/// The next frame is a `command` of session `sid`.
-async fn expect_command(ws: &mut Ws, sid: &str) -> Value {
-    let cmd = ws.recv().await;
-    assert_eq!(cmd["type"], "command", "{cmd}");
-    assert_eq!(cmd["session_id"], sid, "{cmd}");
-    cmd
-}
-
-/// The next frame is a `task_end` of `sid` with this status.
-async fn expect_task_end(ws: &mut Ws, sid: &str, status: &str) -> Value {
-    let end = ws.recv().await;
-    assert_eq!(end["type"], "task_end", "{end}");
-    assert_eq!(end["session_id"], sid, "{end}");
-    assert_eq!(end["status"], status, "{end}");
-    end
-}
-
-async fn assert_no_sessions(app: &TestApp) {
-    let (code, body) = app.get("/api/sessions").await;
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(body["sessions"], json!([]), "{body}");
-}
-
-async fn session_count(app: &TestApp) -> usize {
-    let (code, body) = app.get("/api/sessions").await;
-    assert_eq!(code, 200, "{body}");
-    body["sessions"].as_array().expect("sessions").len()
-}
-
-async fn assert_no_task(app: &TestApp, id: &str) {
-    let (code, body) = app.get(&format!("/api/task_result/{id}")).await;
-    assert_eq!(code, 404, "{body}");
-    assert_eq!(body["detail"], "Task not found", "{body}");
-}
-
-async fn online(app: &TestApp) -> Value {
-    let (_, body) = app.get("/api/clients").await;
-    body["online_clients"].clone()
-}
 
 /// A constellation `task` carrying the one-step plan.
 fn plan_task(k: &str, d: &str, sid: &str) -> Value {
@@ -114,14 +32,7 @@ async fn refused_registration(app: &TestApp, frame: String, text: &str, prefix: 
         expect_error(&mut ws, text).await;
     }
     assert_eq!(ws.expect_close().await, Some(1008));
-    assert_eq!(online(app).await, json!([]));
-}
-
-async fn send_binary(ws: &mut Ws, bytes: Vec<u8>) {
-    ws.inner
-        .send(Message::Binary(bytes.into()))
-        .await
-        .expect("ws send binary");
+    assert_eq!(app.online().await, json!([]));
 }
 
 // ---------------------------------------------------------------------------
@@ -142,8 +53,8 @@ async fn malformed_json_after_registration_is_invalid_message_and_connection_sta
         expect_error_prefix(&mut d, "Invalid message: ").await;
     }
     assert_alive(&mut d, "d1").await;
-    assert_eq!(online(&app).await, json!(["d1"]));
-    assert_no_sessions(&app).await;
+    assert_eq!(app.online().await, json!(["d1"]));
+    app.assert_no_sessions().await;
 }
 
 #[tokio::test]
@@ -168,7 +79,7 @@ async fn wrong_field_types_after_registration_are_invalid_message_and_connection
         assert!(!text.is_empty(), "{frame}");
     }
     assert_alive(&mut d, "d1").await;
-    assert_no_sessions(&app).await;
+    app.assert_no_sessions().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -226,7 +137,7 @@ async fn heartbeat_as_first_frame_is_refused_and_closes_1008() {
         false,
     )
     .await;
-    assert_no_sessions(&app).await;
+    app.assert_no_sessions().await;
 }
 
 #[tokio::test]
@@ -306,7 +217,7 @@ async fn silent_connection_gets_registration_timed_out_and_closes_1008() {
     assert_eq!(ws.expect_close().await, Some(1008));
     // A registered client is not subject to the registration timeout.
     assert_alive(&mut other, "d1").await;
-    assert_eq!(online(&app).await, json!(["d1"]));
+    assert_eq!(app.online().await, json!(["d1"]));
 }
 
 // ---------------------------------------------------------------------------
@@ -351,7 +262,7 @@ async fn spoofed_client_id_is_refused_and_connection_stays() {
     assert_alive(&mut d1, "d1").await;
     d2.expect_silence(QUIET).await;
     assert_alive(&mut d2, "d2").await;
-    assert_no_sessions(&app).await;
+    app.assert_no_sessions().await;
 }
 
 #[tokio::test]
@@ -398,8 +309,8 @@ async fn spoofed_client_type_on_task_is_refused_and_nothing_reaches_the_target()
     dl.expect_silence(QUIET).await;
     assert_alive(&mut dw, "device_win_001").await;
     assert_alive(&mut dl, "device_linux_002").await;
-    assert_no_sessions(&app).await;
-    assert_no_task(&app, "spoof").await;
+    app.assert_no_sessions().await;
+    app.assert_no_task("spoof").await;
 }
 
 #[tokio::test]
@@ -419,7 +330,7 @@ async fn constellation_task_without_client_type_is_a_role_mismatch() {
     )
     .await;
     d.expect_silence(QUIET).await;
-    assert_no_task(&app, "s1").await;
+    app.assert_no_task("s1").await;
     assert_alive(&mut k, "k1").await;
 }
 
@@ -470,8 +381,8 @@ async fn device_task_targeting_another_device_is_refused_and_creates_no_session(
     expect_error(&mut d1, "Device clients may not target other devices").await;
     d2.expect_silence(QUIET).await;
     d1.expect_silence(Duration::from_millis(50)).await;
-    assert_no_sessions(&app).await;
-    assert_no_task(&app, "s1").await;
+    app.assert_no_sessions().await;
+    app.assert_no_task("s1").await;
     assert_alive(&mut d1, "d1").await;
     assert_alive(&mut d2, "d2").await;
 }
@@ -538,7 +449,7 @@ async fn constellation_task_refusals_have_exact_texts_and_create_nothing() {
         expect_error(&mut k, &text).await;
     }
     d.expect_silence(QUIET).await;
-    assert_no_sessions(&app).await;
+    app.assert_no_sessions().await;
     assert_alive(&mut k, "k1").await;
     assert_alive(&mut d, "d1").await;
     // A correct task still works afterwards.
@@ -570,8 +481,8 @@ async fn command_results_for_unknown_session_are_dropped_silently_and_create_not
     )
     .await;
     d.expect_silence(QUIET).await;
-    assert_no_task(&app, "nope").await;
-    assert_no_sessions(&app).await;
+    app.assert_no_task("nope").await;
+    app.assert_no_sessions().await;
     assert_alive(&mut d, "d1").await;
 }
 
@@ -592,7 +503,7 @@ async fn command_results_from_non_executor_are_dropped_and_executor_session_comp
     d2.send(forged).await;
     d2.expect_silence(QUIET).await;
     k.expect_silence(Duration::from_millis(50)).await;
-    assert_eq!(session_count(&app).await, 1);
+    assert_eq!(app.session_count().await, 1);
     let (_, pending) = app.get("/api/task_result/s1").await;
     assert_eq!(pending["status"], "pending", "{pending}");
 
@@ -629,8 +540,8 @@ async fn task_end_for_unknown_session_is_unsupported_and_connection_stays() {
         .await;
     expect_error(&mut d, "Unsupported message type: task_end").await;
     assert_alive(&mut d, "d1").await;
-    assert_no_task(&app, "nope").await;
-    assert_no_sessions(&app).await;
+    app.assert_no_task("nope").await;
+    app.assert_no_sessions().await;
 }
 
 #[tokio::test]
@@ -718,7 +629,7 @@ async fn reusing_another_clients_session_id_is_refused_and_owner_session_continu
     expect_error(&mut d, "session_id 's1' is owned by another client").await;
     d.expect_silence(QUIET).await;
     k1.expect_silence(Duration::from_millis(50)).await;
-    assert_eq!(session_count(&app).await, 1);
+    assert_eq!(app.session_count().await, 1);
 
     d.send(results_for(&cmd, "d1")).await;
     expect_task_end(&mut k1, "s1", "completed").await;
@@ -747,7 +658,7 @@ async fn owner_reusing_its_active_session_id_is_refused_and_session_continues() 
     k.send(plan_task("k1", "d1", "s1")).await;
     expect_error(&mut k, "session_id 's1' is already active").await;
     d.expect_silence(QUIET).await;
-    assert_eq!(session_count(&app).await, 1);
+    assert_eq!(app.session_count().await, 1);
 
     d.send(results_for(&cmd, "d1")).await;
     expect_task_end(&mut k, "s1", "completed").await;
@@ -851,7 +762,7 @@ async fn http_task_name_with_slash_backslash_or_dots_is_refused_400() {
         assert_eq!(body, json!({"detail": HTTP_BAD_TASK_NAME}), "{name}");
     }
     d.expect_silence(QUIET).await;
-    assert_no_sessions(&app).await;
+    app.assert_no_sessions().await;
     assert_alive(&mut d, "d1").await;
 }
 
@@ -938,7 +849,7 @@ async fn http_dispatch_refusals_have_exact_status_and_detail() {
         );
     }
     d.expect_silence(QUIET).await;
-    assert_no_sessions(&app).await;
+    app.assert_no_sessions().await;
     assert_alive(&mut d, "d1").await;
 }
 
@@ -970,7 +881,7 @@ async fn http_dispatch_with_used_session_id_is_409_and_first_session_unaffected(
         .await;
     assert_eq!(code, 409, "{resp}");
     assert_eq!(resp, json!({"detail": "session_id already in use"}));
-    assert_no_task(&app, "second").await;
+    app.assert_no_task("second").await;
 
     // The first session runs normally: echo, command, results.
     d.send(
@@ -1012,7 +923,7 @@ async fn oversized_frame_closes_1009_and_other_clients_are_unaffected() {
     assert_eq!(big.expect_close().await, Some(1009));
     app.wait_client("d1", false).await;
     assert_alive(&mut other, "d2").await;
-    assert_eq!(online(&app).await, json!(["d2"]));
+    assert_eq!(app.online().await, json!(["d2"]));
     // The id is free again.
     let mut again = app.device("d1").await;
     assert_alive(&mut again, "d1").await;
@@ -1022,12 +933,12 @@ async fn oversized_frame_closes_1009_and_other_clients_are_unaffected() {
 async fn binary_frame_after_registration_is_refused_and_connection_stays() {
     let app = spawn_app().await;
     let mut d = app.device("d1").await;
-    send_binary(&mut d, vec![0, 1, 2, 3]).await;
+    d.send_binary(vec![0, 1, 2, 3]).await;
     expect_error(&mut d, "Binary transfer is not supported by this server").await;
-    send_binary(&mut d, vec![9; 16]).await;
+    d.send_binary(vec![9; 16]).await;
     expect_error(&mut d, "Binary transfer is not supported by this server").await;
     assert_alive(&mut d, "d1").await;
-    assert_eq!(online(&app).await, json!(["d1"]));
+    assert_eq!(app.online().await, json!(["d1"]));
 }
 
 #[tokio::test]
@@ -1046,11 +957,11 @@ async fn announced_binary_payload_gets_exactly_one_error() {
         "timestamp": "2025-01-01T10:02:15.300000+00:00"
     }))
     .await;
-    send_binary(&mut d, vec![7; 8]).await;
+    d.send_binary(vec![7; 8]).await;
     expect_error(&mut d, "Binary transfer is not supported by this server").await;
     d.expect_silence(QUIET).await;
     assert_alive(&mut d, "d1").await;
-    assert_no_sessions(&app).await;
+    app.assert_no_sessions().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1204,5 +1115,5 @@ async fn client_error_with_empty_text_is_echoed_as_unknown_error() {
     .await;
     expect_error(&mut d, "Failed to send task request: connection reset").await;
     assert_alive(&mut d, "d1").await;
-    assert_no_sessions(&app).await;
+    app.assert_no_sessions().await;
 }

@@ -1,10 +1,8 @@
 //! The flows of protocol.md §3 end to end: real server, real sockets.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use aip_testkit::*;
 use serde_json::json;
 
 #[tokio::test]
@@ -710,7 +708,7 @@ async fn graceful_shutdown_cancels_sessions_and_closes_with_1001() {
     k.send(json!({"type": "task", "status": "continue", "client_type": "constellation", "client_id": "k1", "target_id": "dev1", "session_id": "k1@s", "request": plan_request(&["t"])})).await;
     k.recv().await;
     d.recv().await;
-    let dir = app.stop().await;
+    let dir = app.stop().await.expect("the harness's data dir");
     let end = k.recv().await;
     assert_eq!(end["type"], "task_end");
     assert_eq!(end["error"], "Server shutting down");

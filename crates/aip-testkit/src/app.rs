@@ -1,33 +1,33 @@
-//! Test harness: a real server on 127.0.0.1:0 with a fresh SQLite data dir, driven by
-//! real WebSocket (tokio-tungstenite) and HTTP (reqwest) clients.
-#![allow(dead_code)]
+//! The server under test: [`TestApp`] on 127.0.0.1 (port 0 unless a test needs a fixed
+//! one to restart on), with a fresh SQLite data dir, and its HTTP API.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::path::Path;
+
 use aip_server::ServerConfig;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long a test waits for any single frame or answer.
-pub const WAIT: Duration = Duration::from_secs(5);
+use crate::peer::Ws;
 
+/// How long a wait for a session to end or a client to (dis)appear may take.
+const POLL_FOR: Duration = Duration::from_secs(30);
+
+/// A server running in this process; [`TestApp::stop`] shuts it down gracefully.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
     pub api_key: Option<String>,
-    pub data_dir: tempfile::TempDir,
+    /// The data dir the harness made; `None` when the test brought its own.
+    pub data_dir: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 /// Server logs in tests only when asked: `TEST_LOG=1` (or a filter like `TEST_LOG=debug`).
-fn init_tracing() {
+pub fn init_tracing() {
     if let Ok(filter) = std::env::var("TEST_LOG") {
         let filter = if filter == "1" {
             "info".to_owned()
@@ -50,12 +50,32 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestApp {
         ..ServerConfig::default()
     };
     tweak(&mut config);
-    spawn_on(config, data_dir).await
+    spawn(0, config, Some(data_dir)).await
 }
 
 /// Starts a server on an existing data dir (restart tests).
 pub async fn spawn_on(config: ServerConfig, data_dir: tempfile::TempDir) -> TestApp {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    spawn(0, config, Some(data_dir)).await
+}
+
+/// Starts a server on `port` (0: any) with its store in `data_dir`, which the test keeps
+/// (to restart on the same port and dir), with default settings, then `tweak`.
+pub async fn spawn_at(
+    port: u16,
+    data_dir: &Path,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> TestApp {
+    init_tracing();
+    let mut config = ServerConfig {
+        data_dir: data_dir.to_path_buf(),
+        ..ServerConfig::default()
+    };
+    tweak(&mut config);
+    spawn(port, config, None).await
+}
+
+async fn spawn(port: u16, config: ServerConfig, data_dir: Option<tempfile::TempDir>) -> TestApp {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -79,6 +99,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -134,9 +159,64 @@ impl TestApp {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Dispatches `body`, which must succeed; returns the session id.
+    pub async fn dispatched(&self, body: Value) -> String {
+        let (code, resp) = self.dispatch(body).await;
+        assert_eq!(code, 200, "dispatch failed: {resp}");
+        resp["session_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("dispatch failed: {resp}"))
+            .to_owned()
+    }
+
+    /// Dispatches `body` and waits for the session to end.
+    pub async fn run(&self, body: Value) -> Value {
+        let sid = self.dispatched(body).await;
+        self.wait_done(&sid).await
+    }
+
+    /// Dispatches a list of commands to `device` as a plan; returns the session id.
+    pub async fn dispatch_plan(&self, device: &str, actions: Value) -> String {
+        self.dispatched(json!({"target_id": device, "request": "plan", "commands": actions}))
+            .await
+    }
+
+    /// Dispatches a list of commands to `device` as a plan and waits for the result.
+    pub async fn run_plan(&self, device: &str, actions: Value) -> Value {
+        self.run(json!({"target_id": device, "request": "plan", "commands": actions}))
+            .await
+    }
+
+    /// The stored sessions' count.
+    pub async fn session_count(&self) -> usize {
+        let (code, body) = self.get("/api/sessions").await;
+        assert_eq!(code, 200, "{body}");
+        body["sessions"].as_array().expect("sessions").len()
+    }
+
+    /// No session is stored.
+    pub async fn assert_no_sessions(&self) {
+        let (code, body) = self.get("/api/sessions").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["sessions"], json!([]), "{body}");
+    }
+
+    /// No session has this id or task name.
+    pub async fn assert_no_task(&self, id: &str) {
+        let (code, body) = self.get(&format!("/api/task_result/{id}")).await;
+        assert_eq!(code, 404, "{body}");
+        assert_eq!(body["detail"], "Task not found", "{body}");
+    }
+
+    /// `online_clients` of `/api/clients`.
+    pub async fn online(&self) -> Value {
+        let (_, body) = self.get("/api/clients").await;
+        body["online_clients"].clone()
+    }
+
     /// Polls task_result until `status` is `done`.
     pub async fn wait_done(&self, id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + POLL_FOR;
         loop {
             let (code, body) = self.get(&format!("/api/task_result/{id}")).await;
             if code == 200 && body["status"] == "done" {
@@ -150,9 +230,19 @@ impl TestApp {
         }
     }
 
+    /// Polls until `id` is listed.
+    pub async fn wait_device(&self, id: &str) {
+        self.wait_client(id, true).await
+    }
+
+    /// Polls until `id` is no longer listed.
+    pub async fn wait_gone(&self, id: &str) {
+        self.wait_client(id, false).await
+    }
+
     /// Polls until a client id is (or is no longer) listed.
     pub async fn wait_client(&self, id: &str, present: bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + POLL_FOR;
         loop {
             let (_, body) = self.get("/api/clients").await;
             let listed = body["online_clients"]
@@ -200,134 +290,12 @@ impl TestApp {
         ws
     }
 
-    /// Graceful shutdown; waits for the server task.
-    pub async fn stop(mut self) -> tempfile::TempDir {
+    /// Graceful shutdown; waits for the server task. Returns the harness's data dir.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.server).await;
         self.data_dir
     }
-}
-
-pub struct Ws {
-    pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-/// How a read ended when no text frame came.
-#[derive(Debug, PartialEq)]
-pub enum Ended {
-    Closed(Option<u16>),
-    Timeout,
-}
-
-impl Ws {
-    pub async fn connect(url: &str) -> Ws {
-        let (inner, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("ws connect");
-        Ws { inner }
-    }
-
-    pub async fn send(&mut self, v: Value) {
-        self.send_text(v.to_string()).await;
-    }
-
-    pub async fn send_text(&mut self, s: String) {
-        self.inner
-            .send(Message::Text(s.into()))
-            .await
-            .expect("ws send");
-    }
-
-    /// The next text frame as JSON (skipping pings); panics on close or timeout.
-    pub async fn recv(&mut self) -> Value {
-        match self.next_text(WAIT).await {
-            Ok(v) => v,
-            Err(e) => panic!("expected a frame, got {e:?}"),
-        }
-    }
-
-    /// The next text frame, or how the wait ended.
-    pub async fn next_text(&mut self, wait: Duration) -> Result<Value, Ended> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.inner.next()).await;
-            match next {
-                Err(_) => return Err(Ended::Timeout),
-                Ok(None) | Ok(Some(Err(_))) => return Err(Ended::Closed(None)),
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    return Ok(serde_json::from_str(t.as_str()).expect("server sent JSON"))
-                }
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    return Err(Ended::Closed(frame.map(|f| u16::from(f.code))))
-                }
-                Ok(Some(Ok(_))) => continue,
-            }
-        }
-    }
-
-    /// Asserts nothing arrives for `wait`.
-    pub async fn expect_silence(&mut self, wait: Duration) {
-        if let Ok(v) = self.next_text(wait).await {
-            panic!("expected silence, got {v}");
-        }
-    }
-
-    /// Reads until the server closes; returns the close code.
-    pub async fn expect_close(&mut self) -> Option<u16> {
-        loop {
-            match self.next_text(WAIT).await {
-                Ok(_) => continue,
-                Err(Ended::Closed(code)) => return code,
-                Err(Ended::Timeout) => panic!("server did not close the connection"),
-            }
-        }
-    }
-
-    /// Reads frames until one matches `pred`.
-    pub async fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let v = self.recv().await;
-            if pred(&v) {
-                return v;
-            }
-        }
-    }
-
-    pub async fn close(mut self) {
-        let _ = self
-            .inner
-            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                code: CloseCode::Normal,
-                reason: "".into(),
-            }))
-            .await;
-    }
-}
-
-/// Answers one `command` frame with success results echoing the call ids.
-pub fn results_for(command: &Value, client_id: &str) -> Value {
-    let results: Vec<Value> = command["actions"]
-        .as_array()
-        .expect("actions")
-        .iter()
-        .map(|a| json!({"status": "success", "result": {"tool": a["tool_name"]}, "namespace": "test", "call_id": a["call_id"]}))
-        .collect();
-    json!({
-        "type": "command_results",
-        "status": "continue",
-        "client_id": client_id,
-        "session_id": command["session_id"],
-        "prev_response_id": command["response_id"],
-        "action_results": results,
-    })
-}
-
-/// A one-action command list for HTTP `commands`.
-pub fn commands(names: &[&str]) -> Value {
-    json!(names
-        .iter()
-        .map(|n| json!({"tool_name": n, "tool_type": "action", "parameters": {}}))
-        .collect::<Vec<_>>())
 }
