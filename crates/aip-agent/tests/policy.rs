@@ -12,16 +12,8 @@ fn shell(line: &str) -> Map<String, Value> {
     m
 }
 
-const POLICY: &str = r#"
-allowed_commands = ["ls", "cat", "echo", "df", "uname", "grep", "git", "sleep"]
-denied_commands = ["rm", "shutdown", "reboot", "mkfs", "dd"]
-allow_shell_operators = true
-denied_patterns = ["rm -rf /", ":(){ :|:& };:"]
-
-[commands.git]
-allow_args = ["status*", "log*", "diff*"]
-deny_args = ["*push*", "*--force*"]
-"#;
+/// The example policy file.
+const POLICY: &str = include_str!("../examples/command-policy.toml");
 
 fn loaded() -> ToolPolicy {
     let dir = tempfile::tempdir().unwrap();

@@ -22,20 +22,14 @@
 //!
 //! # The command policy
 //!
-//! ```toml
-//! # Only these base commands may run (empty or missing: any command not denied).
-//! allowed_commands = ["ls", "cat", "echo", "df", "uname", "grep", "git", "sleep"]
-//! # Never these, even if allowed above.
-//! denied_commands = ["rm", "shutdown", "reboot", "mkfs*", "dd"]
-//! # When false, ; && || | |& & ( ) newline > >> < << `...` $(...) <(...) are refused.
-//! allow_shell_operators = true
-//! # Substrings refused anywhere in the raw command line.
-//! denied_patterns = ["rm -rf /", ":(){ :|:& };:"]
-//! # Per-command argument rules (TOML: top-level keys must come before these tables).
-//! [commands.git]
-//! allow_args = ["status*", "log*", "diff*"]
-//! deny_args = ["*push*", "*--force*"]
-//! ```
+//! The example policy, `crates/aip-agent/examples/command-policy.toml` (the tests load
+//! it and the README shows it), allows `ls`, `cat`, `echo`, `df`, `uname`, `grep`, `git`
+//! and `sleep`, denies `rm`, `shutdown`, `reboot`, `mkfs*` and `dd`, refuses the patterns
+//! `rm -rf /` and the fork bomb, and lets `git` run only `status`, `log` and `diff`. Its
+//! keys: `allowed_commands`, `denied_commands`, `allow_shell_operators` (when false,
+//! `; && || | |& & ( )`, newlines, redirections and substitutions are refused),
+//! `denied_patterns`, and `[commands.NAME]` tables with `allow_args` / `deny_args` (after
+//! the top-level keys).
 //!
 //! A command line is checked in this order:
 //!

@@ -20,16 +20,8 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| (*x).to_owned()).collect()
 }
 
-const EXAMPLE: &str = r#"
-allowed_commands = ["ls", "cat", "echo", "df", "uname", "grep", "git", "sleep"]
-denied_commands = ["rm", "shutdown", "reboot", "mkfs", "dd"]
-allow_shell_operators = true
-denied_patterns = ["rm -rf /", ":(){ :|:& };:"]
-
-[commands.git]
-allow_args = ["status*", "log*", "diff*"]
-deny_args = ["*push*", "*--force*"]
-"#;
+/// The example policy file (also shown in the README).
+const EXAMPLE: &str = include_str!("../../examples/command-policy.toml");
 
 fn example() -> CommandPolicy {
     CommandPolicy::from_toml_str(EXAMPLE).unwrap()
@@ -483,5 +475,14 @@ fn nesting_limit() {
     assert_eq!(
         d.check(&line),
         Err("Refused by command policy: command line nests too deeply".into())
+    );
+}
+
+#[test]
+fn the_readme_shows_the_example_policy_file_as_it_is() {
+    let readme = include_str!("../../../../README.md");
+    assert!(
+        readme.contains(EXAMPLE),
+        "README.md's command policy differs from examples/command-policy.toml"
     );
 }
