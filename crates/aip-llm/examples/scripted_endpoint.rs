@@ -2,7 +2,7 @@
 //! the first request gets a call to `execute_command` with the given command, the second
 //! a `finish` with the given answer.
 //!
-//! cargo run -p aip-llm --example scripted_endpoint -- "df -h / | tail -1" "See the df output."
+//! cargo run -p aip-llm --features scripted --example scripted_endpoint -- "df -h / | tail -1" "See the df output."
 
 use aip_llm::scripted::{call, finish, Mock};
 use serde_json::json;

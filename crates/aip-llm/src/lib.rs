@@ -32,6 +32,8 @@ mod config;
 mod error;
 mod tools;
 
+/// A scripted model endpoint for tests and examples; not in release binaries.
+#[cfg(feature = "scripted")]
 pub mod scripted;
 
 pub use agent::{AgentLoop, Decision, LoopContext, ToolCall};
