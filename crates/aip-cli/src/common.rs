@@ -82,6 +82,57 @@ pub fn positive_secs(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration option in seconds, so that a default taken from a config type can be shown
+/// (`--help`) as the seconds the option accepts.
+#[derive(Clone, Copy, Debug)]
+pub struct Secs(pub Duration);
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&aip_protocol::time::fmt_secs(self.0))
+    }
+}
+
+/// [`secs`] as a [`Secs`] option.
+pub fn secs_arg(s: &str) -> Result<Secs, String> {
+    secs(s).map(Secs)
+}
+
+/// [`positive_secs`] as a [`Secs`] option.
+pub fn positive_secs_arg(s: &str) -> Result<Secs, String> {
+    positive_secs(s).map(Secs)
+}
+
+/// A duration option in humantime form (`7d`, `12h`, `3600s`).
+#[derive(Clone, Copy, Debug)]
+pub struct Span(pub Duration);
+
+impl std::fmt::Display for Span {
+    /// In the largest whole unit: `7d`, `12h`, `90m`, else seconds.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.0.as_secs();
+        if self.0.subsec_nanos() != 0 || secs == 0 {
+            return f
+                .write_str(&aip_protocol::time::fmt_secs(self.0))
+                .and(f.write_str("s"));
+        }
+        match [(86_400, "d"), (3_600, "h"), (60, "m")]
+            .into_iter()
+            .find(|(unit, _)| secs.is_multiple_of(*unit))
+        {
+            Some((unit, suffix)) => write!(f, "{}{suffix}", secs / unit),
+            None => write!(f, "{secs}s"),
+        }
+    }
+}
+
+/// Parses a [`Span`].
+pub fn span_arg(s: &str) -> Result<Span, String> {
+    humantime::parse_duration(s)
+        .map(Span)
+        .map_err(|e| e.to_string())
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

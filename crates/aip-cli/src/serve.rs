@@ -2,13 +2,24 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use aip_server::{PlatformMode, ServerConfig};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::common::{positive_secs, secs, shutdown_signal, LlmArgs, LogArgs};
+use crate::common::{
+    positive_secs_arg, secs_arg, shutdown_signal, span_arg, LlmArgs, LogArgs, Secs, Span,
+};
+
+/// Default bind address.
+const HOST: &str = "127.0.0.1";
+/// Default port.
+const PORT: u16 = 5000;
+
+/// The defaults of every server option: the config type's.
+fn defaults() -> ServerConfig {
+    ServerConfig::default()
+}
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PlatformArg {
@@ -25,10 +36,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     llm: LlmArgs,
     /// Bind address; 0.0.0.0 or :: for all interfaces.
-    #[arg(long, env = "AIP_HOST", default_value = "127.0.0.1")]
+    #[arg(long, env = "AIP_HOST", default_value = HOST)]
     host: String,
     /// Listening port (HTTP and WebSocket).
-    #[arg(long, env = "AIP_PORT", default_value_t = 5000)]
+    #[arg(long, env = "AIP_PORT", default_value_t = PORT)]
     port: u16,
     /// Platform handed to session drivers; auto = the device's registered platform.
     #[arg(long, env = "AIP_PLATFORM", value_enum, default_value = "auto")]
@@ -40,40 +51,40 @@ pub struct ServeArgs {
     #[arg(long, env = "AIP_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Directory of the SQLite result store.
-    #[arg(long, env = "AIP_DATA_DIR", default_value = "./aip-data")]
+    #[arg(long, env = "AIP_DATA_DIR", default_value_os_t = defaults().data_dir)]
     data_dir: PathBuf,
     /// Most WebSocket connections; more are refused with 503.
-    #[arg(long, env = "AIP_MAX_CONNECTIONS", default_value_t = 1000)]
+    #[arg(long, env = "AIP_MAX_CONNECTIONS", default_value_t = defaults().max_connections)]
     max_connections: usize,
     /// Largest WebSocket message and HTTP body, in bytes.
-    #[arg(long, env = "AIP_MAX_MESSAGE_SIZE", default_value_t = 104_857_600)]
+    #[arg(long, env = "AIP_MAX_MESSAGE_SIZE", default_value_t = defaults().max_message_size)]
     max_message_size: usize,
     /// Most sessions in created/running state.
-    #[arg(long, env = "AIP_MAX_ACTIVE_SESSIONS", default_value_t = 1000)]
+    #[arg(long, env = "AIP_MAX_ACTIVE_SESSIONS", default_value_t = defaults().max_active_sessions)]
     max_active_sessions: usize,
     /// Seconds allowed for the first (register) frame.
-    #[arg(long, env = "AIP_REGISTRATION_TIMEOUT", default_value = "10", value_parser = positive_secs)]
-    registration_timeout: Duration,
+    #[arg(long, env = "AIP_REGISTRATION_TIMEOUT", default_value_t = Secs(defaults().registration_timeout), value_parser = positive_secs_arg)]
+    registration_timeout: Secs,
     /// Seconds between server WebSocket pings.
-    #[arg(long, env = "AIP_PING_INTERVAL", default_value = "30", value_parser = positive_secs)]
-    ping_interval: Duration,
+    #[arg(long, env = "AIP_PING_INTERVAL", default_value_t = Secs(defaults().ping_interval), value_parser = positive_secs_arg)]
+    ping_interval: Secs,
     /// Seconds of silence after which a client is considered dead.
-    #[arg(long, env = "AIP_CLIENT_TIMEOUT", default_value = "90", value_parser = positive_secs)]
-    client_timeout: Duration,
+    #[arg(long, env = "AIP_CLIENT_TIMEOUT", default_value_t = Secs(defaults().client_timeout), value_parser = positive_secs_arg)]
+    client_timeout: Secs,
     /// Session lifetime limit in seconds; 0 disables it.
-    #[arg(long, env = "AIP_SESSION_TIMEOUT", default_value = "3600", value_parser = secs)]
-    session_timeout: Duration,
+    #[arg(long, env = "AIP_SESSION_TIMEOUT", default_value_t = Secs(defaults().session_timeout.unwrap_or_default()), value_parser = secs_arg)]
+    session_timeout: Secs,
     /// Seconds to wait for one round's command results.
-    #[arg(long, env = "AIP_COMMAND_TIMEOUT", default_value = "600", value_parser = positive_secs)]
-    command_timeout: Duration,
+    #[arg(long, env = "AIP_COMMAND_TIMEOUT", default_value_t = Secs(defaults().command_timeout), value_parser = positive_secs_arg)]
+    command_timeout: Secs,
     /// Seconds to wait for a device to accept an HTTP-dispatched task.
-    #[arg(long, env = "AIP_ACCEPT_TIMEOUT", default_value = "30", value_parser = positive_secs)]
-    accept_timeout: Duration,
+    #[arg(long, env = "AIP_ACCEPT_TIMEOUT", default_value_t = Secs(defaults().accept_timeout), value_parser = positive_secs_arg)]
+    accept_timeout: Secs,
     /// How long ended sessions are kept (e.g. 7d, 12h, 3600s).
-    #[arg(long, env = "AIP_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
-    retention: Duration,
+    #[arg(long, env = "AIP_RETENTION", default_value_t = Span(defaults().retention), value_parser = span_arg)]
+    retention: Span,
     /// Most ended sessions kept; the oldest-finished go first.
-    #[arg(long, env = "AIP_MAX_RESULTS", default_value_t = 1_000_000)]
+    #[arg(long, env = "AIP_MAX_RESULTS", default_value_t = defaults().max_results)]
     max_results: u64,
 }
 
@@ -92,13 +103,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         max_message_size: args.max_message_size,
         max_active_sessions: args.max_active_sessions,
-        registration_timeout: args.registration_timeout,
-        ping_interval: args.ping_interval,
-        client_timeout: args.client_timeout,
-        session_timeout: (!args.session_timeout.is_zero()).then_some(args.session_timeout),
-        command_timeout: args.command_timeout,
-        accept_timeout: args.accept_timeout,
-        retention: args.retention,
+        registration_timeout: args.registration_timeout.0,
+        ping_interval: args.ping_interval.0,
+        client_timeout: args.client_timeout.0,
+        session_timeout: (!args.session_timeout.0.is_zero()).then_some(args.session_timeout.0),
+        command_timeout: args.command_timeout.0,
+        accept_timeout: args.accept_timeout.0,
+        retention: args.retention.0,
         max_results: args.max_results,
         llm: match args.llm.to_config() {
             Ok(l) => l,
@@ -154,4 +165,41 @@ async fn bind(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener>
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("the host name resolved to no address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, Command};
+
+    use super::*;
+
+    /// The README's `aip serve` table shows every option's default as `--help` does,
+    /// which takes them from `ServerConfig::default()`.
+    #[test]
+    fn the_readme_table_shows_the_defaults_of_the_config_type() {
+        let readme = include_str!("../../../README.md");
+        let cmd = ServeArgs::augment_args(Command::new("serve"));
+        let mut checked = 0;
+        for arg in cmd.get_arguments() {
+            let (Some(long), Some(default)) = (arg.get_long(), arg.get_default_values().first())
+            else {
+                continue;
+            };
+            if long.starts_with("llm-") {
+                continue; // described in prose, not in the table
+            }
+            let default = default.to_string_lossy();
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{long}` |")))
+                .unwrap_or_else(|| panic!("no README row for --{long}"));
+            let cell = row.split('|').nth(2).unwrap_or("").trim().trim_matches('`');
+            assert_eq!(
+                cell, default,
+                "--{long}: README says {cell}, --help {default}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} options checked");
+    }
 }
