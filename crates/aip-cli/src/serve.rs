@@ -86,6 +86,13 @@ pub struct ServeArgs {
     /// Most ended sessions kept; the oldest-finished go first.
     #[arg(long, env = "AIP_MAX_RESULTS", default_value_t = defaults().max_results)]
     max_results: u64,
+    /// Certificate chain (PEM) for HTTPS and WSS on the same port; needs --tls-key.
+    /// Reloaded on SIGHUP without dropping connections.
+    #[arg(long, env = "AIP_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "AIP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -111,6 +118,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         accept_timeout: args.accept_timeout.0,
         retention: args.retention.0,
         max_results: args.max_results,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(aip_server::tls::TlsPaths { cert, key }),
+            _ => None,
+        },
         llm: match args.llm.to_config() {
             Ok(l) => l,
             Err(e) => {
@@ -126,7 +137,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(
         address = %addr,
-        tls = false,
+        tls = config.tls.is_some(),
         auth = config.api_key.is_some(),
         local_only = config.local_only,
         platform = ?config.platform,

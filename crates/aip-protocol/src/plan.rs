@@ -136,6 +136,29 @@ impl Plan {
     }
 }
 
+/// The effective platform's default `agent_name` (`windows` or `linux`).
+pub fn default_agent_name(platform: &str) -> &'static str {
+    if platform == "windows" {
+        "HostAgent"
+    } else {
+        "LinuxAgent"
+    }
+}
+
+/// The reference agent that serves a device registered with `metadata.platform`, or
+/// `None` for a platform it has no agent for. A UFO device looks up its MCP servers by
+/// `agent_name` and answers nothing for an agent it has no configuration for, so the name
+/// must follow the device. macOS has no reference agent; aip's own device ignores the
+/// name, and `LinuxAgent` (a shell) is the closest.
+pub fn platform_agent_name(platform: &str) -> Option<&'static str> {
+    match platform.to_ascii_lowercase().as_str() {
+        "windows" => Some("HostAgent"),
+        "linux" | "macos" | "darwin" => Some("LinuxAgent"),
+        "android" | "mobile" => Some("MobileAgent"),
+        _ => None,
+    }
+}
+
 /// Parses a list of `Command`s given as JSON (HTTP `commands`, `metadata.commands`).
 pub fn parse_commands(value: &serde_json::Value) -> Result<Vec<Command>, String> {
     // Straight from the parsed value; only a list that fails is printed and parsed again

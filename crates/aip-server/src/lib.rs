@@ -6,6 +6,7 @@
 //! - [`session`]: session manager, per-session jobs and drivers (plan driver built in).
 //! - [`storage`]: durable session records behind a trait; SQLite by default.
 //! - [`config`]: every option of `aip serve`; [`state`]: what handlers share.
+//! - [`tls`]: HTTPS/WSS on the listener, with the certificate reloaded on SIGHUP.
 //!
 //! [`run`] serves on a listener it is given until the shutdown future resolves.
 
@@ -24,6 +25,7 @@ pub mod registry;
 pub mod session;
 pub mod state;
 pub mod storage;
+pub mod tls;
 pub mod web;
 
 pub use config::{PlatformMode, ServerConfig};
@@ -50,6 +52,11 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Everything that can fail on a bad file is opened before anything is served.
+    let tls = match &config.tls {
+        Some(paths) => Some(tls::TlsFiles::load(paths.clone())?),
+        None => None,
+    };
     let dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
         .await?
@@ -61,7 +68,47 @@ pub async fn run(
         None => None,
     };
     let state = AppState::new(config, Arc::new(store), drivers);
-    serve(listener, state, shutdown).await
+    match tls {
+        Some(files) => serve_tls(listener, state, files, shutdown).await,
+        None => serve(listener, state, shutdown).await,
+    }
+}
+
+/// Serves `state` over TLS on `listener` until `shutdown`, then shuts down gracefully;
+/// the certificate is reloaded on SIGHUP.
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    files: Arc<tls::TlsFiles>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let purger = start(&state).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tls::reload_on_sighup(files.clone(), stop.clone());
+    let graceful_state = state.clone();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        begin_shutdown(&graceful_state).await;
+        stopper.cancel();
+    });
+    let app = web::router(state.clone());
+    let result = tls::serve_tls(listener, files, app, stop, Duration::from_secs(5)).await;
+    purger.abort();
+    result
+}
+
+/// What runs before the first connection: sessions interrupted by the last stop are
+/// failed, and the purge of expired results starts.
+async fn start(state: &Arc<AppState>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let interrupted = state.store.mark_interrupted(chrono::Utc::now()).await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            sessions = interrupted,
+            "sessions live at the last stop are now failed (server_restarted)"
+        );
+    }
+    Ok(tokio::spawn(purge_loop(state.clone())))
 }
 
 /// Serves `state` on `listener` until `shutdown`, then shuts down gracefully.
@@ -70,14 +117,7 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let interrupted = state.store.mark_interrupted(chrono::Utc::now()).await?;
-    if interrupted > 0 {
-        tracing::warn!(
-            sessions = interrupted,
-            "sessions live at the last stop are now failed (server_restarted)"
-        );
-    }
-    let purger = tokio::spawn(purge_loop(state.clone()));
+    let purger = start(&state).await?;
     let app = web::router(state.clone());
     let graceful_state = state.clone();
     // Small frames go out at once: without TCP_NODELAY, an acknowledgement followed by a

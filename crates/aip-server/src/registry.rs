@@ -11,6 +11,8 @@ use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
+use aip_protocol::plan::platform_agent_name;
+
 use crate::{IdDashMap, IdSet};
 
 use crate::conn::{ConnHandle, SendError};
@@ -21,6 +23,8 @@ const MAX_PENDING_ECHOES: usize = 1024;
 /// What a session keeps of its executor's registration for its driver: shared, not copied.
 #[derive(Debug, Clone, Default)]
 pub struct ExecutorInfo {
+    /// The agent the executor's registered platform has ([`platform_agent_name`]).
+    pub agent_name: Option<&'static str>,
     /// `metadata.system_info`.
     pub system_info: Option<Arc<Value>>,
     /// `metadata.tools`.
@@ -42,6 +46,8 @@ pub struct ClientEntry {
     pub conn: ConnHandle,
     pub metadata: Option<Map<String, Value>>,
     pub platform: Option<String>,
+    /// The reference agent for `platform`, worked out once at registration.
+    pub agent_name: Option<&'static str>,
     /// Devices: `metadata.system_info`, shared (not copied) with every session it runs.
     pub system_info: Option<Arc<Value>>,
     /// `metadata.tools`, shared likewise (an MCP device may advertise large schemas).
@@ -88,6 +94,7 @@ impl ClientEntry {
             role,
             conn,
             metadata,
+            agent_name: platform.as_deref().and_then(platform_agent_name),
             platform,
             system_info,
             tools,
@@ -108,6 +115,7 @@ impl ClientEntry {
     /// What a session this device executes keeps of its registration (shared, not copied).
     pub fn executor_info(&self) -> ExecutorInfo {
         ExecutorInfo {
+            agent_name: self.agent_name,
             system_info: self.system_info.clone(),
             tools: self.tools.clone(),
         }

@@ -3,8 +3,8 @@
 //! The session job asks its driver for one [`Step`] at a time and hands it the rounds
 //! so far. Drivers never touch sockets; they can be dropped (cancelled) at any await.
 
-use aip_protocol::plan::Plan;
-use aip_protocol::{ActionResult, Command, ResultStatus};
+use aip_protocol::plan::{default_agent_name, Plan};
+use aip_protocol::{ActionResult, Command};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
@@ -21,6 +21,9 @@ pub struct SessionContext<'a> {
     /// Effective platform: `windows` or `linux`.
     pub platform: &'a str,
     pub executor_id: &'a str,
+    /// `agent_name` for steps that name none: the one the executor's registered platform
+    /// has (the reference device looks up its tools by it), else the effective platform's.
+    pub default_agent_name: &'static str,
     pub executor_system_info: Option<&'a Value>,
     /// The executor's advertised tools (`metadata.tools`), if any.
     pub executor_tools: Option<&'a Value>,
@@ -35,6 +38,9 @@ impl<'a> SessionContext<'a> {
             request: &record.request,
             platform: &record.platform,
             executor_id: &record.executor,
+            default_agent_name: executor
+                .agent_name
+                .unwrap_or_else(|| default_agent_name(&record.platform)),
             executor_system_info: executor.system_info.as_deref(),
             executor_tools: executor.tools.as_deref(),
         }
@@ -103,15 +109,6 @@ pub trait DriverFactory: Send + Sync + 'static {
     fn create(&self, ctx: &SessionContext<'_>) -> Option<Box<dyn SessionDriver>>;
 }
 
-/// The platform's default `agent_name`.
-pub fn default_agent_name(platform: &str) -> &'static str {
-    if platform == "windows" {
-        "HostAgent"
-    } else {
-        "LinuxAgent"
-    }
-}
-
 /// Built-in plan driver (server.md §5.2).
 pub struct PlanDriver {
     plan: Result<Plan, String>,
@@ -149,12 +146,13 @@ impl SessionDriver for PlanDriver {
         };
         if plan.stop_on_failure {
             if let Some(last) = rounds.last() {
-                if let Some((i, failed)) = last
+                if let Some((i, why)) = last
                     .action_results
                     .iter()
                     .enumerate()
-                    .find(|(_, r)| r.status == ResultStatus::Failure)
+                    .find_map(|(i, r)| r.failure_text().map(|why| (i, why)))
                 {
+                    let failed = &last.action_results[i];
                     let tool = failed
                         .call_id
                         .as_deref()
@@ -169,10 +167,7 @@ impl SessionDriver for PlanDriver {
                     return Ok(Step::Finish {
                         completed: false,
                         result: Some(rounds_result(rounds)),
-                        error: Some(aip_protocol::errors::command_failed(
-                            tool,
-                            failed.error.as_deref().unwrap_or(""),
-                        )),
+                        error: Some(aip_protocol::errors::command_failed(tool, &why)),
                     });
                 }
             }
@@ -190,7 +185,7 @@ impl SessionDriver for PlanDriver {
                 .agent_name
                 .clone()
                 .or_else(|| plan.agent_name.clone())
-                .unwrap_or_else(|| default_agent_name(ctx.platform).to_owned()),
+                .unwrap_or_else(|| ctx.default_agent_name.to_owned()),
             process_name: step
                 .process_name
                 .clone()
@@ -204,7 +199,7 @@ impl SessionDriver for PlanDriver {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use aip_protocol::ToolType;
+    use aip_protocol::{ResultStatus, ToolType};
 
     use super::*;
 
@@ -215,6 +210,7 @@ mod tests {
             request: "r",
             platform,
             executor_id: "d",
+            default_agent_name: aip_protocol::plan::default_agent_name(platform),
             executor_system_info: None,
             executor_tools: None,
         }
