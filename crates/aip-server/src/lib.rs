@@ -63,7 +63,7 @@ pub async fn run(
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let drivers: Option<Arc<dyn session::driver::DriverFactory>> = match &config.llm {
         Some(llm) => Some(Arc::new(
-            session::agent::LlmDriverFactory::new(llm.clone()).context("configuring the model")?,
+            session::llm::LlmDriverFactory::new(llm.clone()).context("configuring the model")?,
         )),
         None => None,
     };

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::accept::push_task;
 use super::driver::{rounds_result, Round, SessionContext, Step};
 use super::{
-    CancelReason, ClientEnd, Planner, ReportedResults, SessionEvent, SessionHandle, SessionManager,
+    CancelReason, ClientEnd, Driving, ReportedResults, SessionEvent, SessionHandle, SessionManager,
 };
 use crate::config::fmt_secs;
 use crate::registry::ExecutorInfo;
@@ -63,7 +63,7 @@ pub(super) struct SessionJob {
     /// Given when the job is spawned.
     rx: Option<mpsc::Receiver<SessionEvent>>,
     record: SessionRecord,
-    planner: Option<Planner>,
+    driving: Option<Driving>,
     executor_info: ExecutorInfo,
     rounds: Vec<Round>,
     started: Instant,
@@ -74,7 +74,7 @@ impl SessionJob {
         manager: Arc<SessionManager>,
         handle: Arc<SessionHandle>,
         record: SessionRecord,
-        planner: Planner,
+        driving: Driving,
         executor_info: ExecutorInfo,
     ) -> Self {
         Self {
@@ -82,7 +82,7 @@ impl SessionJob {
             handle,
             rx: None,
             record,
-            planner: Some(planner),
+            driving: Some(driving),
             executor_info,
             rounds: Vec::new(),
             started: Instant::now(),
@@ -161,7 +161,7 @@ impl SessionJob {
     }
 
     async fn drive(&mut self) -> Outcome {
-        let delegate = matches!(self.planner, Some(Planner::Delegate));
+        let delegate = matches!(self.driving, Some(Driving::Delegated));
         // Pushed before the job started (HTTP dispatch), or pushed now: a WebSocket task
         // nothing here can plan goes to the device (§3.11). Decided by whether a `task`
         // was pushed, not by the acceptance state: the echo may already have arrived.
@@ -298,8 +298,8 @@ impl SessionJob {
 
     /// The server drives the session with its driver.
     async fn driven(&mut self) -> Outcome {
-        let mut driver = match self.planner.take() {
-            Some(Planner::Driver(d)) => d,
+        let mut driver = match self.driving.take() {
+            Some(Driving::Driver(d)) => d,
             _ => return Outcome::failed(None, text::driver_error("no driver"), None),
         };
         loop {
@@ -428,8 +428,8 @@ impl SessionJob {
         self.manager.unindex(&self.handle);
 
         let h = &self.handle;
-        let requester_is_executor = h.owner.as_deref() == Some(h.executor.as_str())
-            && h.owner_conn == Some(h.executor_conn);
+        let requester_is_executor = h.requester.as_deref() == Some(h.executor.as_str())
+            && h.requester_conn == Some(h.executor_conn);
         let tell = |client: &str, conn| {
             if let Some(e) = self.manager.registry.get_conn(client, conn) {
                 let _ = e.send_text(end_json.clone());
@@ -442,8 +442,8 @@ impl SessionJob {
             }
         } else {
             if notify_requester {
-                if let (Some(owner), Some(conn)) = (&h.owner, h.owner_conn) {
-                    tell(owner, conn);
+                if let (Some(requester), Some(conn)) = (&h.requester, h.requester_conn) {
+                    tell(requester, conn);
                 }
             }
             if notify_executor {

@@ -1,7 +1,7 @@
 //! Opening a session (server.md §4–5.1): the one path behind the HTTP dispatch and the
 //! WebSocket `task`. The transports validate their input in their normative order, then
 //! hand an [`OpenRequest`] to [`SessionManager::open`], which builds the record, picks
-//! the planner, stores and indexes the session, queues its first frame and starts its
+//! the driving, stores and indexes the session, queues its first frame and starts its
 //! job.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use chrono::Utc;
 
 use super::accept::push_task;
 use super::driver::{PlanDriver, SessionContext};
-use super::{CreateError, NewSession, Planner, SessionHandle, SessionManager};
+use super::{CreateError, Driving, NewSession, SessionHandle, SessionManager};
 use crate::config::PlatformMode;
 use crate::registry::{ClientEntry, ExecutorInfo};
 use crate::storage::{Origin, SessionRecord, SessionState};
@@ -43,18 +43,18 @@ impl SessionManager {
     ) -> Result<Arc<SessionHandle>, CreateError> {
         let record = self.record_of(&req);
         let executor_info = req.executor.executor_info();
-        let planner = self.planner(&record, &executor_info, req.commands);
-        let agent_name = match &planner {
-            Planner::Driver(d) => Some(d.agent_name().to_owned()),
-            Planner::Delegate => None,
+        let driving = self.driving(&record, &executor_info, req.commands);
+        let agent_name = match &driving {
+            Driving::Driver(d) => Some(d.agent_name().to_owned()),
+            Driving::Delegated => None,
         };
         let pending = self
             .create(NewSession {
                 record,
                 generated_id: req.generated_id,
-                owner_conn: req.requester.as_ref().map(|r| r.conn.id()),
+                requester_conn: req.requester.as_ref().map(|r| r.conn.id()),
                 executor_conn: req.executor.conn.id(),
-                planner,
+                driving,
                 executor_info,
             })
             .await?;
@@ -101,7 +101,7 @@ impl SessionManager {
             task_name: req.task_name.clone(),
             request: req.request.clone(),
             origin,
-            owner: req.requester.as_ref().map(|r| r.client_id.clone()),
+            requester: req.requester.as_ref().map(|r| r.client_id.clone()),
             executor: req.executor.client_id.clone(),
             platform: self.effective_platform(req.executor.platform.as_deref()),
             state,
@@ -128,24 +128,24 @@ impl SessionManager {
         }
     }
 
-    /// Chooses the planner (server.md §5.1): explicit commands, a JSON plan in the
+    /// Chooses the driving (server.md §5.1): explicit commands, a JSON plan in the
     /// request, the driver factory (the LLM agent), else delegation to the device.
-    fn planner(
+    fn driving(
         &self,
         record: &SessionRecord,
         executor: &ExecutorInfo,
         commands: Option<Vec<Command>>,
-    ) -> Planner {
+    ) -> Driving {
         let ctx = &SessionContext::of(record, executor);
         if let Some(commands) = commands {
-            return Planner::Driver(Box::new(PlanDriver::new(Plan::from_commands(commands))));
+            return Driving::Driver(Box::new(PlanDriver::new(Plan::from_commands(commands))));
         }
         if looks_like_plan(ctx.request) {
-            return Planner::Driver(Box::new(PlanDriver::new(Plan::parse(ctx.request))));
+            return Driving::Driver(Box::new(PlanDriver::new(Plan::parse(ctx.request))));
         }
         if let Some(driver) = self.drivers.as_ref().and_then(|f| f.create(ctx)) {
-            return Planner::Driver(driver);
+            return Driving::Driver(driver);
         }
-        Planner::Delegate
+        Driving::Delegated
     }
 }

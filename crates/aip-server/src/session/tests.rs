@@ -449,7 +449,7 @@ async fn a_live_session_id_and_a_full_house_are_refused() {
     };
     assert!(matches!(
         c2.manager.open(same).await,
-        Err(CreateError::Live { owner: None })
+        Err(CreateError::Live { requester: None })
     ));
     assert_eq!(c2.manager.active(), 1);
 }

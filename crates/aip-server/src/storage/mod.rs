@@ -141,7 +141,7 @@ pub struct SessionRecord {
     pub request: String,
     pub origin: Origin,
     /// Requester's client id; `None` for the HTTP API.
-    pub owner: Option<String>,
+    pub requester: Option<String>,
     /// Device that receives the commands.
     pub executor: String,
     pub platform: String,
@@ -161,7 +161,7 @@ pub struct SessionRecord {
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
     pub state: Option<SessionState>,
-    /// Sessions whose owner or executor is this client.
+    /// Sessions whose requester or executor is this client.
     pub client_id: Option<String>,
     /// At most this many, newest first.
     pub limit: usize,
@@ -183,7 +183,7 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn upsert(&self, record: SessionRecord) -> Result<(), StoreError>;
     /// Stores a record whose `session_id` the server has just generated, so that no stored
     /// record can have it: an [`upsert`](Self::upsert) that need not look for one.
-    async fn insert_new(&self, record: SessionRecord) -> Result<(), StoreError> {
+    async fn insert_generated(&self, record: SessionRecord) -> Result<(), StoreError> {
         self.upsert(record).await
     }
     /// Removes a record (a dispatch that could not be queued); durable when it returns.

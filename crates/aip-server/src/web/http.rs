@@ -205,17 +205,17 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
         Field::Given(n) if is_valid_http_task_name(n) => n.to_string(),
         _ => return Err(ApiError::bad_request(detail::INVALID_TASK_NAME)),
     };
-    // A fresh UUID cannot be in use; only a client-supplied id needs the store lookup.
-    let (session_id, client_supplied) = match &fields.session_id {
-        Field::Absent => (uuid::Uuid::new_v4().to_string(), false),
-        Field::Given(s) if (1..=MAX_ID_LEN).contains(&s.chars().count()) => (s.to_string(), true),
+    // A generated UUID cannot be in use; only a client-supplied id needs the store lookup.
+    let (session_id, generated_id) = match &fields.session_id {
+        Field::Absent => (uuid::Uuid::new_v4().to_string(), true),
+        Field::Given(s) if (1..=MAX_ID_LEN).contains(&s.chars().count()) => (s.to_string(), false),
         _ => return Err(ApiError::bad_request(detail::INVALID_SESSION_ID)),
     };
     let commands = match fields.commands {
         None => None,
         Some(c) => Some(c.map_err(|e| ApiError::bad_request(detail::invalid_commands(&e)))?),
     };
-    if client_supplied
+    if !generated_id
         && (app.sessions.get(&session_id).is_some() || app.store.get(&session_id).await?.is_some())
     {
         return Err(ApiError::new(
@@ -241,7 +241,7 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
         .sessions
         .open(OpenRequest {
             session_id,
-            generated_id: !client_supplied,
+            generated_id,
             task_name,
             request,
             requester: None,
@@ -324,7 +324,7 @@ impl serde::Serialize for SessionView<'_> {
             map.serialize_entry("finished_at", &http_timestamp(f))?;
         }
         map.serialize_entry("origin", r.origin.as_str())?;
-        map.serialize_entry("requester", &r.owner)?;
+        map.serialize_entry("requester", &r.requester)?;
         map.serialize_entry("started_at", &r.started_at.map(http_timestamp))?;
         map.end()
     }
@@ -516,7 +516,7 @@ mod tests {
             task_name: "t\"1".into(),
             request: "open notepad".into(),
             origin: Origin::Http,
-            owner: None,
+            requester: None,
             executor: "dev-1".into(),
             platform: "windows".into(),
             state,

@@ -13,7 +13,7 @@ pub mod error;
 pub mod http;
 pub mod ws;
 
-mod messages;
+mod handlers;
 
 /// The complete application.
 pub fn router(state: Arc<AppState>) -> Router {

@@ -22,7 +22,7 @@ use super::auth::{header_key, key_matches};
 use aip_protocol::errors::http as detail;
 
 use super::error::ApiError;
-use super::messages::ClientConn;
+use super::handlers::ClientConn;
 use crate::conn::{close, ConnHandle, Outgoing};
 use crate::registry::ClientEntry;
 use crate::session::CancelReason;

@@ -1,5 +1,5 @@
 //! What the store keeps in memory: where each live record is in the `live` table
-//! ([`LiveIndex`]), the records of the sessions that ended last ([`Recent`]), and the
+//! ([`Memory`]), the records of the sessions that ended last ([`Recent`]), and the
 //! writer's view of both during a batch ([`LiveView`]). Written only by the writer
 //! thread, after a commit, so a read never sees anything but the committed state.
 
@@ -18,7 +18,7 @@ use crate::IdMap;
 /// sessions that ended last. Written only by the writer thread, after a commit; read by
 /// every read.
 #[derive(Default)]
-pub(super) struct LiveIndex {
+pub(super) struct Memory {
     by_id: IdMap<String, LiveEntry>,
     /// Task name (shared with the entries of `by_id`) → (created_at, rowid) of its live
     /// records; usually one, kept inline.
@@ -89,11 +89,11 @@ pub(super) struct LiveEntry {
     pub(super) created_at: i64,
 }
 
-impl LiveIndex {
-    pub(super) fn load(conn: &Connection, recent_capacity: usize) -> Result<LiveIndex, StoreError> {
-        let mut index = LiveIndex {
+impl Memory {
+    pub(super) fn load(conn: &Connection, recent_capacity: usize) -> Result<Memory, StoreError> {
+        let mut index = Memory {
             recent: Recent::new(recent_capacity),
-            ..LiveIndex::default()
+            ..Memory::default()
         };
         let mut stmt = conn
             .prepare("SELECT id, session_id, task_name, created_at FROM live")
@@ -175,7 +175,7 @@ impl LiveIndex {
     }
 }
 
-/// A change to [`LiveIndex`] made by a write, applied once its transaction committed.
+/// A change to [`Memory`] made by a write, applied once its transaction committed.
 /// (An ended record that was stored is added to the recent records afterwards.)
 pub(super) enum IndexChange {
     /// A live record was stored.
@@ -191,7 +191,7 @@ pub(super) enum IndexChange {
 /// The writer's view of the live rows during a batch: the committed index plus what the
 /// batch's earlier operations changed.
 pub(super) struct LiveView<'a> {
-    committed: &'a parking_lot::Mutex<LiveIndex>,
+    committed: &'a parking_lot::Mutex<Memory>,
     /// Session id → its rowid now (`None`: removed) for ids the batch touched.
     overlay: IdMap<String, Option<i64>>,
     /// The batch emptied the live table.
@@ -199,7 +199,7 @@ pub(super) struct LiveView<'a> {
 }
 
 impl<'a> LiveView<'a> {
-    pub(super) fn new(committed: &'a parking_lot::Mutex<LiveIndex>) -> Self {
+    pub(super) fn new(committed: &'a parking_lot::Mutex<Memory>) -> Self {
         Self {
             committed,
             overlay: IdMap::default(),

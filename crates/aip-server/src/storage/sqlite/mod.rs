@@ -63,11 +63,11 @@ use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{SessionFilter, SessionRecord, SessionStore, StoreError};
-use memory::LiveIndex;
+use memory::Memory;
 use migrate::init_schema;
 use rows::{query_one, raw_row, to_row};
 use sql::COLUMNS;
-use writer::{writer_loop, Job, WriteOp, QUEUE_CAPACITY};
+use writer::{writer_loop, WriteOp, WriteRequest, QUEUE_CAPACITY};
 
 /// File name of the database inside the store directory.
 pub const DB_FILE_NAME: &str = "aip.sqlite3";
@@ -92,10 +92,10 @@ pub struct SqliteStore {
 }
 
 struct Inner {
-    writer: mpsc::Sender<Job>,
+    writer: mpsc::Sender<WriteRequest>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
-    live: Arc<parking_lot::Mutex<LiveIndex>>,
+    live: Arc<parking_lot::Mutex<Memory>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -132,7 +132,7 @@ impl SqliteStore {
             .map_err(db_err)?;
 
         init_schema(&mut writer)?;
-        let live = Arc::new(parking_lot::Mutex::new(LiveIndex::load(
+        let live = Arc::new(parking_lot::Mutex::new(Memory::load(
             &writer,
             recent_capacity,
         )?));
@@ -168,7 +168,7 @@ impl SqliteStore {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(Job { op, reply })
+            .send(WriteRequest { op, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -222,7 +222,7 @@ impl SessionStore for SqliteStore {
         self.write(WriteOp::Upsert(Box::new(row))).await.map(|_| ())
     }
 
-    async fn insert_new(&self, record: SessionRecord) -> Result<(), StoreError> {
+    async fn insert_generated(&self, record: SessionRecord) -> Result<(), StoreError> {
         let row = to_row(record, true)?;
         self.write(WriteOp::Upsert(Box::new(row))).await.map(|_| ())
     }

@@ -16,7 +16,7 @@ pub(super) struct Row {
     pub(super) result: Option<String>,
     /// The session id was generated for this record: no stored record can have it, so
     /// neither table is searched for an older one.
-    pub(super) fresh: bool,
+    pub(super) generated_id: bool,
 }
 
 impl Row {
@@ -26,7 +26,7 @@ impl Row {
     }
 }
 
-pub(super) fn to_row(mut r: SessionRecord, fresh: bool) -> Result<Row, StoreError> {
+pub(super) fn to_row(mut r: SessionRecord, generated_id: bool) -> Result<Row, StoreError> {
     // Times are stored to the microsecond; the record kept in memory says what a read from
     // the file would.
     r.created_at = r.created_at.trunc_subsecs(6);
@@ -39,7 +39,7 @@ pub(super) fn to_row(mut r: SessionRecord, fresh: bool) -> Result<Row, StoreErro
     Ok(Row {
         result,
         record: Arc::new(r),
-        fresh,
+        generated_id,
     })
 }
 
@@ -49,7 +49,7 @@ pub(super) struct RawRow {
     task_name: String,
     request: String,
     origin: String,
-    owner: Option<String>,
+    requester: Option<String>,
     executor: String,
     platform: String,
     state: String,
@@ -68,7 +68,7 @@ pub(super) fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         task_name: row.get(1)?,
         request: row.get(2)?,
         origin: row.get(3)?,
-        owner: row.get(4)?,
+        requester: row.get(4)?,
         executor: row.get(5)?,
         platform: row.get(6)?,
         state: row.get(7)?,
@@ -113,7 +113,7 @@ impl TryFrom<RawRow> for SessionRecord {
             task_name: r.task_name,
             request: r.request,
             origin,
-            owner: r.owner,
+            requester: r.requester,
             executor: r.executor,
             platform: r.platform,
             state,

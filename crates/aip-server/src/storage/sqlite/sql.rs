@@ -1,6 +1,8 @@
 //! The SQL of the store: the schema, the record's columns and every fixed statement.
 //!
-//! The columns are macros so that `concat!` builds each statement at compile time.
+//! The columns are macros so that `concat!` builds each statement at compile time. The
+//! `owner` column holds the record's `requester` (the name predates the glossary; it is
+//! kept for existing databases).
 
 // The record's columns, shared by both tables and every statement (macros, so `concat!`
 // can build the statements at compile time).

@@ -16,7 +16,7 @@ fn rec(id: &str, task: &str, state: SessionState, created: i64) -> SessionRecord
         task_name: task.into(),
         request: format!("request {id}"),
         origin: Origin::Device,
-        owner: Some("owner-1".into()),
+        requester: Some("requester-1".into()),
         executor: "exec-1".into(),
         platform: "linux".into(),
         state,
@@ -50,7 +50,7 @@ async fn upsert_get_round_trip() {
         task_name: "task".into(),
         request: "do it — ünïcode".into(),
         origin: Origin::Constellation,
-        owner: Some("alice".into()),
+        requester: Some("alice".into()),
         executor: "dev".into(),
         platform: "windows".into(),
         state: SessionState::Completed,
@@ -78,7 +78,7 @@ async fn upsert_get_round_trip() {
 
     let sparse = SessionRecord {
         origin: Origin::Http,
-        owner: None,
+        requester: None,
         ..rec("s2", "task", SessionState::Created, 5)
     };
     store.upsert(sparse.clone()).await.unwrap();
@@ -96,7 +96,7 @@ async fn upsert_replaces_and_delete() {
     r.state = SessionState::Completed;
     r.finished_at = Some(t(200));
     r.result = Some(Box::new(json!({"ok": true})));
-    r.owner = None;
+    r.requester = None;
     store.upsert(r.clone()).await.unwrap();
     assert_eq!(*store.get("s").await.unwrap().unwrap(), r);
     assert_eq!(
@@ -128,13 +128,13 @@ async fn list_filters() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
     let mut a = rec("a", "t", SessionState::Running, 1);
-    a.owner = Some("x".into());
+    a.requester = Some("x".into());
     a.executor = "y".into();
     let mut b = rec("b", "t", SessionState::Completed, 2);
-    b.owner = None;
+    b.requester = None;
     b.executor = "x".into();
     let mut c = rec("c", "t", SessionState::Running, 3);
-    c.owner = Some("z".into());
+    c.requester = Some("z".into());
     c.executor = "z".into();
     for r in [a, b, c] {
         store.upsert(r).await.unwrap();
@@ -450,11 +450,11 @@ async fn fresh_records_live_and_end_like_upserted_ones() {
     let store = SqliteStore::open(dir.path()).unwrap();
     // Two live sessions of one task (they share its name in the index), one ended.
     store
-        .insert_new(rec("f1", "shared", SessionState::Created, 1))
+        .insert_generated(rec("f1", "shared", SessionState::Created, 1))
         .await
         .unwrap();
     store
-        .insert_new(rec("f2", "shared", SessionState::Created, 2))
+        .insert_generated(rec("f2", "shared", SessionState::Created, 2))
         .await
         .unwrap();
     put(&store, rec("f1", "shared", SessionState::Running, 1)).await;
@@ -475,15 +475,15 @@ async fn fresh_records_live_and_end_like_upserted_ones() {
         SessionState::Failed
     );
     assert_eq!(count(dir.path(), "live"), 0);
-    // A fresh record that is already ended goes straight to the indexed table.
+    // A generated_id record that is already ended goes straight to the indexed table.
     store
-        .insert_new(rec("f3", "other", SessionState::Cancelled, 3))
+        .insert_generated(rec("f3", "other", SessionState::Cancelled, 3))
         .await
         .unwrap();
     assert_eq!(count(dir.path(), "sessions"), 3);
     // After a restart the live index is rebuilt from the file, names shared again.
     store
-        .insert_new(rec("f4", "shared", SessionState::Created, 4))
+        .insert_generated(rec("f4", "shared", SessionState::Created, 4))
         .await
         .unwrap();
     drop(store);

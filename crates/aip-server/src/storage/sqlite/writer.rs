@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::db_err;
-use super::memory::{IndexChange, LiveEntry, LiveIndex, LiveView};
+use super::memory::{IndexChange, LiveEntry, LiveView, Memory};
 use super::migrate;
 use super::rows::Row;
 use super::sql::{ENDED, INSERT_LIVE_SQL, INTERRUPT_LIVE_SQL, UPDATE_LIVE_SQL, UPSERT_SQL};
@@ -29,17 +29,17 @@ pub(super) enum WriteOp {
     },
 }
 
-pub(super) struct Job {
+pub(super) struct WriteRequest {
     pub(super) op: WriteOp,
     pub(super) reply: oneshot::Sender<Result<u64, StoreError>>,
 }
 
 pub(super) fn writer_loop(
     mut conn: Connection,
-    mut rx: mpsc::Receiver<Job>,
-    live: &parking_lot::Mutex<LiveIndex>,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    live: &parking_lot::Mutex<Memory>,
 ) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -56,7 +56,11 @@ type BatchOutcome = (Vec<Result<u64, StoreError>>, Vec<IndexChange>);
 
 /// Runs every job of `batch` in one transaction, commits, updates the live index, then
 /// answers the waiters.
-fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, live: &parking_lot::Mutex<LiveIndex>) {
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<WriteRequest>,
+    live: &parking_lot::Mutex<Memory>,
+) {
     // Fast path: every operation straight in one transaction. Operations rarely fail; when
     // one does, the batch is rolled back and replayed with a savepoint per operation, so a
     // failing write never undoes the others.
@@ -69,7 +73,7 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, live: &parking_lot::Mu
         Ok((results, changes)) => {
             let mut replies = Vec::with_capacity(batch.len());
             let mut ended = Vec::new();
-            for (Job { op, reply }, result) in batch.drain(..).zip(results) {
+            for (WriteRequest { op, reply }, result) in batch.drain(..).zip(results) {
                 if let (Ok(_), WriteOp::Upsert(row)) = (&result, op) {
                     if !row.live() {
                         ended.push(row.record);
@@ -102,8 +106,8 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, live: &parking_lot::Mu
 /// All operations in one transaction; `None` (rolled back) if any of them fails.
 fn run_plain(
     conn: &mut Connection,
-    batch: &[Job],
-    live: &parking_lot::Mutex<LiveIndex>,
+    batch: &[WriteRequest],
+    live: &parking_lot::Mutex<Memory>,
 ) -> rusqlite::Result<Option<BatchOutcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut view = LiveView::new(live);
@@ -126,8 +130,8 @@ fn run_plain(
 /// Each operation in its own savepoint inside one transaction.
 fn run_isolated(
     conn: &mut Connection,
-    batch: &[Job],
-    live: &parking_lot::Mutex<LiveIndex>,
+    batch: &[WriteRequest],
+    live: &parking_lot::Mutex<Memory>,
 ) -> rusqlite::Result<BatchOutcome> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut view = LiveView::new(live);
@@ -179,7 +183,7 @@ fn upsert(
     changes: &mut Vec<IndexChange>,
 ) -> rusqlite::Result<usize> {
     let rec = &*r.record;
-    let rowid = if r.fresh {
+    let rowid = if r.generated_id {
         None
     } else {
         live.rowid(&rec.session_id)
@@ -190,7 +194,7 @@ fn upsert(
         rec.task_name,
         rec.request,
         rec.origin.as_str(),
-        rec.owner,
+        rec.requester,
         rec.executor,
         rec.platform,
         rec.state.as_str(),
@@ -221,7 +225,7 @@ fn upsert(
         }
         None => {
             // New (an ended record of the same id, if any, is replaced).
-            if !r.fresh {
+            if !r.generated_id {
                 conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
                     .execute([&rec.session_id])?;
             }

@@ -160,26 +160,26 @@ impl ClientConn {
         let Some(request) = msg.request.clone().filter(|r| !r.trim().is_empty()) else {
             return self.refuse(text::EMPTY_REQUEST);
         };
-        let (session_id, client_supplied) = match msg.session_id.as_deref() {
-            None | Some("") => (uuid::Uuid::new_v4().to_string(), false),
+        let (session_id, generated_id) = match msg.session_id.as_deref() {
+            None | Some("") => (uuid::Uuid::new_v4().to_string(), true),
             Some(s) if !is_valid_session_id(s) => return self.refuse(text::INVALID_SESSION_ID),
-            Some(s) => (s.to_owned(), true),
+            Some(s) => (s.to_owned(), false),
         };
         if let Some(live) = self.app.sessions.get(&session_id) {
-            return self.refuse(if live.owner.as_deref() == Some(me.as_str()) {
+            return self.refuse(if live.requester.as_deref() == Some(me.as_str()) {
                 text::session_active(&session_id)
             } else {
                 text::session_owned(&session_id)
             });
         }
-        // A fresh UUID cannot be known; only a client-supplied id needs the store lookup.
-        let known = if client_supplied {
+        // A generated UUID cannot be known; only a client-supplied id needs the store lookup.
+        let known = if !generated_id {
             self.app.store.get(&session_id).await
         } else {
             Ok(None)
         };
         match known {
-            Ok(Some(old)) if old.owner.as_deref() != Some(me.as_str()) => {
+            Ok(Some(old)) if old.requester.as_deref() != Some(me.as_str()) => {
                 return self.refuse(text::session_owned(&session_id))
             }
             Ok(Some(old)) if !old.state.is_terminal() => {
@@ -208,7 +208,7 @@ impl ClientConn {
         };
         let open = OpenRequest {
             session_id,
-            generated_id: !client_supplied,
+            generated_id,
             task_name,
             request,
             requester: Some(Arc::clone(&self.entry)),
@@ -322,7 +322,9 @@ fn open_refusal(e: CreateError, me: &str, session_id: Option<&str>) -> String {
     let sid = session_id.unwrap_or("");
     match e {
         CreateError::TooMany => text::TOO_MANY_SESSIONS.to_owned(),
-        CreateError::Live { owner } if owner.as_deref() == Some(me) => text::session_active(sid),
+        CreateError::Live { requester } if requester.as_deref() == Some(me) => {
+            text::session_active(sid)
+        }
         CreateError::Live { .. } => text::session_owned(sid),
         CreateError::ExecutorGone => text::internal_error(e),
         CreateError::Store(e) => text::internal_error(e),
