@@ -1,11 +1,20 @@
-//! The aip agent server library.
+//! The aip agent server library. Dependencies point one way:
+//! `web` → `session` → {`registry`, `storage`} → `aip_protocol`; only `web` and this
+//! file take the [`AppState`].
 //!
-//! - [`web`]: HTTP API and the `/ws` endpoint (upgrade checks, per-connection reader and
-//!   writer, registration, one handler per AIP message type).
-//! - [`registry`]: who is connected; [`conn`]: the bounded outgoing queue of a socket.
-//! - [`session`]: session manager, per-session jobs and drivers (plan driver built in).
-//! - [`storage`]: durable session records behind a trait; SQLite by default.
-//! - [`config`]: every option of `aip serve`; [`state`]: what handlers share.
+//! - [`web`]: the router, `--local` / API-key guard ([`web::auth`]), HTTP API
+//!   ([`web::http`]), its one error type ([`web::error`]), the `/ws` endpoint
+//!   ([`web::ws`]: upgrade, reader and writer, registration, disconnect) and one handler per
+//!   AIP message type (`web/handlers.rs`). Handlers validate, then call the session layer.
+//! - [`session`]: the [`session::SessionManager`] and the one way to open a session
+//!   (`session/open.rs`), the acceptance transitions (`session/accept.rs`), each session's
+//!   job (`session/job.rs`), the timer of parked sessions (`session/alarm.rs`), drivers
+//!   ([`session::driver`]: the plan driver; [`session::llm`]: the LLM agent driver).
+//! - [`registry`]: who is connected and what a session keeps of its executor;
+//!   [`conn`]: the bounded outgoing queue of a socket.
+//! - [`storage`]: session records, `SessionState`, `EndReason`, the store trait;
+//!   [`storage::sqlite`] the embedded backend.
+//! - [`config`]: every option of `aip serve`; [`state`]: what the web layer shares.
 //! - [`tls`]: HTTPS/WSS on the listener, with the certificate reloaded on SIGHUP.
 //!
 //! [`run`] serves on a listener it is given until the shutdown future resolves.
@@ -32,9 +41,8 @@ pub use config::{PlatformMode, ServerConfig};
 pub use state::AppState;
 
 /// The hasher of every map keyed by session ids, client ids and task names: foldhash,
-/// seeded at random per process (and per map). SipHash, the standard library's default,
-/// was ~8 % of the server's instructions per dispatch (BENCHMARKS.md); foldhash keeps a
-/// random seed, so colliding keys cannot be prepared offline.
+/// seeded at random per process (and per map): cheaper per lookup than SipHash on the
+/// dispatch path, and still seeded, so colliding keys cannot be prepared offline.
 pub(crate) type IdHasher = foldhash::fast::RandomState;
 /// A `HashMap` with [`IdHasher`].
 pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, IdHasher>;
@@ -121,7 +129,7 @@ pub async fn serve(
     let app = web::router(state.clone());
     let graceful_state = state.clone();
     // Small frames go out at once: without TCP_NODELAY, an acknowledgement followed by a
-    // command waits for the peer's delayed ACK (~40 ms per round).
+    // command waits for the peer's delayed ACK.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(cause = %e, "could not set TCP_NODELAY");

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 
 /// A flag set once that tasks can wait for: what a `CancellationToken` would do for a
-/// session's cancellation and end, without the tree node it allocates (two per session,
-/// ~250 bytes of every session waiting for its device).
+/// session's cancellation and end, without the tree node it allocates (paid twice by
+/// every session waiting for its device).
 #[derive(Default)]
 pub(super) struct Flag {
     set: AtomicBool,

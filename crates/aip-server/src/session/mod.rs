@@ -11,7 +11,13 @@
 //! ([`Run::Dormant`]) and one shared timer ([`alarm::Alarms`]) wakes it when its accept
 //! timeout (or session timeout) is due. The first event, cancellation or alarm spawns
 //! the job, which then runs exactly as if it had been spawned at once. A parked session
-//! costs about half the memory of a running one and nothing to schedule.
+//! holds no task and no channel, and costs nothing to schedule.
+//!
+//! The manager owns what jobs need (registry, store, settings, driver factory), so the
+//! layer is built and tested without the web layer (`tests.rs`). Files: `open.rs` (the
+//! one way to open a session), `accept.rs` (acceptance transitions), `job.rs` (a
+//! session's state machine), `alarm.rs` (the timer of parked jobs), `flag.rs`,
+//! [`driver`] (the driver trait, the plan driver) and [`llm`] (the LLM agent driver).
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -148,7 +148,8 @@ pub struct SessionRecord {
     pub state: SessionState,
     pub reason: Option<EndReason>,
     pub error: Option<String>,
-    /// Boxed: most records (every live one) have none, and a `Value` is 80 bytes inline.
+    /// Boxed: most records (every live one) have none, and a `Value` inline would be paid
+    /// by every parked session's record.
     pub result: Option<Box<Value>>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,

@@ -25,8 +25,8 @@
 //!   session ends, the record moves, in one transaction, into `sessions`, which is indexed
 //!   by session id, task name and finish time for the reads of retained results. So the
 //!   commit that must happen before a dispatch is answered appends to one B-tree page
-//!   instead of inserting a random UUID into an index (which dirtied one more random page
-//!   per row and doubled the time of a group commit; see BENCHMARKS.md). The map holds
+//!   instead of inserting a random UUID into an index (one more random page dirtied per
+//!   row). The map holds
 //!   live sessions only (bounded by the active-session limit); it is rebuilt from the
 //!   table at start-up, and is updated after a commit, before its waiters are answered.
 //! * **Recently ended records are also kept in memory** (the last [`RECENT_CAPACITY`],
