@@ -131,7 +131,7 @@ impl ClientConn {
         }
     }
 
-    /// `task` (protocol.md §3.5–3.7).
+    /// `task` (protocol.md §3.5–3.7): validated in the normative order, then opened.
     async fn on_task(&mut self, msg: ClientMessage) {
         let me = self.entry.client_id.clone();
         let executor = match self.entry.role {
@@ -144,18 +144,10 @@ impl ClientConn {
                 }
                 self.entry.clone()
             }
-            ClientType::Constellation => {
-                let Some(target) = msg.target_id.as_deref().filter(|t| !t.is_empty()) else {
-                    return self.refuse(text::CONSTELLATION_NEEDS_TARGET);
-                };
-                let Some(e) = self.app.registry.get(target) else {
-                    return self.refuse(text::target_not_connected(target));
-                };
-                if e.role != ClientType::Device {
-                    return self.refuse(text::TARGET_NOT_DEVICE);
-                }
-                e
-            }
+            ClientType::Constellation => match self.constellation_target(&msg) {
+                Ok(e) => e,
+                Err(refusal) => return self.refuse(refusal),
+            },
         };
         let Some(request) = msg.request.clone().filter(|r| !r.trim().is_empty()) else {
             return self.refuse(text::EMPTY_REQUEST);
@@ -165,51 +157,17 @@ impl ClientConn {
             Some(s) if !is_valid_session_id(s) => return self.refuse(text::INVALID_SESSION_ID),
             Some(s) => (s.to_owned(), false),
         };
-        if let Some(live) = self.app.sessions.get(&session_id) {
-            return self.refuse(if live.requester.as_deref() == Some(me.as_str()) {
-                text::session_active(&session_id)
-            } else {
-                text::session_owned(&session_id)
-            });
+        if let Some(refusal) = self.session_id_refusal(&session_id, generated_id).await {
+            return self.refuse(refusal);
         }
-        // A generated UUID cannot be known; only a client-supplied id needs the store lookup.
-        let known = if !generated_id {
-            self.app.store.get(&session_id).await
-        } else {
-            Ok(None)
-        };
-        match known {
-            Ok(Some(old)) if old.requester.as_deref() != Some(me.as_str()) => {
-                return self.refuse(text::session_owned(&session_id))
-            }
-            Ok(Some(old)) if !old.state.is_terminal() => {
-                return self.refuse(text::session_active(&session_id))
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(client_id = %me, cause = %e, "session lookup failed");
-                return self.refuse(text::internal_error(e));
-            }
-        }
-        let task_name = sanitize_task_name(msg.task_name.as_deref());
-        let commands = match msg
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("commands"))
-            .filter(|v| !v.is_null())
-        {
-            None => None,
-            Some(v) => match parse_commands(v) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    return self.refuse(text::invalid_message(&format!("metadata.commands: {e}")))
-                }
-            },
+        let commands = match metadata_commands(&msg) {
+            Ok(c) => c,
+            Err(refusal) => return self.refuse(refusal),
         };
         let open = OpenRequest {
             session_id,
             generated_id,
-            task_name,
+            task_name: sanitize_task_name(msg.task_name.as_deref()),
             request,
             requester: Some(Arc::clone(&self.entry)),
             executor,
@@ -220,6 +178,48 @@ impl ClientConn {
                 tracing::info!(session_id = %h.session_id, client_id = %me, executor = %h.executor, "task accepted");
             }
             Err(e) => self.refuse(open_refusal(e, &me, msg.session_id.as_deref())),
+        }
+    }
+
+    /// The device a constellation's `task` targets, or the refusal.
+    fn constellation_target(&self, msg: &ClientMessage) -> Result<Arc<ClientEntry>, String> {
+        let Some(target) = msg.target_id.as_deref().filter(|t| !t.is_empty()) else {
+            return Err(text::CONSTELLATION_NEEDS_TARGET.to_owned());
+        };
+        let Some(e) = self.app.registry.get(target) else {
+            return Err(text::target_not_connected(target));
+        };
+        if e.role != ClientType::Device {
+            return Err(text::TARGET_NOT_DEVICE.to_owned());
+        }
+        Ok(e)
+    }
+
+    /// Why this client may not use `session_id`: live, or stored and someone else's or not
+    /// ended. `None`: it may.
+    async fn session_id_refusal(&self, session_id: &str, generated_id: bool) -> Option<String> {
+        let me = self.entry.client_id.as_str();
+        if let Some(live) = self.app.sessions.get(session_id) {
+            return Some(if live.requester.as_deref() == Some(me) {
+                text::session_active(session_id)
+            } else {
+                text::session_owned(session_id)
+            });
+        }
+        // A generated UUID cannot be known; only a client-supplied id needs the store lookup.
+        if generated_id {
+            return None;
+        }
+        match self.app.store.get(session_id).await {
+            Ok(Some(old)) if old.requester.as_deref() != Some(me) => {
+                Some(text::session_owned(session_id))
+            }
+            Ok(Some(old)) if !old.state.is_terminal() => Some(text::session_active(session_id)),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(client_id = %me, cause = %e, "session lookup failed");
+                Some(text::internal_error(e))
+            }
         }
     }
 
@@ -313,6 +313,21 @@ impl ClientConn {
             .and_then(|d| d.system_info.as_deref().cloned())
             .unwrap_or_else(|| json!({"error": text::device_info_unknown(target)}));
         self.reply(ServerMessage::device_info_response(msg.request_id, info));
+    }
+}
+
+/// `metadata.commands` of a `task`, if given, or the refusal.
+fn metadata_commands(msg: &ClientMessage) -> Result<Option<Vec<aip_protocol::Command>>, String> {
+    match msg
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("commands"))
+        .filter(|v| !v.is_null())
+    {
+        None => Ok(None),
+        Some(v) => parse_commands(v)
+            .map(Some)
+            .map_err(|e| text::invalid_message(&format!("metadata.commands: {e}"))),
     }
 }
 

@@ -191,32 +191,10 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
             detail::BODY_NOT_OBJECT,
         ));
     };
-    let request = match &fields.request {
-        Field::Given(r) if !r.trim().is_empty() => r.to_string(),
-        _ => return Err(ApiError::bad_request(detail::EMPTY_TASK)),
-    };
-    let target = match (fields.target_id.non_empty(), fields.client_id.non_empty()) {
-        (None, None) => return Err(ApiError::bad_request(detail::EMPTY_CLIENT_ID)),
-        (Some(a), Some(b)) if a != b => return Err(ApiError::bad_request(detail::TARGETS_DIFFER)),
-        (Some(a), _) | (None, Some(a)) => a.to_owned(),
-    };
-    let task_name = match &fields.task_name {
-        Field::Absent => uuid::Uuid::new_v4().to_string(),
-        Field::Given(n) if is_valid_http_task_name(n) => n.to_string(),
-        _ => return Err(ApiError::bad_request(detail::INVALID_TASK_NAME)),
-    };
-    // A generated UUID cannot be in use; only a client-supplied id needs the store lookup.
-    let (session_id, generated_id) = match &fields.session_id {
-        Field::Absent => (uuid::Uuid::new_v4().to_string(), true),
-        Field::Given(s) if (1..=MAX_ID_LEN).contains(&s.chars().count()) => (s.to_string(), false),
-        _ => return Err(ApiError::bad_request(detail::INVALID_SESSION_ID)),
-    };
-    let commands = match fields.commands {
-        None => None,
-        Some(c) => Some(c.map_err(|e| ApiError::bad_request(detail::invalid_commands(&e)))?),
-    };
-    if !generated_id
-        && (app.sessions.get(&session_id).is_some() || app.store.get(&session_id).await?.is_some())
+    let valid = fields.validate()?;
+    if !valid.generated_id
+        && (app.sessions.get(&valid.session_id).is_some()
+            || app.store.get(&valid.session_id).await?.is_some())
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -225,7 +203,7 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
     }
     let device = app
         .registry
-        .get(&target)
+        .get(&valid.target)
         .ok_or_else(|| ApiError::not_found(detail::CLIENT_NOT_ONLINE))?;
     if device.role != aip_protocol::ClientType::Device {
         return Err(ApiError::bad_request(detail::TARGET_NOT_DEVICE));
@@ -236,17 +214,16 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
             detail::SHUTTING_DOWN,
         ));
     }
-
     let handle = app
         .sessions
         .open(OpenRequest {
-            session_id,
-            generated_id,
-            task_name,
-            request,
+            session_id: valid.session_id,
+            generated_id: valid.generated_id,
+            task_name: valid.task_name,
+            request: valid.request,
             requester: None,
             executor: Arc::clone(&device),
-            commands,
+            commands: valid.commands,
         })
         .await?;
     tracing::info!(session_id = %handle.session_id, client_id = %device.client_id, "task dispatched over HTTP");
@@ -264,6 +241,58 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
         answer.to_json(),
     )
         .into_response())
+}
+
+impl DispatchFields<'_> {
+    /// The checks that need nothing but the body, in the normative order.
+    fn validate(self) -> Result<ValidDispatch, ApiError> {
+        let request = match &self.request {
+            Field::Given(r) if !r.trim().is_empty() => r.to_string(),
+            _ => return Err(ApiError::bad_request(detail::EMPTY_TASK)),
+        };
+        let target = match (self.target_id.non_empty(), self.client_id.non_empty()) {
+            (None, None) => return Err(ApiError::bad_request(detail::EMPTY_CLIENT_ID)),
+            (Some(a), Some(b)) if a != b => {
+                return Err(ApiError::bad_request(detail::TARGETS_DIFFER))
+            }
+            (Some(a), _) | (None, Some(a)) => a.to_owned(),
+        };
+        let task_name = match &self.task_name {
+            Field::Absent => uuid::Uuid::new_v4().to_string(),
+            Field::Given(n) if is_valid_http_task_name(n) => n.to_string(),
+            _ => return Err(ApiError::bad_request(detail::INVALID_TASK_NAME)),
+        };
+        // A generated UUID cannot be in use; only a client-supplied id needs the store lookup.
+        let (session_id, generated_id) = match &self.session_id {
+            Field::Absent => (uuid::Uuid::new_v4().to_string(), true),
+            Field::Given(s) if (1..=MAX_ID_LEN).contains(&s.chars().count()) => {
+                (s.to_string(), false)
+            }
+            _ => return Err(ApiError::bad_request(detail::INVALID_SESSION_ID)),
+        };
+        let commands = match self.commands {
+            None => None,
+            Some(c) => Some(c.map_err(|e| ApiError::bad_request(detail::invalid_commands(&e)))?),
+        };
+        Ok(ValidDispatch {
+            target,
+            session_id,
+            generated_id,
+            task_name,
+            request,
+            commands,
+        })
+    }
+}
+
+/// A dispatch body that passed the checks of [`DispatchFields::validate`].
+struct ValidDispatch {
+    target: String,
+    session_id: String,
+    generated_id: bool,
+    task_name: String,
+    request: String,
+    commands: Option<Vec<aip_protocol::Command>>,
 }
 
 /// The answer to a dispatch (http-api.md §3), keys in this order.
