@@ -8,16 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::SessionManager;
-
 /// Most sessions woken before the timer task yields.
 const WAKE_SLICE: usize = 256;
+
+/// Wakes the parked session with this id; false once there is nobody left to wake (the
+/// timer then stops).
+pub(super) type Waker = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Identifies one alarm: when, and a sequence number for alarms due at the same instant.
 pub(super) type AlarmKey = (Instant, u64);
@@ -34,14 +36,15 @@ pub(super) struct Alarms {
 
 impl Alarms {
     /// Wakes `session_id` at `at` unless cancelled first.
+    /// The first alarm starts the timer task, which wakes sessions with `waker()`.
     pub(super) fn set(
         self: &Arc<Self>,
-        manager: &Arc<SessionManager>,
+        waker: impl FnOnce() -> Waker,
         at: Instant,
         session_id: &Arc<str>,
     ) -> AlarmKey {
         self.timer.get_or_init(|| {
-            tokio::spawn(timer(Arc::clone(self), Arc::downgrade(manager)));
+            tokio::spawn(timer(Arc::clone(self), waker()));
         });
         let key = (at, self.seq.fetch_add(1, Ordering::Relaxed));
         let first = {
@@ -78,7 +81,7 @@ impl Alarms {
     }
 }
 
-async fn timer(alarms: Arc<Alarms>, manager: Weak<SessionManager>) {
+async fn timer(alarms: Arc<Alarms>, wake: Waker) {
     loop {
         match alarms.next() {
             None => alarms.earlier.notified().await,
@@ -92,15 +95,11 @@ async fn timer(alarms: Arc<Alarms>, manager: Weak<SessionManager>) {
                 // In slices, yielding in between: thousands of sessions may fall due at once
                 // (a burst of dispatches nobody accepts) and each wake spawns a job.
                 let due = alarms.take_due(Instant::now(), WAKE_SLICE);
-                let Some(manager) = manager.upgrade() else {
-                    return;
-                };
                 for session_id in due {
-                    if let Some(h) = manager.get(&session_id) {
-                        h.wake();
+                    if !wake(&session_id) {
+                        return;
                     }
                 }
-                drop(manager);
                 tokio::task::yield_now().await;
             }
         }

@@ -434,9 +434,10 @@ impl PendingSession {
         let rx = match std::mem::replace(&mut *run, Run::Running) {
             Run::Unstarted(Some(rx)) => rx,
             Run::Unstarted(None) if handle.acceptance() == Acceptance::Awaiting => {
-                let alarm = manager
-                    .alarms
-                    .set(&manager, job.wake_at(), &handle.session_id);
+                let alarm =
+                    manager
+                        .alarms
+                        .set(|| manager.waker(), job.wake_at(), &handle.session_id);
                 *run = Run::Dormant {
                     job: Box::new(job),
                     alarm,
@@ -471,6 +472,20 @@ impl PendingSession {
 }
 
 impl SessionManager {
+    /// What the alarm timer wakes parked sessions with; it holds the manager weakly.
+    fn waker(self: &Arc<Self>) -> alarm::Waker {
+        let manager = Arc::downgrade(self);
+        Box::new(move |session_id| {
+            let Some(manager) = manager.upgrade() else {
+                return false;
+            };
+            if let Some(h) = manager.get(session_id) {
+                h.wake();
+            }
+            true
+        })
+    }
+
     /// Removes a session from its requester's and executor's session sets.
     fn unindex(&self, h: &SessionHandle) {
         if let Some(requester) = &h.requester {

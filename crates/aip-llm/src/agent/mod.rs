@@ -1,7 +1,9 @@
-use std::collections::HashSet;
+//! The agent loop: one conversation with the model per task, step by step ([`calls`]:
+//! reading a step's tool calls and matching their results).
+
 use std::sync::Arc;
 
-use aip_protocol::{ActionResult, Command, ResultStatus, ToolType};
+use aip_protocol::{ActionResult, Command, ToolType};
 use async_openai::types::chat::{
     ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
@@ -14,9 +16,12 @@ use async_openai::types::chat::{
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+mod calls;
+
 use crate::client::{LlmClient, WireMessage, WireUsage};
 use crate::tools::{finish_schema, wire_schema, NameTable, ToolSpec, FINISH_TOOL};
 use crate::{LlmConfig, LlmError};
+use calls::{match_results, observation, parse_calls, parse_finish, truncate, Pending, RawCall};
 
 /// Told to the model when it answered with text only.
 const NUDGE: &str =
@@ -79,13 +84,6 @@ pub enum Decision {
     /// The task is over: the model called `finish`, or the step limit was reached
     /// (`completed: false`, `Stopped after N steps without finishing`).
     Finish { completed: bool, answer: String },
-}
-
-/// A call of the last step: either handed to the caller or answered by the loop itself.
-#[derive(Debug)]
-enum Pending {
-    Run(ToolCall),
-    Rejected { id: String, error: String },
 }
 
 /// The conversation of one task with the model. Not tied to any transport: the caller runs
@@ -387,65 +385,6 @@ impl AgentLoop {
     }
 }
 
-/// A failure result for call `id`.
-fn failure(id: &str, error: String) -> ActionResult {
-    ActionResult {
-        status: ResultStatus::Failure,
-        error: Some(error),
-        result: None,
-        namespace: None,
-        call_id: Some(id.to_owned()),
-    }
-}
-
-/// The result of every call of a step, in call order: a rejected call its rejection; a
-/// call that ran the result with its `call_id`, else the result at its position among
-/// the calls that ran (unless that one names another call), else a failure saying no
-/// result was reported. No result answers two calls.
-fn match_results(pending: &[Pending], results: &[ActionResult]) -> Vec<(String, ActionResult)> {
-    let run_ids: HashSet<&str> = pending
-        .iter()
-        .filter_map(|p| match p {
-            Pending::Run(c) => Some(c.id.as_str()),
-            Pending::Rejected { .. } => None,
-        })
-        .collect();
-    let mut used = vec![false; results.len()];
-    let mut position = 0usize;
-    let mut matched = Vec::with_capacity(pending.len());
-    for p in pending {
-        let call = match p {
-            Pending::Rejected { id, error } => {
-                matched.push((id.clone(), failure(id, error.clone())));
-                continue;
-            }
-            Pending::Run(call) => call,
-        };
-        let k = position;
-        position += 1;
-        let by_id = results
-            .iter()
-            .enumerate()
-            .position(|(i, r)| !used[i] && r.call_id.as_deref() == Some(call.id.as_str()));
-        let by_position = (k < results.len()
-            && !used[k]
-            && results[k]
-                .call_id
-                .as_deref()
-                .is_none_or(|cid| !run_ids.contains(cid)))
-        .then_some(k);
-        let result = match by_id.or(by_position) {
-            Some(i) => {
-                used[i] = true;
-                results[i].clone()
-            }
-            None => failure(&call.id, "No result was reported for this call".into()),
-        };
-        matched.push((call.id.clone(), result));
-    }
-    matched
-}
-
 fn function_tool(
     name: &str,
     description: Option<String>,
@@ -497,144 +436,6 @@ fn assistant_message(text: Option<String>, calls: &[RawCall]) -> ChatCompletionR
     })
 }
 
-/// A tool call as the model sent it.
-#[derive(Debug)]
-struct RawCall {
-    id: String,
-    wire_name: String,
-    raw_arguments: String,
-    arguments: Result<Map<String, Value>, String>,
-}
-
-impl RawCall {
-    fn display_name(&self, names: &NameTable) -> String {
-        names
-            .original(&self.wire_name)
-            .unwrap_or(&self.wire_name)
-            .to_string()
-    }
-
-    fn transcript(&self, names: &NameTable) -> Value {
-        json!({
-            "id": self.id,
-            "name": self.display_name(names),
-            "arguments": match &self.arguments {
-                Ok(map) => Value::Object(map.clone()),
-                Err(_) => Value::String(self.raw_arguments.clone()),
-            },
-        })
-    }
-}
-
-/// Reads `tool_calls` leniently: missing ids are generated, repeated ids made unique, an
-/// arguments object (instead of a JSON string) accepted, an empty string read as `{}`.
-fn parse_calls(raw: &[Value], step: u32) -> Vec<RawCall> {
-    let mut seen = HashSet::new();
-    raw.iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let mut id = v
-                .get("id")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("call_{step}_{i}"));
-            if !seen.insert(id.clone()) {
-                id = format!("{id}_{i}");
-                seen.insert(id.clone());
-            }
-            let kind = v.get("type").and_then(Value::as_str).unwrap_or("function");
-            let function = v.get("function");
-            let wire_name = function
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let raw_args = function.and_then(|f| f.get("arguments"));
-            let (raw_arguments, arguments) = match raw_args {
-                _ if kind != "function" => (
-                    String::new(),
-                    Err(format!("unsupported tool call type '{kind}'")),
-                ),
-                Some(Value::String(s)) if s.trim().is_empty() => ("{}".into(), Ok(Map::new())),
-                Some(Value::String(s)) => (
-                    s.clone(),
-                    match serde_json::from_str::<Value>(s) {
-                        Ok(Value::Object(m)) => Ok(m),
-                        Ok(_) => Err(format!(
-                            "arguments must be a JSON object, got: {}",
-                            truncate(s, 200)
-                        )),
-                        Err(e) => Err(format!(
-                            "arguments are not valid JSON ({e}): {}",
-                            truncate(s, 200)
-                        )),
-                    },
-                ),
-                Some(Value::Object(m)) => (Value::Object(m.clone()).to_string(), Ok(m.clone())),
-                None | Some(Value::Null) => ("{}".into(), Ok(Map::new())),
-                Some(other) => (
-                    other.to_string(),
-                    Err(format!("arguments must be a JSON object, got: {other}")),
-                ),
-            };
-            RawCall {
-                id,
-                wire_name,
-                raw_arguments,
-                arguments,
-            }
-        })
-        .collect()
-}
-
-fn parse_finish(call: &RawCall) -> Result<(bool, String), String> {
-    let args = call
-        .arguments
-        .as_ref()
-        .map_err(|e| format!("Invalid arguments for tool 'finish': {e}"))?;
-    let completed = match args.get("status").and_then(Value::as_str).map(str::trim) {
-        Some("completed") => true,
-        Some("failed") => false,
-        other => {
-            return Err(format!(
-                "Invalid arguments for tool 'finish': status must be \"completed\" or \"failed\", got {}",
-                other.map_or("nothing".to_string(), |s| format!("\"{s}\""))
-            ))
-        }
-    };
-    let answer = match args.get("answer") {
-        Some(Value::String(s)) => s.clone(),
-        None | Some(Value::Null) => String::new(),
-        Some(other) => other.to_string(),
-    };
-    Ok((completed, answer))
-}
-
-/// The text the model sees for one result: `{"status", "error"?, "result"?}` as compact JSON.
-fn observation(result: &ActionResult) -> String {
-    let mut obj = Map::new();
-    obj.insert("status".into(), json!(result.status));
-    if let Some(e) = &result.error {
-        obj.insert("error".into(), json!(e));
-    }
-    if let Some(r) = &result.result {
-        obj.insert("result".into(), r.clone());
-    }
-    Value::Object(obj).to_string()
-}
-
-/// Keeps the first `max` characters and appends `…[truncated N chars]`.
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => {
-            let dropped = text[cut..].chars().count();
-            format!("{}…[truncated {dropped} chars]", &text[..cut])
-        }
-        None => text.to_string(),
-    }
-}
-
 fn shell(platform: &str) -> (&'static str, &'static str) {
     match platform.trim().to_ascii_lowercase().as_str() {
         "windows" | "win32" | "win" => ("Windows", "PowerShell"),
@@ -667,6 +468,8 @@ fn system_prompt(ctx: &LoopContext) -> String {
 
 #[cfg(test)]
 mod tests {
+    use aip_protocol::ResultStatus;
+
     use super::*;
 
     #[test]
