@@ -30,6 +30,23 @@ pub mod tls;
 pub mod web;
 
 pub use config::{PlatformMode, ServerConfig};
+
+/// What this build is: version, git commit, target and profile (set by `build.rs`).
+pub mod build {
+    /// The crate version.
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// Short git commit of the checkout it was built from, or `unknown`.
+    pub const COMMIT: &str = env!("AIP_GIT_COMMIT");
+    /// Target triple.
+    pub const TARGET: &str = env!("AIP_BUILD_TARGET");
+    /// `release` or `debug`.
+    pub const PROFILE: &str = env!("AIP_BUILD_PROFILE");
+
+    /// `0.1.0 (commit 1a2b3c4d5e6f, x86_64-unknown-linux-gnu, release)`.
+    pub fn long_version() -> String {
+        format!("{VERSION} (commit {COMMIT}, {TARGET}, {PROFILE})")
+    }
+}
 pub use state::AppState;
 
 /// The hasher of every map keyed by session ids, client ids and task names: foldhash,
