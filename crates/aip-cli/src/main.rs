@@ -8,12 +8,17 @@ use clap::{Parser, Subcommand};
 mod client;
 mod common;
 mod device;
+mod logfmt;
 mod serve;
+
+static LONG_VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(aip_server::build::long_version);
 
 #[derive(Parser)]
 #[command(
     name = "aip",
     version,
+    long_version = LONG_VERSION.as_str(),
     about = "aip: an AIP agent server and its tools"
 )]
 struct Cli {

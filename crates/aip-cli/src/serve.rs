@@ -1,6 +1,5 @@
 //! `aip serve`: the agent server.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use aip_server::{PlatformMode, ServerConfig};
@@ -54,13 +53,13 @@ pub struct ServeArgs {
     #[arg(long, env = "AIP_DATA_DIR", default_value_os_t = defaults().data_dir)]
     data_dir: PathBuf,
     /// Most WebSocket connections; more are refused with 503.
-    #[arg(long, env = "AIP_MAX_CONNECTIONS", default_value_t = defaults().max_connections)]
+    #[arg(long, env = "AIP_MAX_CONNECTIONS", default_value_t = defaults().max_connections, value_parser = at_least_one)]
     max_connections: usize,
     /// Largest WebSocket message and HTTP body, in bytes.
-    #[arg(long, env = "AIP_MAX_MESSAGE_SIZE", default_value_t = defaults().max_message_size)]
+    #[arg(long, env = "AIP_MAX_MESSAGE_SIZE", default_value_t = defaults().max_message_size, value_parser = message_size)]
     max_message_size: usize,
     /// Most sessions in created/running state.
-    #[arg(long, env = "AIP_MAX_ACTIVE_SESSIONS", default_value_t = defaults().max_active_sessions)]
+    #[arg(long, env = "AIP_MAX_ACTIVE_SESSIONS", default_value_t = defaults().max_active_sessions, value_parser = at_least_one)]
     max_active_sessions: usize,
     /// Seconds allowed for the first (register) frame.
     #[arg(long, env = "AIP_REGISTRATION_TIMEOUT", default_value_t = Secs(defaults().registration_timeout), value_parser = positive_secs_arg)]
@@ -84,7 +83,7 @@ pub struct ServeArgs {
     #[arg(long, env = "AIP_RETENTION", default_value_t = Span(defaults().retention), value_parser = span_arg)]
     retention: Span,
     /// Most ended sessions kept; the oldest-finished go first.
-    #[arg(long, env = "AIP_MAX_RESULTS", default_value_t = defaults().max_results)]
+    #[arg(long, env = "AIP_MAX_RESULTS", default_value_t = defaults().max_results, value_parser = clap::value_parser!(u64).range(1..))]
     max_results: u64,
     /// Certificate chain (PEM) for HTTPS and WSS on the same port; needs --tls-key.
     /// Reloaded on SIGHUP without dropping connections.
@@ -134,23 +133,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = bind(&args.host, args.port)
         .await
         .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
-    let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(
-        address = %addr,
-        tls = config.tls.is_some(),
-        auth = config.api_key.is_some(),
-        local_only = config.local_only,
-        platform = ?config.platform,
-        driver = %match &config.llm {
-            Some(l) => format!("plan; LLM agent {} at {}", l.model, l.base_url),
-            None => "plan; natural language is delegated to the device".to_owned(),
-        },
-        data_dir = %config.data_dir.display(),
-        "aip server listening"
-    );
-    if config.api_key.is_none() && !addr.ip().is_loopback() {
-        tracing::warn!("authentication is off on a non-loopback address: anyone on the network can dispatch commands to devices (set --api-key)");
-    }
     aip_server::run(listener, config, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -176,6 +158,25 @@ async fn bind(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener>
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("the host name resolved to no address")))
+}
+
+/// A count that must be at least 1 (0 would refuse everything).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The largest message: at least 64 KiB, or no registration with its metadata would fit.
+fn message_size(s: &str) -> Result<usize, String> {
+    const MIN: usize = 64 * 1024;
+    match s.parse::<usize>() {
+        Ok(n) if n < MIN => Err(format!("must be at least {MIN} bytes")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]

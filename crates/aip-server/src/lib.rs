@@ -15,7 +15,8 @@
 //! - [`storage`]: session records, `SessionState`, `EndReason`, the store trait;
 //!   [`storage::sqlite`] the embedded backend.
 //! - [`config`]: every option of `aip serve`; [`state`]: what the web layer shares.
-//! - [`tls`]: HTTPS/WSS on the listener, with the certificate reloaded on SIGHUP.
+//! - [`tls`]: HTTPS/WSS on the listener, with the certificate reloaded on SIGHUP;
+//!   [`build`]: what this binary is (version, commit, target, profile).
 //!
 //! [`run`] serves on a listener it is given until the shutdown future resolves.
 
@@ -38,6 +39,23 @@ pub mod tls;
 pub mod web;
 
 pub use config::{PlatformMode, ServerConfig};
+
+/// What this build is: version, git commit, target and profile (set by `build.rs`).
+pub mod build {
+    /// The crate version.
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// Short git commit of the checkout it was built from, or `unknown`.
+    pub const COMMIT: &str = env!("AIP_GIT_COMMIT");
+    /// Target triple.
+    pub const TARGET: &str = env!("AIP_BUILD_TARGET");
+    /// `release` or `debug`.
+    pub const PROFILE: &str = env!("AIP_BUILD_PROFILE");
+
+    /// `0.1.0 (commit 1a2b3c4d5e6f, x86_64-unknown-linux-gnu, release)`.
+    pub fn long_version() -> String {
+        format!("{VERSION} (commit {COMMIT}, {TARGET}, {PROFILE})")
+    }
+}
 pub use state::AppState;
 
 /// The hasher of every map keyed by session ids, client ids and task names: foldhash,
@@ -53,6 +71,7 @@ pub(crate) type IdDashMap<K, V> = dashmap::DashMap<K, V, IdHasher>;
 
 use session::CancelReason;
 use storage::sqlite::SqliteStore;
+use storage::SessionStore;
 
 /// Opens the embedded store under `config.data_dir` and serves until `shutdown`.
 pub async fn run(
@@ -65,6 +84,7 @@ pub async fn run(
         Some(paths) => Some(tls::TlsFiles::load(paths.clone())?),
         None => None,
     };
+    let _lock = storage::lock::DataDirLock::acquire(&config.data_dir)?;
     let dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
         .await?
@@ -75,6 +95,18 @@ pub async fn run(
         )),
         None => None,
     };
+    // A store that opens but cannot be written (a read-only file) fails here, by name.
+    let interrupted = store
+        .mark_interrupted(chrono::Utc::now())
+        .await
+        .with_context(|| format!("writing the store in {}", config.data_dir.display()))?;
+    if interrupted > 0 {
+        tracing::warn!(
+            sessions = interrupted,
+            "sessions live at the last stop are now failed (server_restarted)"
+        );
+    }
+    log_listening(&listener, &config);
     let state = AppState::new(config, Arc::new(store), drivers);
     match tls {
         Some(files) => serve_tls(listener, state, files, shutdown).await,
@@ -106,16 +138,31 @@ pub async fn serve_tls(
     result
 }
 
-/// What runs before the first connection: sessions interrupted by the last stop are
-/// failed, and the purge of expired results starts.
-async fn start(state: &Arc<AppState>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let interrupted = state.store.mark_interrupted(chrono::Utc::now()).await?;
-    if interrupted > 0 {
-        tracing::warn!(
-            sessions = interrupted,
-            "sessions live at the last stop are now failed (server_restarted)"
-        );
+/// The start-up line, once everything is open (server.md §9).
+fn log_listening(listener: &TcpListener, config: &ServerConfig) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    tracing::info!(
+        address = %addr,
+        tls = config.tls.is_some(),
+        auth = config.api_key.is_some(),
+        local_only = config.local_only,
+        platform = ?config.platform,
+        driver = %match &config.llm {
+            Some(l) => format!("plan; LLM agent {} at {}", l.model, l.base_url),
+            None => "plan; natural language is delegated to the device".to_owned(),
+        },
+        data_dir = %config.data_dir.display(),
+        "aip server listening"
+    );
+    if config.api_key.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!("authentication is off on a non-loopback address: anyone on the network can dispatch commands to devices (set --api-key)");
     }
+}
+
+/// What runs before the first connection: the purge of expired results.
+async fn start(state: &Arc<AppState>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     Ok(tokio::spawn(purge_loop(state.clone())))
 }
 
