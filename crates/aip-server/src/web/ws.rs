@@ -151,34 +151,15 @@ async fn register(
     conn: &ConnHandle,
     stream: &mut SplitStream<WebSocket>,
 ) -> Result<Arc<ClientEntry>, Option<u16>> {
-    let deadline = Instant::now() + app.config.registration_timeout;
     let refuse = |error: String| {
         tracing::warn!(reason = %error, "registration refused");
         let _ = conn.send(&ServerMessage::error(error));
         Err(Some(close::POLICY))
     };
-    let text = loop {
-        let frame = tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
-                return refuse(text::REGISTRATION_TIMED_OUT.to_owned());
-            }
-            _ = app.shutdown.cancelled() => return Err(Some(close::GOING_AWAY)),
-            frame = stream.next() => frame,
-        };
-        match frame {
-            None => return Err(None),
-            Some(Err(e)) if is_too_big(&e) => return Err(Some(close::TOO_BIG)),
-            Some(Err(_)) => return Err(None),
-            Some(Ok(Message::Text(t))) => {
-                conn.touch();
-                break t;
-            }
-            Some(Ok(Message::Binary(_))) => {
-                return refuse(text::invalid_registration("binary frame"));
-            }
-            Some(Ok(Message::Close(_))) => return Err(None),
-            Some(Ok(_)) => conn.touch(),
-        }
+    let text = match first_frame(app, conn, stream).await {
+        FirstFrame::Text(t) => t,
+        FirstFrame::Refused(error) => return refuse(error),
+        FirstFrame::Ended(code) => return Err(code),
     };
     let msg = match parse_client_message(text.as_str()) {
         Ok(m) => m,
@@ -203,30 +184,18 @@ async fn register(
             return refuse(text::target_not_connected(target));
         }
     }
-    let metadata = msg.metadata;
-    let mut attempt = 0;
-    let entry = loop {
-        let entry = ClientEntry::new(
+    let new = || {
+        ClientEntry::new(
             client_id.clone(),
             role,
             conn.clone(),
-            metadata.clone(),
+            msg.metadata.clone(),
             scope.clone(),
-        );
-        match app.registry.try_insert(entry) {
-            Ok(e) => break e,
-            Err(existing) if attempt == 0 => {
-                attempt += 1;
-                if probe_alive(app, &existing).await {
-                    tracing::warn!(client_id = %client_id, "duplicate registration refused; the live connection stays");
-                    return refuse(text::duplicate_client(&client_id));
-                }
-                tracing::warn!(client_id = %client_id, "previous connection is dead; replacing it");
-                disconnect(app, &client_id, existing.conn.id());
-                existing.conn.kill(close::GOING_AWAY);
-            }
-            Err(_) => return refuse(text::duplicate_client(&client_id)),
-        }
+        )
+    };
+    let entry = match insert(app, &client_id, new).await {
+        Ok(entry) => entry,
+        Err(refusal) => return refuse(refusal),
     };
     let ack =
         ServerMessage::registration_ack(ServerInfo::aip_ack_result(env!("CARGO_PKG_VERSION")));
@@ -236,6 +205,74 @@ async fn register(
     }
     tracing::info!(client_id = %client_id, role = role.as_str(), platform = entry.platform.as_deref().unwrap_or(""), "client registered");
     Ok(entry)
+}
+
+/// The first text frame of a connection, or how registration ended before it.
+enum FirstFrame {
+    Text(axum::extract::ws::Utf8Bytes),
+    /// Refused with this `error` text (then closed with 1008).
+    Refused(String),
+    /// Closed with this code (`None`: the peer is gone).
+    Ended(Option<u16>),
+}
+
+/// Reads until the first text frame, within the registration timeout.
+async fn first_frame(
+    app: &AppState,
+    conn: &ConnHandle,
+    stream: &mut SplitStream<WebSocket>,
+) -> FirstFrame {
+    let deadline = Instant::now() + app.config.registration_timeout;
+    loop {
+        let frame = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return FirstFrame::Refused(text::REGISTRATION_TIMED_OUT.to_owned());
+            }
+            _ = app.shutdown.cancelled() => return FirstFrame::Ended(Some(close::GOING_AWAY)),
+            frame = stream.next() => frame,
+        };
+        match frame {
+            None => return FirstFrame::Ended(None),
+            Some(Err(e)) if is_too_big(&e) => return FirstFrame::Ended(Some(close::TOO_BIG)),
+            Some(Err(_)) => return FirstFrame::Ended(None),
+            Some(Ok(Message::Text(t))) => {
+                conn.touch();
+                return FirstFrame::Text(t);
+            }
+            Some(Ok(Message::Binary(_))) => {
+                return FirstFrame::Refused(text::invalid_registration("binary frame"));
+            }
+            Some(Ok(Message::Close(_))) => return FirstFrame::Ended(None),
+            Some(Ok(_)) => conn.touch(),
+        }
+    }
+}
+
+/// Registers the entry `new()` builds. A holder of the same `client_id` that does not
+/// answer a probe is disconnected and replaced, once; a live one keeps the id (protocol.md
+/// §4.2). `Err`: the refusal text.
+async fn insert(
+    app: &Arc<AppState>,
+    client_id: &str,
+    new: impl Fn() -> ClientEntry,
+) -> Result<Arc<ClientEntry>, String> {
+    let mut attempt = 0;
+    loop {
+        match app.registry.try_insert(new()) {
+            Ok(e) => return Ok(e),
+            Err(existing) if attempt == 0 => {
+                attempt += 1;
+                if probe_alive(app, &existing).await {
+                    tracing::warn!(client_id = %client_id, "duplicate registration refused; the live connection stays");
+                    return Err(text::duplicate_client(client_id));
+                }
+                tracing::warn!(client_id = %client_id, "previous connection is dead; replacing it");
+                disconnect(app, client_id, existing.conn.id());
+                existing.conn.kill(close::GOING_AWAY);
+            }
+            Err(_) => return Err(text::duplicate_client(client_id)),
+        }
+    }
 }
 
 /// Pings the holder of a `client_id` and waits for any inbound frame (protocol.md §4.2).
