@@ -141,6 +141,7 @@ async fn device_with_a_model_echoes_the_reference_servers_task_and_serves_list_t
     let r = &listed["action_results"][0];
     assert_eq!(r["status"], "success", "{r}");
     assert_eq!(r["call_id"], "l1");
+    assert_eq!(r["namespace"], "aip");
     let tools = r["result"].as_array().expect("a list of MCPToolInfo");
     assert!(!tools.is_empty());
     for t in tools {
