@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper::header::HeaderValue;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::timeout;
@@ -17,7 +17,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::http::Http;
 use crate::report::{Latency, Recorder};
 use crate::Ctx;
 
@@ -106,7 +105,7 @@ impl Target {
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters pass).
-fn encode_query(s: &str) -> String {
+pub(crate) fn encode_query(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -410,59 +409,6 @@ impl<T> Pending<T> {
     pub fn forget(&self, name: &str) {
         self.map().remove(name);
     }
-}
-
-/// The one-command plan every `dispatch` and `session` request carries.
-#[derive(Serialize)]
-struct DispatchBody<'a> {
-    target_id: &'a str,
-    request: &'static str,
-    task_name: &'a str,
-    commands: [BenchCommand; 1],
-}
-
-#[derive(Serialize)]
-struct BenchCommand {
-    tool_name: &'static str,
-    tool_type: &'static str,
-}
-
-#[derive(Deserialize)]
-struct Dispatched {
-    session_id: Option<String>,
-}
-
-/// The fields of a `task_result` answer the generator checks.
-#[derive(Deserialize)]
-pub struct TaskResult {
-    pub status: Option<String>,
-    pub state: Option<String>,
-}
-
-/// `POST /api/dispatch`; returns the session id.
-pub async fn dispatch(http: &mut Http, device: &str, task_name: &str) -> Result<String, Fail> {
-    let body = DispatchBody {
-        target_id: device,
-        request: "bench",
-        task_name,
-        commands: [BenchCommand {
-            tool_name: "noop",
-            tool_type: "action",
-        }],
-    };
-    let body = serde_json::to_vec(&body).map_err(|_| Fail::new("dispatch: bad body"))?;
-    let answer = http.post_json("/api/dispatch", body, "dispatch").await?;
-    serde_json::from_slice::<Dispatched>(&answer)
-        .map_err(|_| Fail::new("dispatch: bad body"))?
-        .session_id
-        .ok_or_else(|| Fail::new("dispatch: no session_id"))
-}
-
-/// `GET /api/task_result/{session_id}`.
-pub async fn task_result(http: &mut Http, session_id: &str) -> Result<TaskResult, Fail> {
-    let path = format!("/api/task_result/{}", encode_query(session_id));
-    let answer = http.get(&path, "task_result").await?;
-    serde_json::from_slice(&answer).map_err(|_| Fail::new("task_result: bad body"))
 }
 
 #[cfg(test)]

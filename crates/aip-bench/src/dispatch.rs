@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::{dispatch, Conn};
+use crate::client::Conn;
+use crate::http::dispatch;
 use crate::http::Http;
 use crate::report::RunResult;
 use crate::run::{self, Device, Plan};

@@ -14,10 +14,11 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::client::{Fail, Target};
+use crate::client::{encode_query, Fail, Target};
 
 /// A worker's connection to the server's HTTP API; reconnects when the server closed it.
 pub struct Http {
@@ -136,4 +137,57 @@ impl Http {
         });
         Ok(sender)
     }
+}
+
+/// The one-command plan every `dispatch` and `session` request carries.
+#[derive(Serialize)]
+struct DispatchBody<'a> {
+    target_id: &'a str,
+    request: &'static str,
+    task_name: &'a str,
+    commands: [BenchCommand; 1],
+}
+
+#[derive(Serialize)]
+struct BenchCommand {
+    tool_name: &'static str,
+    tool_type: &'static str,
+}
+
+#[derive(Deserialize)]
+struct Dispatched {
+    session_id: Option<String>,
+}
+
+/// The fields of a `task_result` answer the generator checks.
+#[derive(Deserialize)]
+pub struct TaskResult {
+    pub status: Option<String>,
+    pub state: Option<String>,
+}
+
+/// `POST /api/dispatch`; returns the session id.
+pub async fn dispatch(http: &mut Http, device: &str, task_name: &str) -> Result<String, Fail> {
+    let body = DispatchBody {
+        target_id: device,
+        request: "bench",
+        task_name,
+        commands: [BenchCommand {
+            tool_name: "noop",
+            tool_type: "action",
+        }],
+    };
+    let body = serde_json::to_vec(&body).map_err(|_| Fail::new("dispatch: bad body"))?;
+    let answer = http.post_json("/api/dispatch", body, "dispatch").await?;
+    serde_json::from_slice::<Dispatched>(&answer)
+        .map_err(|_| Fail::new("dispatch: bad body"))?
+        .session_id
+        .ok_or_else(|| Fail::new("dispatch: no session_id"))
+}
+
+/// `GET /api/task_result/{session_id}`.
+pub async fn task_result(http: &mut Http, session_id: &str) -> Result<TaskResult, Fail> {
+    let path = format!("/api/task_result/{}", encode_query(session_id));
+    let answer = http.get(&path, "task_result").await?;
+    serde_json::from_slice(&answer).map_err(|_| Fail::new("task_result: bad body"))
 }

@@ -7,9 +7,9 @@
 //!   returns the [`Report`] itself (used by the tests).
 //! - `client`: where to connect (WebSocket URL, host and port, API key, per-await
 //!   timeout), one simulated client (connect, `register`, heartbeat round trip, close), the
-//!   connection ramp shared by every scenario, the server frames the generator reads,
+//!   connection ramp shared by every scenario, the server frames the generator reads.
+//! - `http`: one keep-alive HTTP/1.1 connection per worker (hyper's client connection)
 //!   and the two HTTP calls (`dispatch`, `task_result`).
-//! - `http`: one keep-alive HTTP/1.1 connection per worker (hyper's client connection).
 //! - One module per scenario, each measuring one server: `hold` (N idle clients with
 //!   periodic heartbeats: RTT, RSS per connection, CPU), `heartbeat` (closed-loop round
 //!   trips), `dispatch` (HTTP dispatch to the `task` frame on the device), `session` (the

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::{dispatch, task_result, Conn, Fail};
+use crate::client::{Conn, Fail};
 use crate::http::Http;
+use crate::http::{dispatch, task_result};
 use crate::report::RunResult;
 use crate::run::{self, Device, Plan};
 use crate::Ctx;
