@@ -133,61 +133,11 @@ impl Tool for ExecuteCommand {
     }
 
     async fn call(&self, params: Map<String, Value>) -> ToolOutcome {
-        let command = try_param!(str_param(&params, "command"));
-        if command.trim().is_empty() {
-            return ToolOutcome::fail("parameter 'command' is empty");
-        }
-        let timeout = match params.get("timeout") {
-            None | Some(Value::Null) => self.default_timeout,
-            Some(v) => match v.as_f64().filter(|t| t.is_finite() && *t > 0.0) {
-                Some(t) => Duration::from_secs_f64(t).min(self.max_timeout),
-                None => {
-                    return ToolOutcome::fail(
-                        "parameter 'timeout' must be a positive number of seconds",
-                    )
-                }
-            },
+        let call = match self.read_call(&params) {
+            Ok(call) => call,
+            Err(error) => return ToolOutcome::fail(error),
         };
-        let cwd = try_param!(opt_str_param(&params, "cwd"));
-        let mut env = BTreeMap::new();
-        match params.get("env") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(m)) => {
-                for (k, v) in m {
-                    match v.as_str() {
-                        Some(s) => {
-                            env.insert(k.clone(), s.to_owned());
-                        }
-                        None => {
-                            return ToolOutcome::fail(format!(
-                                "parameter 'env.{k}' must be a string"
-                            ))
-                        }
-                    }
-                }
-            }
-            Some(_) => return ToolOutcome::fail("parameter 'env' must be an object of strings"),
-        }
-
-        let mut cmd = if cfg!(windows) {
-            let mut c = tokio::process::Command::new("powershell");
-            c.args(["-NoProfile", "-NonInteractive", "-Command", command]);
-            c
-        } else {
-            let mut c = tokio::process::Command::new("sh");
-            c.args(["-c", command]);
-            c
-        };
-        #[cfg(unix)]
-        cmd.process_group(0);
-        if let Some(dir) = cwd {
-            cmd.current_dir(dir);
-        }
-        cmd.envs(&env)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
+        let mut cmd = shell_command(&call);
         let started = Instant::now();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -204,7 +154,7 @@ impl Tool for ExecuteCommand {
             .take()
             .map(|s| tokio::spawn(read_capped(s, cap)));
 
-        let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
+        let (status, timed_out) = match tokio::time::timeout(call.timeout, child.wait()).await {
             Ok(status) => (status.ok(), false),
             Err(_) => {
                 killer.kill();
@@ -236,26 +186,107 @@ impl Tool for ExecuteCommand {
             "stderr_truncated": err_trunc,
             "timed_out": timed_out,
         });
-        if success {
-            ToolOutcome::Success(result)
-        } else if timed_out {
-            ToolOutcome::Failure {
-                error: format!(
-                    "Command timed out after {} s; its process group was killed",
-                    crate::fmt_secs(timeout)
-                ),
-                result: Some(result),
-            }
-        } else {
-            let error = match exit_code {
-                Some(code) => format!("Command exited with code {code}"),
-                None => "Command was killed by a signal".to_owned(),
-            };
-            ToolOutcome::Failure {
-                error,
-                result: Some(result),
-            }
+        command_outcome(result, success, timed_out, exit_code, call.timeout)
+    }
+}
+
+/// The parameters of one `execute_command` call, checked.
+struct ShellCall<'a> {
+    command: &'a str,
+    timeout: Duration,
+    cwd: Option<&'a str>,
+    env: BTreeMap<String, String>,
+}
+
+impl ExecuteCommand {
+    /// Reads `command`, `timeout` (clamped to the maximum), `cwd` and `env`; `Err` is the
+    /// failure text naming the bad parameter.
+    fn read_call<'a>(&self, params: &'a Map<String, Value>) -> Result<ShellCall<'a>, String> {
+        let command = str_param(params, "command")?;
+        if command.trim().is_empty() {
+            return Err("parameter 'command' is empty".into());
         }
+        let timeout = match params.get("timeout") {
+            None | Some(Value::Null) => self.default_timeout,
+            Some(v) => match v.as_f64().filter(|t| t.is_finite() && *t > 0.0) {
+                Some(t) => Duration::from_secs_f64(t).min(self.max_timeout),
+                None => {
+                    return Err("parameter 'timeout' must be a positive number of seconds".into())
+                }
+            },
+        };
+        let cwd = opt_str_param(params, "cwd")?;
+        let mut env = BTreeMap::new();
+        match params.get("env") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (k, v) in m {
+                    let Some(s) = v.as_str() else {
+                        return Err(format!("parameter 'env.{k}' must be a string"));
+                    };
+                    env.insert(k.clone(), s.to_owned());
+                }
+            }
+            Some(_) => return Err("parameter 'env' must be an object of strings".into()),
+        }
+        Ok(ShellCall {
+            command,
+            timeout,
+            cwd,
+            env,
+        })
+    }
+}
+
+/// The platform's shell running `call`, in its own process group, output piped.
+fn shell_command(call: &ShellCall<'_>) -> tokio::process::Command {
+    let mut cmd = if cfg!(windows) {
+        let mut c = tokio::process::Command::new("powershell");
+        c.args(["-NoProfile", "-NonInteractive", "-Command", call.command]);
+        c
+    } else {
+        let mut c = tokio::process::Command::new("sh");
+        c.args(["-c", call.command]);
+        c
+    };
+    #[cfg(unix)]
+    cmd.process_group(0);
+    if let Some(dir) = call.cwd {
+        cmd.current_dir(dir);
+    }
+    cmd.envs(&call.env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Success, or the failure naming the timeout, the exit code or the signal.
+fn command_outcome(
+    result: Value,
+    success: bool,
+    timed_out: bool,
+    exit_code: Option<i32>,
+    timeout: Duration,
+) -> ToolOutcome {
+    if success {
+        return ToolOutcome::Success(result);
+    }
+    let error = if timed_out {
+        format!(
+            "Command timed out after {} s; its process group was killed",
+            crate::fmt_secs(timeout)
+        )
+    } else {
+        match exit_code {
+            Some(code) => format!("Command exited with code {code}"),
+            None => "Command was killed by a signal".to_owned(),
+        }
+    };
+    ToolOutcome::Failure {
+        error,
+        result: Some(result),
     }
 }
 
