@@ -86,6 +86,14 @@ pub enum Decision {
     Finish { completed: bool, answer: String },
 }
 
+/// What a step's `finish` call, if any, decided.
+enum FinishCall {
+    Absent,
+    Finished(Decision),
+    /// The index of the `finish` call and why its arguments are refused.
+    Invalid(usize, String),
+}
+
 /// The conversation of one task with the model. Not tied to any transport: the caller runs
 /// the tool calls (remotely or locally) and feeds the results back.
 pub struct AgentLoop {
@@ -255,51 +263,13 @@ impl AgentLoop {
         if let Some(t) = &text {
             tracing::debug!(step, text = %t, "LLM text");
         }
-        let mut entry = json!({
-            "step": step,
-            "text": text,
-            "tool_calls": calls.iter().map(|c| c.transcript(&self.names)).collect::<Vec<_>>(),
-            "results": [],
-            "usage": usage.map(|u| json!({
-                "prompt_tokens": u.prompt_tokens,
-                "completion_tokens": u.completion_tokens,
-                "total_tokens": u.total_tokens,
-            })),
-        });
-
+        let mut entry = self.transcript_entry(step, &text, &calls, usage);
         // `finish` wins over everything else in the same answer.
-        let mut finish_error = None;
-        if let Some(i) = calls.iter().position(|c| c.wire_name == FINISH_TOOL) {
-            match parse_finish(&calls[i]) {
-                Ok((completed, answer)) => {
-                    let ignored: Vec<Value> = calls
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .map(|(_, c)| json!(c.display_name(&self.names)))
-                        .collect();
-                    entry["finish"] = json!({
-                        "status": if completed { "completed" } else { "failed" },
-                        "answer": answer,
-                    });
-                    if !ignored.is_empty() {
-                        tracing::info!(
-                            step,
-                            ignored = ignored.len(),
-                            "finish called with other tool calls: those are ignored"
-                        );
-                        entry["ignored_calls"] = Value::Array(ignored);
-                        entry["note"] = json!(
-                            "finish was called together with other tool calls; they were ignored"
-                        );
-                    }
-                    self.transcript.push(entry);
-                    tracing::info!(step, completed, "LLM agent finished");
-                    return Some(self.finish(completed, answer));
-                }
-                Err(e) => finish_error = Some((i, e)),
-            }
-        }
+        let finish_error = match self.finish_call(step, &calls, &mut entry) {
+            FinishCall::Absent => None,
+            FinishCall::Finished(decision) => return Some(decision),
+            FinishCall::Invalid(i, error) => Some((i, error)),
+        };
 
         let pending: Vec<Pending> = calls
             .iter()
@@ -339,6 +309,62 @@ impl AgentLoop {
         }
         self.pending = Some(pending);
         Some(Decision::Call(runs))
+    }
+
+    /// The transcript entry of one step, before its results.
+    fn transcript_entry(
+        &self,
+        step: u32,
+        text: &Option<String>,
+        calls: &[RawCall],
+        usage: Option<WireUsage>,
+    ) -> Value {
+        json!({
+            "step": step,
+            "text": text,
+            "tool_calls": calls.iter().map(|c| c.transcript(&self.names)).collect::<Vec<_>>(),
+            "results": [],
+            "usage": usage.map(|u| json!({
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "total_tokens": u.total_tokens,
+            })),
+        })
+    }
+
+    /// A `finish` among `calls`: the end of the loop (the entry goes into the transcript,
+    /// other calls of the step are noted as ignored), or why its arguments are refused.
+    fn finish_call(&mut self, step: u32, calls: &[RawCall], entry: &mut Value) -> FinishCall {
+        let Some(i) = calls.iter().position(|c| c.wire_name == FINISH_TOOL) else {
+            return FinishCall::Absent;
+        };
+        let (completed, answer) = match parse_finish(&calls[i]) {
+            Ok(finish) => finish,
+            Err(e) => return FinishCall::Invalid(i, e),
+        };
+        let ignored: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, c)| json!(c.display_name(&self.names)))
+            .collect();
+        entry["finish"] = json!({
+            "status": if completed { "completed" } else { "failed" },
+            "answer": answer,
+        });
+        if !ignored.is_empty() {
+            tracing::info!(
+                step,
+                ignored = ignored.len(),
+                "finish called with other tool calls: those are ignored"
+            );
+            entry["ignored_calls"] = Value::Array(ignored);
+            entry["note"] =
+                json!("finish was called together with other tool calls; they were ignored");
+        }
+        self.transcript.push(std::mem::take(entry));
+        tracing::info!(step, completed, "LLM agent finished");
+        FinishCall::Finished(self.finish(completed, answer))
     }
 
     fn check(&self, call: &RawCall) -> Pending {
