@@ -1,4 +1,4 @@
-//! What the subcommands share: logging options, duration parsing, signals.
+//! What the subcommands share: logging options, the duration syntax, signals, model options.
 
 use std::time::Duration;
 
@@ -62,20 +62,27 @@ pub fn parse_level(s: &str) -> Result<String, String> {
     Ok(level.into())
 }
 
-/// A non-negative number of seconds (fractions allowed).
-pub fn secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err("must be a non-negative number of seconds".into());
+/// The one duration syntax of every option: a plain number is seconds (fractions allowed:
+/// `90`, `0.5`), anything else a number with a unit (`90s`, `15m`, `12h`, `7d`, `1h 30m`,
+/// `500ms`). Never negative.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(v) = t.parse::<f64>() {
+        if !v.is_finite() || v < 0.0 {
+            return Err(format!(
+                "'{s}' is negative or not finite: a duration is 0 or more"
+            ));
+        }
+        return Duration::try_from_secs_f64(v).map_err(|_| format!("'{s}' is too large"));
     }
-    Ok(Duration::from_secs_f64(v))
+    humantime::parse_duration(t).map_err(|_| {
+        format!("'{s}' is not a duration: give seconds (90, 0.5) or a number with a unit (90s, 15m, 12h, 7d)")
+    })
 }
 
-/// A positive number of seconds.
-pub fn positive_secs(s: &str) -> Result<Duration, String> {
-    let d = secs(s)?;
+/// A duration greater than zero.
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
     if d.is_zero() {
         return Err("must be greater than zero".into());
     }
@@ -123,8 +130,8 @@ pub struct LlmArgs {
     /// Sampling temperature.
     #[arg(long, env = "AIP_LLM_TEMPERATURE")]
     pub llm_temperature: Option<f32>,
-    /// Seconds allowed per model call.
-    #[arg(long, env = "AIP_LLM_TIMEOUT", value_parser = positive_secs)]
+    /// Time allowed per model call.
+    #[arg(long, env = "AIP_LLM_TIMEOUT", value_parser = positive_duration)]
     pub llm_timeout: Option<Duration>,
     /// Azure OpenAI api-version (turns on Azure style: api-key header, deployment URL).
     #[arg(long, env = "AIP_LLM_AZURE_API_VERSION")]
@@ -187,5 +194,38 @@ impl LlmArgs {
             .clone()
             .or(file.azure_api_version);
         Ok(Some(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_duration_syntax_for_every_option() {
+        let ok = [
+            ("90", 90_000),
+            ("0.5", 500),
+            ("0", 0),
+            ("90s", 90_000),
+            ("15m", 900_000),
+            ("12h", 43_200_000),
+            ("7d", 604_800_000),
+            ("1h 30m", 5_400_000),
+            ("500ms", 500),
+            (" 3 ", 3_000),
+        ];
+        for (text, ms) in ok {
+            assert_eq!(duration(text), Ok(Duration::from_millis(ms)), "{text}");
+        }
+        for bad in ["", "-1", "abc", "5 parsecs", "NaN", "inf", "1e400"] {
+            let err = duration(bad).expect_err(bad);
+            assert!(!err.is_empty(), "{bad}");
+        }
+        assert_eq!(
+            positive_duration("0s"),
+            Err("must be greater than zero".into())
+        );
+        assert_eq!(positive_duration("2m"), Ok(Duration::from_secs(120)));
     }
 }

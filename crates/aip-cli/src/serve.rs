@@ -8,7 +8,7 @@ use aip_server::{PlatformMode, ServerConfig};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::common::{positive_secs, secs, shutdown_signal, LlmArgs, LogArgs};
+use crate::common::{duration, positive_duration, shutdown_signal, LlmArgs, LogArgs};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PlatformArg {
@@ -51,26 +51,26 @@ pub struct ServeArgs {
     /// Most sessions in created/running state.
     #[arg(long, env = "AIP_MAX_ACTIVE_SESSIONS", default_value_t = 1000)]
     max_active_sessions: usize,
-    /// Seconds allowed for the first (register) frame.
-    #[arg(long, env = "AIP_REGISTRATION_TIMEOUT", default_value = "10", value_parser = positive_secs)]
+    /// Time allowed for the first (register) frame.
+    #[arg(long, env = "AIP_REGISTRATION_TIMEOUT", default_value = "10", value_parser = positive_duration)]
     registration_timeout: Duration,
-    /// Seconds between server WebSocket pings.
-    #[arg(long, env = "AIP_PING_INTERVAL", default_value = "30", value_parser = positive_secs)]
+    /// Time between server WebSocket pings.
+    #[arg(long, env = "AIP_PING_INTERVAL", default_value = "30", value_parser = positive_duration)]
     ping_interval: Duration,
-    /// Seconds of silence after which a client is considered dead.
-    #[arg(long, env = "AIP_CLIENT_TIMEOUT", default_value = "90", value_parser = positive_secs)]
+    /// Silence after which a client is considered dead.
+    #[arg(long, env = "AIP_CLIENT_TIMEOUT", default_value = "90", value_parser = positive_duration)]
     client_timeout: Duration,
-    /// Session lifetime limit in seconds; 0 disables it.
-    #[arg(long, env = "AIP_SESSION_TIMEOUT", default_value = "3600", value_parser = secs)]
+    /// Session lifetime limit; 0 disables it.
+    #[arg(long, env = "AIP_SESSION_TIMEOUT", default_value = "3600", value_parser = duration)]
     session_timeout: Duration,
-    /// Seconds to wait for one round's command results.
-    #[arg(long, env = "AIP_COMMAND_TIMEOUT", default_value = "600", value_parser = positive_secs)]
+    /// Wait for one round's command results.
+    #[arg(long, env = "AIP_COMMAND_TIMEOUT", default_value = "600", value_parser = positive_duration)]
     command_timeout: Duration,
-    /// Seconds to wait for a device to accept an HTTP-dispatched task.
-    #[arg(long, env = "AIP_ACCEPT_TIMEOUT", default_value = "30", value_parser = positive_secs)]
+    /// Wait for a device to accept an HTTP-dispatched task.
+    #[arg(long, env = "AIP_ACCEPT_TIMEOUT", default_value = "30", value_parser = positive_duration)]
     accept_timeout: Duration,
-    /// How long ended sessions are kept (e.g. 7d, 12h, 3600s).
-    #[arg(long, env = "AIP_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    /// How long ended sessions are kept.
+    #[arg(long, env = "AIP_RETENTION", default_value = "7d", value_parser = duration)]
     retention: Duration,
     /// Most ended sessions kept; the oldest-finished go first.
     #[arg(long, env = "AIP_MAX_RESULTS", default_value_t = 1_000_000)]
