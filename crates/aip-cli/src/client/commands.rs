@@ -35,8 +35,9 @@ pub struct DispatchArgs {
     /// With --wait: print whole outputs instead of cutting long ones.
     #[arg(long)]
     full: bool,
-    /// The request: natural language, or a JSON plan.
-    request: String,
+    /// The request: natural language, or a JSON plan (default with --command: the commands).
+    #[arg(required_unless_present = "commands")]
+    request: Option<String>,
 }
 
 /// `aip result`: print a session's outcome.
@@ -117,7 +118,11 @@ pub struct ClientsArgs {
 /// Runs `aip dispatch`.
 pub async fn dispatch(args: DispatchArgs) -> anyhow::Result<Exit> {
     let api = args.api.connect()?;
-    let mut body = json!({"target_id": args.target, "request": args.request});
+    let request = args
+        .request
+        .clone()
+        .unwrap_or_else(|| args.commands.join("; "));
+    let mut body = json!({"target_id": args.target, "request": request});
     if let Some(n) = &args.task_name {
         body["task_name"] = json!(n);
     }
