@@ -1,7 +1,7 @@
 //! `aip`: the command line of the aip agent server and its device agent.
 //!
 //! `serve` and `device` run the two long-lived processes; `dispatch`, `result`,
-//! `sessions`, `cancel` and `clients` are HTTP clients of a server (`client/`); `bench`
+//! `sessions`, `cancel`, `clients` and `health` are HTTP clients of a server (`client/`); `bench`
 //! is the load generator; `completions` and `man` describe the command line itself.
 //! How every command ends is one of the exit codes in `exit.rs`.
 
@@ -49,6 +49,8 @@ enum Command {
     Cancel(client::CancelArgs),
     /// List the connected clients.
     Clients(client::ClientsArgs),
+    /// Check that the server is up and healthy (exit 0), e.g. as a container health check.
+    Health(client::HealthArgs),
     /// Load-test any AIP server over the wire protocol (hold, heartbeat, dispatch, session, churn).
     Bench(aip_bench::BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -79,6 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::Sessions(args) => client::sessions(args).await,
             Command::Cancel(args) => client::cancel(args).await,
             Command::Clients(args) => client::clients(args).await,
+            Command::Health(args) => client::health(args).await,
             Command::Bench(args) => done(aip_bench::run(args).await),
             Command::Completions(args) => {
                 docs::completions(&args, Cli::command());

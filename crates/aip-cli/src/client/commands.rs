@@ -108,6 +108,13 @@ pub struct CancelArgs {
     id: String,
 }
 
+/// `aip health`: is the server up?
+#[derive(Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
 /// `aip clients`: list connected clients.
 #[derive(Args)]
 pub struct ClientsArgs {
@@ -302,4 +309,28 @@ pub async fn clients(args: ClientsArgs) -> anyhow::Result<Exit> {
         );
     }
     Ok(Exit::Success)
+}
+
+/// Runs `aip health`: exit 0 when the server answers healthy (container health checks).
+pub async fn health(args: HealthArgs) -> anyhow::Result<Exit> {
+    let api = args.api.connect()?;
+    let r = api.get("/api/health").await?;
+    if args.api.json {
+        println!("{r}");
+    } else {
+        println!(
+            "{}: up {}, {} clients, {} active sessions",
+            r["status"].as_str().unwrap_or("?"),
+            render::human_duration(Duration::from_secs(
+                r["uptime_seconds"].as_u64().unwrap_or(0)
+            )),
+            r["connected_clients"],
+            r["active_sessions"],
+        );
+    }
+    Ok(if r["status"] == "healthy" {
+        Exit::Success
+    } else {
+        Exit::Failed
+    })
 }

@@ -1,5 +1,5 @@
 //! HTTP clients of the server's API: `aip dispatch`, `result`, `sessions`, `cancel`,
-//! `clients`. This file holds the connection options and the one request path; `commands`
+//! `clients`, `health`. This file holds the connection options and the one request path; `commands`
 //! the subcommands, `render` the text they print, `wait` how a session is followed to
 //! its end. Every command returns the [`Exit`] its outcome maps to.
 
@@ -18,8 +18,8 @@ mod render;
 mod wait;
 
 pub use commands::{
-    cancel, clients, dispatch, result, sessions, CancelArgs, ClientsArgs, DispatchArgs, ResultArgs,
-    SessionsArgs,
+    cancel, clients, dispatch, health, result, sessions, CancelArgs, ClientsArgs, DispatchArgs,
+    HealthArgs, ResultArgs, SessionsArgs,
 };
 
 /// Where the server's HTTP API is and how to talk to it.
