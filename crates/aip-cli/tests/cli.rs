@@ -227,6 +227,64 @@ fn ctrl_c_while_waiting_off_a_terminal_exits_130_and_leaves_the_session_running(
     srv.aip(&["cancel", "held"]).expect_code(0);
 }
 
+/// On a terminal (a pty from util-linux `script`): the live line, and Ctrl-C asks before
+/// it cancels anything.
+#[test]
+fn on_a_terminal_waiting_shows_a_live_line_and_ctrl_c_asks_before_cancelling() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(tmp.path(), &[]);
+    let _dev = srv.device("dev", &[]);
+    let line = format!(
+        "{} dispatch --url {} --target dev --task-name tty --command 'sleep 30' --wait",
+        support::BIN,
+        srv.url()
+    );
+    let mut pty = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs the client on a pseudo-terminal");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut out = pty.stdout.take().unwrap();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = out.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !text().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} on the terminal:\n{}",
+                text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait_for("running on dev");
+    let mut keys = pty.stdin.take().unwrap();
+    keys.write_all(b"\x03").unwrap();
+    keys.flush().unwrap();
+    wait_for("[y/N]");
+    assert!(text().contains("Cancel session "), "{}", text());
+    keys.write_all(b"y\n").unwrap();
+    keys.flush().unwrap();
+    let status = pty.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "{}", text());
+    assert!(
+        text().contains("state: cancelled (cancelled)"),
+        "{}",
+        text()
+    );
+    srv.aip(&["result", "tty"]).expect_code(3);
+}
+
 #[test]
 fn a_transcript_the_device_ran_with_its_own_model_prints_as_steps_not_json() {
     use aip_llm::scripted::{call, finish, Mock};

@@ -122,7 +122,7 @@ impl Progress {
             return Progress(None);
         }
         let bar = ProgressBar::new_spinner();
-        let style = ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+        let style = ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
         bar.set_style(style);
         bar.enable_steady_tick(Duration::from_millis(120));
@@ -138,9 +138,10 @@ impl Progress {
             Some(other) => other.to_owned(),
             None => "…".to_owned(),
         };
+        let sid = view["session_id"].as_str().unwrap_or("");
+        let short: String = sid.chars().take(8).collect();
         bar.set_message(format!(
-            "session {}  {doing}  (Ctrl-C to cancel or detach)",
-            view["session_id"].as_str().unwrap_or("")
+            "{doing} · session {short}… · Ctrl-C: cancel or detach"
         ));
     }
 
