@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aip_protocol::features::{self, ServerInfo};
 use aip_protocol::{
     ActionResult, ClientMessage, ClientMessageType, ClientType, ResultStatus, ServerMessage,
     ServerMessageType, TaskStatus,
@@ -273,13 +274,26 @@ impl Device {
             Ok(Err(e)) => return Ended::Lost(e),
             Ok(Ok(t)) => t,
         };
-        match serde_json::from_str::<ServerMessage>(&answer) {
-            Ok(m) if m.status == TaskStatus::Ok => {}
+        let server = match serde_json::from_str::<ServerMessage>(&answer) {
+            Ok(m) if m.status == TaskStatus::Ok => ServerInfo::from_ack_result(m.result.as_ref()),
             Ok(m) => return Ended::Refused(m.error.unwrap_or_else(|| "unknown reason".into())),
             Err(e) => return Ended::Lost(format!("unreadable registration answer: {e}")),
-        }
+        };
         *registered_at = Some(Instant::now());
-        tracing::info!(client_id = %self.config.client_id, tools = self.tools.infos().len(), "registered");
+        // Only a server that announced delegation runs a `task` with `agent_name` null as
+        // ours to plan; the reference pushes every task that way and expects an echo.
+        let delegation = server.supports(features::DELEGATION);
+        tracing::info!(
+            client_id = %self.config.client_id,
+            tools = self.tools.infos().len(),
+            server = server.server.as_deref().unwrap_or("unknown (reference?)"),
+            server_version = server.version.as_deref().unwrap_or(""),
+            delegation,
+            "registered"
+        );
+        if self.config.llm.is_some() && !delegation {
+            tracing::warn!("the server does not announce delegation: tasks are echoed for it to drive, the local model is not used");
+        }
 
         let (tx, mut rx) = mpsc::channel::<Message>(256);
         let mut writer = tokio::spawn(async move {
@@ -323,7 +337,7 @@ impl Device {
                             break Ended::Lost(format!("the server closed the connection ({why})"));
                         }
                         Some(Ok(Message::Text(t))) => {
-                            self.on_text(t.as_str(), &tx, &mut running, &mut by_session);
+                            self.on_text(t.as_str(), delegation, &tx, &mut running, &mut by_session);
                         }
                         Some(Ok(_)) => {}
                     }
@@ -362,6 +376,7 @@ impl Device {
     fn on_text(
         &self,
         text: &str,
+        delegation: bool,
         tx: &mpsc::Sender<Message>,
         running: &mut JoinSet<()>,
         by_session: &mut HashMap<String, Vec<AbortHandle>>,
@@ -374,8 +389,11 @@ impl Device {
             }
         };
         match msg.kind {
-            ServerMessageType::Task if msg.agent_name.is_none() && self.config.llm.is_some() => {
-                // Nothing on the server plans it: run it here with our own model (§3.11).
+            ServerMessageType::Task
+                if delegation && msg.agent_name.is_none() && self.config.llm.is_some() =>
+            {
+                // Nothing on the server plans it and it announced delegation: run it here
+                // with our own model (§3.6 step 2, §3.11).
                 let Some(client) = self.config.llm.clone() else {
                     return;
                 };
@@ -419,6 +437,7 @@ impl Device {
                 let handle = running.spawn(async move {
                     let results = run_actions(&tools, msg.actions.unwrap_or_default()).await;
                     let mut reply = base;
+                    reply.timestamp = Some(aip_protocol::time::wire_now());
                     reply.session_id = msg.session_id;
                     reply.prev_response_id = msg.response_id;
                     reply.action_results = Some(results);
@@ -484,6 +503,7 @@ impl DelegatedTask {
                         .collect();
                     let results = run_actions(&self.tools, commands).await;
                     let mut report = self.results.clone();
+                    report.timestamp = Some(aip_protocol::time::wire_now());
                     report.session_id = task.session_id.clone();
                     report.prev_response_id = task.response_id.clone();
                     report.action_results = Some(results.clone());
@@ -498,6 +518,7 @@ impl DelegatedTask {
             }
         };
         let mut end = self.end;
+        end.timestamp = Some(aip_protocol::time::wire_now());
         end.status = if completed {
             TaskStatus::Completed
         } else {

@@ -44,7 +44,7 @@ async fn demo_tools_are_advertised() {
     let set = demo_set().await;
     let infos = set.infos();
     let echo = infos.iter().find(|i| i.tool_name == "demo.echo").unwrap();
-    assert_eq!(echo.tool_key, "mcp.demo.echo");
+    assert_eq!(echo.tool_key, "action::demo.echo");
     assert_eq!(echo.namespace, "demo");
     assert_eq!(echo.tool_type, "action");
     assert!(echo.description.as_deref().unwrap().contains("unchanged"));

@@ -37,6 +37,18 @@ pub struct LoopContext {
     pub tools: Vec<ToolSpec>,
 }
 
+impl LoopContext {
+    /// A context with nothing in it (a placeholder while one is moved out).
+    pub fn empty() -> Self {
+        Self {
+            request: String::new(),
+            platform: String::new(),
+            system_info: None,
+            tools: Vec::new(),
+        }
+    }
+}
+
 /// One tool invocation the caller must run. `id` is the model's call id: use it as the
 /// AIP `Command.call_id` so the result can be matched back.
 #[derive(Debug, Clone, PartialEq, Serialize)]

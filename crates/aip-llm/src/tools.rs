@@ -230,7 +230,7 @@ mod tests {
     #[test]
     fn advertised_tools_skip_malformed_entries() {
         let v = json!([
-            {"tool_key": "action.execute_command", "tool_name": "execute_command", "namespace": "aip",
+            {"tool_key": "action::execute_command", "tool_name": "execute_command", "namespace": "aip",
              "tool_type": "action", "description": "Run a shell command",
              "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}},
             {"name": "demo.echo", "parameters": {"type": "object"}},
@@ -255,7 +255,7 @@ mod tests {
     #[test]
     fn tool_info_conversion() {
         let info: McpToolInfo = serde_json::from_value(json!({
-            "tool_key": "action.type_text", "tool_name": "type_text", "namespace": "HostUIExecutor",
+            "tool_key": "action::type_text", "tool_name": "type_text", "namespace": "HostUIExecutor",
             "tool_type": "action", "description": "Type text.",
             "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
         }))

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 fn execute_command() -> ToolSpec {
     ToolSpec::from_advertised(&json!([{
-        "tool_key": "action.execute_command", "tool_name": "execute_command", "namespace": "aip",
+        "tool_key": "action::execute_command", "tool_name": "execute_command", "namespace": "aip",
         "tool_type": "action", "description": "Run a shell command",
         "input_schema": {"type": "object", "properties": {"command": {"type": "string"}},
                          "required": ["command"]}

@@ -6,17 +6,20 @@
 //! - [`validate`]: identifier rules, `task_name` sanitisation and validation.
 //! - [`plan`]: the explicit command plan a `request` may carry (server.md §5.2).
 //! - [`errors`]: the normative error texts the server sends.
+//! - [`features`]: what a server announces in its registration acknowledgement.
 //! - [`time`]: timestamp formats used on the wire and over HTTP.
 
 pub mod errors;
+pub mod features;
 pub mod messages;
 pub mod plan;
 pub mod time;
 pub mod transfer;
 pub mod validate;
 
+pub use messages::tool_key;
 pub use messages::{
     parse_client_message, push_json_str, ActionResult, ClientMessage, ClientMessageType,
     ClientType, Command, McpToolInfo, ParseError, ResultStatus, ServerMessage, ServerMessageType,
-    TaskStatus, ToolType,
+    TaskStatus, ToolType, LIST_TOOLS,
 };

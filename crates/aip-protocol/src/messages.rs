@@ -155,6 +155,51 @@ pub struct ActionResult {
     pub call_id: Option<String>,
 }
 
+impl ActionResult {
+    /// Why this action failed, or `None` when it did not. A `failure` status fails with its
+    /// `error`; so does a `success` whose `result` is an object with `success: false` — the
+    /// reference's MCP servers (e.g. its Linux `execute_command`) report a non-zero exit or
+    /// a refused command that way. The text names the exit code or the tool's error.
+    pub fn failure_text(&self) -> Option<String> {
+        match self.status {
+            ResultStatus::Failure => Some(self.error.clone().unwrap_or_default()),
+            ResultStatus::Skipped | ResultStatus::None => None,
+            ResultStatus::Success => {
+                let obj = self.result.as_ref()?.as_object()?;
+                if obj.get("success") != Some(&Value::Bool(false)) {
+                    return None;
+                }
+                let text = |k: &str| {
+                    obj.get(k)
+                        .and_then(Value::as_str)
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                };
+                let detail = text("error")
+                    .or_else(|| text("message"))
+                    .or_else(|| text("stderr").and_then(|s| s.lines().next()))
+                    .map(|d| d.chars().take(500).collect::<String>());
+                Some(
+                    match (obj.get("exit_code").and_then(Value::as_i64), detail) {
+                        (Some(code), Some(detail)) => format!("exited with code {code}: {detail}"),
+                        (Some(code), None) => format!("exited with code {code}"),
+                        (None, Some(detail)) => detail,
+                        (None, None) => "reported success: false".to_owned(),
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// The reference's meta-tool that lists a device's tools (`ufo/client/computer.py`).
+pub const LIST_TOOLS: &str = "list_tools";
+
+/// A tool's `tool_key` as the reference device makes it: `action::execute_command`.
+pub fn tool_key(tool_type: &str, tool_name: &str) -> String {
+    format!("{tool_type}::{tool_name}")
+}
+
 /// Description of a device tool (protocol.md §2.5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct McpToolInfo {
@@ -297,6 +342,14 @@ impl ServerMessage {
     /// `heartbeat`/`ok`: registration accepted, or heartbeat acknowledged.
     pub fn heartbeat_ok() -> Self {
         Self::new(ServerMessageType::Heartbeat, TaskStatus::Ok)
+    }
+
+    /// `heartbeat`/`ok` accepting a registration, with the server's self-description
+    /// in `result` (see [`crate::features`]).
+    pub fn registration_ack(server_info: Value) -> Self {
+        let mut m = Self::heartbeat_ok();
+        m.result = Some(server_info);
+        m
     }
 
     /// `heartbeat`/`ok` carrying the session id: task accepted.
@@ -515,6 +568,70 @@ fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> ParseError {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    fn result(status: ResultStatus, error: Option<&str>, result: Value) -> ActionResult {
+        ActionResult {
+            status,
+            error: error.map(str::to_owned),
+            result: Some(result),
+            namespace: None,
+            call_id: None,
+        }
+    }
+
+    #[test]
+    fn failure_text_reads_the_status_and_a_result_that_says_success_false() {
+        let ok = result(
+            ResultStatus::Success,
+            None,
+            json!({"success": true, "exit_code": 0}),
+        );
+        assert_eq!(ok.failure_text(), None);
+        assert_eq!(
+            result(ResultStatus::Success, None, json!("text")).failure_text(),
+            None
+        );
+        assert_eq!(
+            result(ResultStatus::Skipped, Some("s"), Value::Null).failure_text(),
+            None
+        );
+        assert_eq!(
+            result(ResultStatus::Failure, Some("boom"), Value::Null)
+                .failure_text()
+                .as_deref(),
+            Some("boom")
+        );
+        let cases = [
+            (
+                json!({"success": false, "exit_code": 2, "stderr": "no such file\nmore"}),
+                "exited with code 2: no such file",
+            ),
+            (
+                json!({"success": false, "exit_code": 1, "stderr": ""}),
+                "exited with code 1",
+            ),
+            (
+                json!({"success": false, "error": "Timeout after 30s."}),
+                "Timeout after 30s.",
+            ),
+            (
+                json!({"success": false, "message": "Text is empty"}),
+                "Text is empty",
+            ),
+            (json!({"success": false}), "reported success: false"),
+        ];
+        for (r, want) in cases {
+            assert_eq!(
+                result(ResultStatus::Success, None, r.clone())
+                    .failure_text()
+                    .as_deref(),
+                Some(want),
+                "{r}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

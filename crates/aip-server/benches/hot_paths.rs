@@ -88,6 +88,7 @@ fn context(request: &str) -> SessionContext<'_> {
         task_name: "open_notepad",
         request,
         platform: "windows",
+        default_agent_name: "HostAgent",
         executor_id: "device-5000",
         executor_system_info: None,
         executor_tools: None,

@@ -11,7 +11,7 @@ use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
-use crate::session::driver::ExecutorInfo;
+use crate::session::driver::{platform_agent_name, ExecutorInfo};
 use crate::{IdDashMap, IdSet};
 
 use crate::conn::{ConnHandle, SendError};
@@ -34,6 +34,8 @@ pub struct ClientEntry {
     pub conn: ConnHandle,
     pub metadata: Option<Map<String, Value>>,
     pub platform: Option<String>,
+    /// The reference agent for `platform`, worked out once at registration.
+    pub agent_name: Option<&'static str>,
     /// Devices: `metadata.system_info`, shared (not copied) with every session it runs.
     pub system_info: Option<Arc<Value>>,
     /// `metadata.tools`, shared likewise (an MCP device may advertise large schemas).
@@ -80,6 +82,7 @@ impl ClientEntry {
             role,
             conn,
             metadata,
+            agent_name: platform.as_deref().and_then(platform_agent_name),
             platform,
             system_info,
             tools,
@@ -100,6 +103,7 @@ impl ClientEntry {
     /// What a session this device executes keeps of its registration (shared, not copied).
     pub fn executor_info(&self) -> ExecutorInfo {
         ExecutorInfo {
+            agent_name: self.agent_name,
             system_info: self.system_info.clone(),
             tools: self.tools.clone(),
         }

@@ -16,7 +16,7 @@ pub const NAMESPACE: &str = "aip";
 
 fn info(name: &str, description: &str, schema: Value) -> McpToolInfo {
     McpToolInfo {
-        tool_key: format!("action.{name}"),
+        tool_key: aip_protocol::tool_key("action", name),
         tool_name: name.to_owned(),
         title: None,
         namespace: NAMESPACE.to_owned(),

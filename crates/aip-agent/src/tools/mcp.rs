@@ -253,7 +253,7 @@ fn to_map<T: Serialize>(value: &T) -> Option<Map<String, Value>> {
 
 fn tool_info(server: &str, tool: &rmcp::model::Tool) -> McpToolInfo {
     McpToolInfo {
-        tool_key: format!("mcp.{server}.{}", tool.name),
+        tool_key: aip_protocol::tool_key("action", &format!("{server}.{}", tool.name)),
         tool_name: tool.name.to_string(),
         title: tool
             .title

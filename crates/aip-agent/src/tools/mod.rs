@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aip_protocol::{ActionResult, Command, McpToolInfo, ResultStatus};
+use aip_protocol::{tool_key, ActionResult, Command, McpToolInfo, ResultStatus, LIST_TOOLS};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
@@ -116,7 +116,9 @@ impl ToolSet {
             .map(|(k, t)| (k.as_str(), t))
     }
 
-    /// The advertisement of every tool the policy lets run, for `metadata.tools`.
+    /// The advertisement of every tool the policy lets run, for `metadata.tools` and
+    /// `list_tools`: `tool_name` is the name a command uses, `tool_key` is
+    /// `<tool_type>::<tool_name>` as the reference device makes it.
     pub fn infos(&self) -> Vec<McpToolInfo> {
         let no_params = Map::new();
         self.tools
@@ -124,10 +126,32 @@ impl ToolSet {
             .filter(|(name, _)| self.policy.check(name, &no_params).is_ok())
             .map(|(name, t)| {
                 let mut info = t.info();
+                info.tool_key = tool_key(&info.tool_type, name);
                 info.tool_name = name.clone();
                 info
             })
             .collect()
+    }
+
+    /// The reference's `list_tools` meta-tool (`ufo/client/computer.py`): the tools the
+    /// policy lets run, optionally only those of `tool_type` and/or `namespace`, as a list
+    /// of MCPToolInfo objects. `remove_meta` is accepted; meta-tools are never listed.
+    fn list_tools(&self, params: &Map<String, Value>) -> ToolOutcome {
+        let (tool_type, namespace) = match (
+            opt_str_param(params, "tool_type"),
+            opt_str_param(params, "namespace"),
+        ) {
+            (Ok(t), Ok(n)) => (t, n),
+            (Err(e), _) | (_, Err(e)) => return ToolOutcome::fail(e),
+        };
+        let listed: Vec<Value> = self
+            .infos()
+            .into_iter()
+            .filter(|i| tool_type.is_none_or(|t| i.tool_type == t))
+            .filter(|i| namespace.is_none_or(|n| i.namespace == n))
+            .filter_map(|i| serde_json::to_value(i).ok())
+            .collect();
+        ToolOutcome::Success(Value::Array(listed))
     }
 
     /// Runs one command and always produces a `Result` echoing its `call_id`.
@@ -157,10 +181,13 @@ impl ToolSet {
     }
 
     async fn run_outcome(&self, command: &Command) -> ToolOutcome {
+        let params = command.parameters.clone().unwrap_or_default();
         let Some((name, tool)) = self.resolve(&command.tool_name) else {
+            if command.tool_name == LIST_TOOLS {
+                return self.list_tools(&params);
+            }
             return ToolOutcome::fail(format!("Unknown tool '{}'", command.tool_name));
         };
-        let params = command.parameters.clone().unwrap_or_default();
         if let Err(refusal) = self.policy.check(name, &params) {
             tracing::warn!(tool = name, refusal = %refusal, "call refused by policy");
             return ToolOutcome::fail(refusal);

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use aip_protocol::plan::Plan;
-use aip_protocol::{ActionResult, Command, ResultStatus};
+use aip_protocol::{ActionResult, Command};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
@@ -22,6 +22,9 @@ pub struct SessionContext<'a> {
     /// Effective platform: `windows` or `linux`.
     pub platform: &'a str,
     pub executor_id: &'a str,
+    /// `agent_name` for steps that name none: the one the executor's registered platform
+    /// has (the reference device looks up its tools by it), else the effective platform's.
+    pub default_agent_name: &'static str,
     pub executor_system_info: Option<&'a Value>,
     /// The executor's advertised tools (`metadata.tools`), if any.
     pub executor_tools: Option<&'a Value>,
@@ -36,6 +39,9 @@ impl<'a> SessionContext<'a> {
             request: &record.request,
             platform: &record.platform,
             executor_id: &record.executor,
+            default_agent_name: executor
+                .agent_name
+                .unwrap_or_else(|| default_agent_name(&record.platform)),
             executor_system_info: executor.system_info.as_deref(),
             executor_tools: executor.tools.as_deref(),
         }
@@ -45,6 +51,8 @@ impl<'a> SessionContext<'a> {
 /// What a session keeps of its executor's registration for its driver: shared, not copied.
 #[derive(Debug, Clone, Default)]
 pub struct ExecutorInfo {
+    /// The agent the executor's registered platform has ([`platform_agent_name`]).
+    pub agent_name: Option<&'static str>,
     /// `metadata.system_info`.
     pub system_info: Option<Arc<Value>>,
     /// `metadata.tools`.
@@ -113,12 +121,26 @@ pub trait DriverFactory: Send + Sync + 'static {
     fn create(&self, ctx: &SessionContext<'_>) -> Option<Box<dyn SessionDriver>>;
 }
 
-/// The platform's default `agent_name`.
+/// The effective platform's default `agent_name` (`windows` or `linux`).
 pub fn default_agent_name(platform: &str) -> &'static str {
     if platform == "windows" {
         "HostAgent"
     } else {
         "LinuxAgent"
+    }
+}
+
+/// The reference agent that serves a device registered with `metadata.platform`, or
+/// `None` for a platform it has no agent for. A UFO device looks up its MCP servers by
+/// `agent_name` and answers nothing for an agent it has no configuration for, so the name
+/// must follow the device. macOS has no reference agent; aip's own device ignores the
+/// name, and `LinuxAgent` (a shell) is the closest.
+pub fn platform_agent_name(platform: &str) -> Option<&'static str> {
+    match platform.to_ascii_lowercase().as_str() {
+        "windows" => Some("HostAgent"),
+        "linux" | "macos" | "darwin" => Some("LinuxAgent"),
+        "android" | "mobile" => Some("MobileAgent"),
+        _ => None,
     }
 }
 
@@ -159,12 +181,13 @@ impl SessionDriver for PlanDriver {
         };
         if plan.stop_on_failure {
             if let Some(last) = rounds.last() {
-                if let Some((i, failed)) = last
+                if let Some((i, why)) = last
                     .action_results
                     .iter()
                     .enumerate()
-                    .find(|(_, r)| r.status == ResultStatus::Failure)
+                    .find_map(|(i, r)| r.failure_text().map(|why| (i, why)))
                 {
+                    let failed = &last.action_results[i];
                     let tool = failed
                         .call_id
                         .as_deref()
@@ -179,10 +202,7 @@ impl SessionDriver for PlanDriver {
                     return Ok(Step::Finish {
                         completed: false,
                         result: Some(rounds_result(rounds)),
-                        error: Some(format!(
-                            "Command '{tool}' failed: {}",
-                            failed.error.as_deref().unwrap_or("")
-                        )),
+                        error: Some(format!("Command '{tool}' failed: {why}")),
                     });
                 }
             }
@@ -200,7 +220,7 @@ impl SessionDriver for PlanDriver {
                 .agent_name
                 .clone()
                 .or_else(|| plan.agent_name.clone())
-                .unwrap_or_else(|| default_agent_name(ctx.platform).to_owned()),
+                .unwrap_or_else(|| ctx.default_agent_name.to_owned()),
             process_name: step
                 .process_name
                 .clone()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aip_protocol::errors as text;
+use aip_protocol::features::ServerInfo;
 use aip_protocol::validate::is_valid_client_id;
 use aip_protocol::{parse_client_message, ClientMessageType, ClientType, ServerMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -222,7 +223,9 @@ async fn register(
             Err(_) => return refuse(text::duplicate_client(&client_id)),
         }
     };
-    if conn.send(&ServerMessage::heartbeat_ok()).is_err() {
+    let ack =
+        ServerMessage::registration_ack(ServerInfo::aip_ack_result(env!("CARGO_PKG_VERSION")));
+    if conn.send(&ack).is_err() {
         disconnect(app, &client_id, conn.id());
         return Err(None);
     }
