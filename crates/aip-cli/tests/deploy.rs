@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use support::{run, Proc, Server};
+use support::{run, run_env, Proc, Server};
 
 /// The site file as shipped: the test runs this text, not a copy of it.
 const SITE: &str = include_str!("../../../deploy/nginx/aip.conf");
@@ -238,6 +238,18 @@ fn nginx_with_the_shipped_site_carries_a_wss_device_and_an_https_dispatch_to_aip
     let mut stranger = Proc::spawn(&["device", "--server", &wss, "--client-id", "no-ca"]);
     let refused = stranger.wait_for_line("disconnected; reconnecting");
     assert!(refused.contains("certificate"), "{refused}");
+
+    // The system roots are really what is read without --ca-cert: where they come from
+    // (SSL_CERT_FILE, as OpenSSL) decides.
+    let system = [("SSL_CERT_FILE", ca)];
+    let mut trusting = Proc::spawn_env(
+        &["device", "--server", &wss, "--client-id", "system-roots"],
+        &system,
+    );
+    trusting.wait_for_line("registered");
+    run_env(&["clients", "--url", &https], &system)
+        .expect_code(0)
+        .stdout_has(&["system-roots", "tls-dev"]);
 }
 
 #[test]

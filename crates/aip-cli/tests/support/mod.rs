@@ -21,8 +21,14 @@ pub struct Proc {
 impl Proc {
     /// Spawns `aip <args>` with stdout and stderr collected.
     pub fn spawn(args: &[&str]) -> Proc {
+        Proc::spawn_env(args, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .env_remove("AIP_URL")
             .env_remove("AIP_API_KEY")
@@ -199,8 +205,14 @@ impl Run {
 
 /// `aip <args>` to completion (60 s at most).
 pub fn run(args: &[&str]) -> Run {
+    run_env(args, &[])
+}
+
+/// [`run`] with extra environment variables.
+pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .env_remove("AIP_URL")
         .env_remove("AIP_API_KEY")
