@@ -227,6 +227,37 @@ fn ctrl_c_while_waiting_off_a_terminal_exits_130_and_leaves_the_session_running(
     srv.aip(&["cancel", "held"]).expect_code(0);
 }
 
+#[test]
+fn waiting_rides_out_a_server_restart_and_reports_how_the_session_ended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = Server::start(&data, &[]);
+    let _dev = srv.device("dev", &[]);
+    let url = srv.url();
+    let mut waiting = Proc::spawn(&[
+        "dispatch",
+        "--url",
+        &url,
+        "--target",
+        "dev",
+        "--task-name",
+        "across",
+        "--command",
+        "sleep 30",
+        "--wait",
+    ]);
+    waiting.wait_for_line("waiting for session");
+    srv.aip(&["result", "across"]).expect_code(4);
+    let port = srv.port;
+    drop(srv); // SIGKILL
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _again = Server::start_on(port, &data, &[]);
+    assert_eq!(waiting.wait_exit(), Some(1), "{}", waiting.output());
+    let said = waiting.output();
+    assert!(said.contains("retrying"), "{said}");
+    assert!(said.contains("state: failed (server_restarted)"), "{said}");
+}
+
 /// On a terminal (a pty from util-linux `script`): the live line, and Ctrl-C asks before
 /// it cancels anything.
 #[test]

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{urlencode, Api};
+use super::{urlencode, Api, ApiError};
 
 /// How the wait ended.
 pub enum Waited {
@@ -22,9 +22,12 @@ pub enum Waited {
     Interrupted,
 }
 
+/// How long the server may be unreachable while a session is followed (a restart).
+const OUTAGE: Duration = Duration::from_secs(30);
+
 /// Polls `id` until it is done, `timeout` runs out or the operator interrupts.
 pub async fn follow(api: &Api, id: &str, timeout: Option<Duration>) -> anyhow::Result<Waited> {
-    let path = format!("/api/task_result/{}", urlencode(id));
+    let mut path = format!("/api/task_result/{}", urlencode(id));
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut interrupt = Interrupt::install()?;
     let progress = Progress::new();
@@ -34,8 +37,30 @@ pub async fn follow(api: &Api, id: &str, timeout: Option<Duration>) -> anyhow::R
         );
     }
     let mut poll_every = Duration::from_millis(100);
+    let mut reached = Instant::now();
     loop {
-        let view = api.get(&path).await?;
+        let view = match api.get(&path).await {
+            Ok(view) => {
+                reached = Instant::now();
+                view
+            }
+            // Not an answer at all (a refusal is an ApiError): retry for a while.
+            Err(e) if e.downcast_ref::<ApiError>().is_none() && reached.elapsed() < OUTAGE => {
+                progress.note(&format!("{e:#}; retrying"));
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = interrupt.recv() => {
+                        progress.finish();
+                        return Ok(Waited::Interrupted);
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(sid) = view["session_id"].as_str() {
+            // A task name could name a newer session later: follow this one.
+            path = format!("/api/task_result/{}", urlencode(sid));
+        }
         if view["status"] == "done" {
             progress.finish();
             return Ok(Waited::Done(view));
@@ -143,6 +168,14 @@ impl Progress {
         bar.set_message(format!(
             "{doing} · session {short}… · Ctrl-C: cancel or detach"
         ));
+    }
+
+    /// A passing problem: on the live line, or one line on stderr.
+    fn note(&self, what: &str) {
+        match &self.0 {
+            Some(bar) => bar.set_message(what.to_owned()),
+            None => eprintln!("aip: {what}"),
+        }
     }
 
     fn finish(&self) {

@@ -124,12 +124,18 @@ pub struct Server {
 impl Server {
     /// `aip serve --port 0 --data-dir DIR <extra>`, ready when it logs its address.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_on(0, data_dir, extra)
+    }
+
+    /// [`Server::start`] on a given port (0: any).
+    pub fn start_on(port: u16, data_dir: &Path, extra: &[&str]) -> Server {
+        let port = port.to_string();
         let mut args = vec![
             "serve",
             "--host",
             "127.0.0.1",
             "--port",
-            "0",
+            &port,
             "--data-dir",
             data_dir.to_str().unwrap(),
         ];
