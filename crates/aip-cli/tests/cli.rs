@@ -156,7 +156,7 @@ fn waiting_gives_up_at_timeout_with_3_and_a_cancelled_session_exits_3() {
 
     srv.aip(&["result", "slow"])
         .expect_code(4)
-        .stdout_has(&["state: running"]);
+        .stdout_has(&["state: running", "not ended yet: `aip result "]);
     srv.aip(&["sessions", "--state", "running"])
         .expect_code(0)
         .stdout_has(&["slow", "running"]);

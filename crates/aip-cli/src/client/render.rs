@@ -55,6 +55,11 @@ impl Renderer {
         if let Some(e) = r["error"].as_str() {
             self.line(format!("error: {e}"));
         }
+        if r["status"] == "pending" {
+            self.line(format!(
+                "(not ended yet: `aip result {sid} --wait` follows it, `aip cancel {sid}` stops it)"
+            ));
+        }
         let result = &r["result"];
         // A device that ran the task with its own model reports `{answer, transcript}` as
         // `result.result`; the server's agent puts them at the top.
