@@ -377,3 +377,40 @@ async fn shutdown_without_grace_aborts_the_command_and_the_session_is_cancelled(
     assert_eq!(r["reason"], "device_disconnected");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cancelling_a_session_kills_the_running_command_and_its_process_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_server(0, dir.path()).await;
+    let stop = start_device(
+        server.port,
+        "victim",
+        tools("victim", Arc::new(AllowAll), true),
+    );
+    server.wait_device("victim").await;
+    let marker = dir.path().join("written-after-cancel");
+    let line = format!("sleep 1; echo done > '{}'", marker.display());
+    let sid = server
+        .dispatch_plan("victim", json!([shell(&line, json!({}))]))
+        .await;
+    wait_running(&server, &sid).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the command is running
+    let status = server
+        .http
+        .delete(server.url(&format!("/api/sessions/{sid}")))
+        .send()
+        .await
+        .expect("delete")
+        .status();
+    assert_eq!(status, 200);
+    // Well past the moment the command would have written its file.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(
+        !marker.exists(),
+        "the cancelled session's command went on and wrote its file"
+    );
+    let r = server.wait_done(&sid).await;
+    assert_eq!(r["state"], "cancelled", "{r}");
+    stop.cancel();
+    server.stop().await;
+}

@@ -371,7 +371,7 @@ async fn device_disconnect_fails_the_constellations_session() {
 }
 
 #[tokio::test]
-async fn constellation_disconnect_cancels_its_sessions_silently() {
+async fn constellation_disconnect_cancels_its_sessions_and_stops_the_device() {
     let app = spawn_app().await;
     let mut d = app.device("dev1").await;
     let mut k = app.constellation("k1", None).await;
@@ -384,6 +384,15 @@ async fn constellation_disconnect_cancels_its_sessions_silently() {
     assert_eq!(done["reason"], "requester_disconnected");
     assert_eq!(
         done["error"],
+        "Task was cancelled due to client disconnection"
+    );
+    // The device is told to stop (issue 15, beyond protocol.md §5.3, which tells no one).
+    let end = d.recv().await;
+    assert_eq!(end["type"], "task_end", "{end}");
+    assert_eq!(end["status"], "failed");
+    assert_eq!(end["session_id"], "k1@b");
+    assert_eq!(
+        end["error"],
         "Task was cancelled due to client disconnection"
     );
     // Late results are dropped; the device hears nothing more.

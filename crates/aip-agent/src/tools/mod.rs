@@ -9,6 +9,7 @@ use std::time::Duration;
 use aip_protocol::{tool_key, ActionResult, Command, McpToolInfo, ResultStatus, LIST_TOOLS};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
+use tokio_util::task::AbortOnDropHandle;
 
 pub mod builtin;
 pub mod mcp;
@@ -193,8 +194,10 @@ impl ToolSet {
             return ToolOutcome::fail(refusal);
         }
         let tool = tool.clone();
-        // Its own task, so that a panic becomes a failure instead of taking us down.
-        let mut task = tokio::spawn(async move { tool.call(params).await });
+        // Its own task, so that a panic becomes a failure instead of taking us down; aborted
+        // when this call is dropped (the session ended), which drops the tool's future and
+        // with it any child process group it runs.
+        let mut task = AbortOnDropHandle::new(tokio::spawn(async move { tool.call(params).await }));
         match tokio::time::timeout(self.call_limit, &mut task).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) if e.is_panic() => {

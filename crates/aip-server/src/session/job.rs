@@ -139,11 +139,13 @@ impl SessionJob {
                 true,
                 false,
             ),
+            // The executor is told, unlike in protocol.md §5.3 (issue 15): a session that
+            // ends must stop the device's running tool calls.
             CancelReason::RequesterDisconnected => (
                 "requester_disconnected",
                 text::REQUESTER_DISCONNECTED,
                 false,
-                false,
+                true,
             ),
             CancelReason::Shutdown => ("shutdown", text::SHUTTING_DOWN, true, true),
             CancelReason::Api => (
