@@ -150,8 +150,25 @@ struct LlmFile {
     api_key_env: Option<String>,
     max_steps: Option<u32>,
     temperature: Option<f32>,
-    timeout: Option<f64>,
+    timeout: Option<FileDuration>,
     azure_api_version: Option<String>,
+}
+
+/// A time in a TOML file: a number of seconds, or a string in the one duration syntax.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum FileDuration {
+    Secs(f64),
+    Text(String),
+}
+
+impl FileDuration {
+    fn parse(&self) -> Result<Duration, String> {
+        match self {
+            FileDuration::Secs(v) => duration(&v.to_string()),
+            FileDuration::Text(s) => duration(s),
+        }
+    }
 }
 
 impl LlmArgs {
@@ -186,8 +203,17 @@ impl LlmArgs {
         config.temperature = self.llm_temperature.or(file.temperature);
         if let Some(t) = self.llm_timeout {
             config.call_timeout = t;
-        } else if let Some(t) = file.timeout.filter(|t| *t > 0.0) {
-            config.call_timeout = Duration::from_secs_f64(t);
+        } else if let Some(t) = &file.timeout {
+            let t = t.parse().map_err(|e| {
+                let path = self
+                    .llm_config
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("?"));
+                anyhow::anyhow!("invalid timeout in {}: {e}", path.display())
+            })?;
+            if !t.is_zero() {
+                config.call_timeout = t;
+            }
         }
         config.azure_api_version = self
             .llm_azure_api_version
@@ -227,5 +253,39 @@ mod tests {
             Err("must be greater than zero".into())
         );
         assert_eq!(positive_duration("2m"), Ok(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn a_model_config_file_takes_the_same_durations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = |timeout: &str| {
+            let path = dir.path().join("llm.toml");
+            let text = format!(
+                "base_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\ntimeout = {timeout}\n"
+            );
+            std::fs::write(&path, text).expect("write");
+            let args = LlmArgs {
+                llm_base_url: None,
+                llm_model: None,
+                llm_api_key_env: None,
+                llm_max_steps: None,
+                llm_temperature: None,
+                llm_timeout: None,
+                llm_azure_api_version: None,
+                llm_config: Some(path),
+            };
+            args.to_config().map(|c| c.map(|c| c.call_timeout))
+        };
+        assert_eq!(config("45").ok().flatten(), Some(Duration::from_secs(45)));
+        assert_eq!(
+            config("2.5").ok().flatten(),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            config("\"2m\"").ok().flatten(),
+            Some(Duration::from_secs(120))
+        );
+        let err = config("\"soon\"").expect_err("not a duration");
+        assert!(err.to_string().contains("invalid timeout in"), "{err}");
     }
 }
