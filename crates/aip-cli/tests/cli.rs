@@ -258,62 +258,109 @@ fn waiting_rides_out_a_server_restart_and_reports_how_the_session_ended() {
     assert!(said.contains("state: failed (server_restarted)"), "{said}");
 }
 
-/// On a terminal (a pty from util-linux `script`): the live line, and Ctrl-C asks before
-/// it cancels anything.
-#[test]
-fn on_a_terminal_waiting_shows_a_live_line_and_ctrl_c_asks_before_cancelling() {
-    use std::io::{Read, Write};
-    let tmp = tempfile::tempdir().unwrap();
-    let srv = Server::start(tmp.path(), &[]);
-    let _dev = srv.device("dev", &[]);
-    let line = format!(
-        "{} dispatch --url {} --target dev --task-name tty --command 'sleep 30' --wait",
-        support::BIN,
-        srv.url()
-    );
-    let mut pty = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("util-linux `script` runs the client on a pseudo-terminal");
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut out = pty.stdout.take().unwrap();
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = out.read(&mut buf) {
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+/// `aip <args>` on a pseudo-terminal (util-linux `script`): keys in, the screen out.
+struct Terminal {
+    child: std::process::Child,
+    keys: std::process::ChildStdin,
+    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Terminal {
+    fn run(args: &str) -> Terminal {
+        use std::io::Read;
+        let line = format!("{} {args}", support::BIN);
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("util-linux `script` runs the client on a pseudo-terminal");
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut out = child.stdout.take().unwrap();
+        let sink = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let keys = child.stdin.take().unwrap();
+        Terminal {
+            child,
+            keys,
+            screen,
         }
-    });
-    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-    let wait_for = |needle: &str| {
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+
+    fn wait_for(&self, needle: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !text().contains(needle) {
+        while !self.text().contains(needle) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no {needle:?} on the terminal:\n{}",
-                text()
+                self.text()
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        use std::io::Write;
+        self.keys.write_all(keys).unwrap();
+        self.keys.flush().unwrap();
+    }
+
+    fn exit_code(&mut self) -> Option<i32> {
+        self.child.wait().unwrap().code()
+    }
+}
+
+/// On a terminal: the live line, and Ctrl-C asks before it cancels anything.
+#[test]
+fn on_a_terminal_waiting_shows_a_live_line_and_ctrl_c_asks_before_cancelling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(tmp.path(), &[]);
+    let _dev = srv.device("dev", &[]);
+    let wait = |task: &str| {
+        format!(
+            "dispatch --url {} --target dev --task-name {task} --command 'sleep 30' --wait",
+            srv.url()
+        )
     };
-    wait_for("running on dev");
-    let mut keys = pty.stdin.take().unwrap();
-    keys.write_all(b"\x03").unwrap();
-    keys.flush().unwrap();
-    wait_for("[y/N]");
-    assert!(text().contains("Cancel session "), "{}", text());
-    keys.write_all(b"y\n").unwrap();
-    keys.flush().unwrap();
-    let status = pty.wait().unwrap();
-    assert_eq!(status.code(), Some(3), "{}", text());
+
+    // "y": cancelled, and how it ended is printed.
+    let mut term = Terminal::run(&wait("tty-yes"));
+    term.wait_for("running on dev");
+    term.type_keys(b"\x03");
+    term.wait_for("[y/N]");
+    assert!(term.text().contains("Cancel session "), "{}", term.text());
+    term.type_keys(b"y\n");
+    assert_eq!(term.exit_code(), Some(3), "{}", term.text());
     assert!(
-        text().contains("state: cancelled (cancelled)"),
+        term.text().contains("state: cancelled (cancelled)"),
         "{}",
-        text()
+        term.text()
     );
-    srv.aip(&["result", "tty"]).expect_code(3);
+    srv.aip(&["result", "tty-yes"]).expect_code(3);
+
+    // "n": nothing is cancelled; the wait stops with 130.
+    let mut term = Terminal::run(&wait("tty-no"));
+    term.wait_for("running on dev");
+    term.type_keys(b"\x03");
+    term.wait_for("[y/N]");
+    term.type_keys(b"n\n");
+    assert_eq!(term.exit_code(), Some(130), "{}", term.text());
+    assert!(
+        term.text().contains("interrupted; session "),
+        "{}",
+        term.text()
+    );
+    srv.aip(&["result", "tty-no"]).expect_code(4);
+    srv.aip(&["cancel", "tty-no"]).expect_code(0);
 }
 
 #[test]
