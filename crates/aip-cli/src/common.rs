@@ -24,15 +24,28 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
-    /// Installs the global subscriber (stderr).
+    /// Installs the global subscriber (stderr). A non-empty `RUST_LOG` (tracing's filter
+    /// syntax, e.g. `info,aip_server::session=debug`) replaces `--log-level`. The access log
+    /// (one line per HTTP request, target `aip_access`) is on at INFO in JSON mode and
+    /// at DEBUG in text mode.
     pub fn init(&self) {
         let level = self.log_level.as_str();
-        let filter = if level == "off" {
-            EnvFilter::new("off")
-        } else {
-            EnvFilter::new(format!(
-                "warn,aip_server={level},aip_agent={level},aip_cli={level},aip_protocol={level},aip={level}"
-            ))
+        let access = match (self.log_format, level) {
+            (LogFormat::Json, _) | (_, "debug") => level,
+            _ => "off",
+        };
+        let filter = match std::env::var("RUST_LOG") {
+            Ok(custom) if !custom.trim().is_empty() => match EnvFilter::try_new(&custom) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("aip: RUST_LOG={custom:?} is not a valid filter: {e}");
+                    std::process::exit(2);
+                }
+            },
+            _ if level == "off" => EnvFilter::new("off"),
+            _ => EnvFilter::new(format!(
+                "warn,aip_server={level},aip_agent={level},aip_cli={level},aip_protocol={level},aip={level},aip_access={access}"
+            )),
         };
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -40,11 +53,7 @@ impl LogArgs {
             .with_writer(std::io::stderr);
         match self.log_format {
             LogFormat::Text => builder.init(),
-            LogFormat::Json => builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .init(),
+            LogFormat::Json => builder.event_format(crate::logfmt::JsonLines).init(),
         }
     }
 }

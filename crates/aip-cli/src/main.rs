@@ -15,14 +15,19 @@ mod common;
 mod device;
 mod docs;
 mod exit;
+mod logfmt;
 mod serve;
 
 use exit::{Exit, Usage};
+
+static LONG_VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(aip_server::build::long_version);
 
 #[derive(Parser)]
 #[command(
     name = "aip",
     version,
+    long_version = LONG_VERSION.as_str(),
     about = "aip: an AIP agent server and its tools",
     after_help = "Durations: a plain number is seconds (90, 0.5); or 90s, 15m, 12h, 7d.\n\
                   Exit codes: 0 completed, 1 failed or error, 2 usage, 3 cancelled or timed out, \

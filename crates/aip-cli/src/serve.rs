@@ -1,6 +1,5 @@
 //! `aip serve`: the agent server.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,13 +42,13 @@ pub struct ServeArgs {
     #[arg(long, env = "AIP_DATA_DIR", default_value = "./aip-data")]
     data_dir: PathBuf,
     /// Most WebSocket connections; more are refused with 503.
-    #[arg(long, env = "AIP_MAX_CONNECTIONS", default_value_t = 1000)]
+    #[arg(long, env = "AIP_MAX_CONNECTIONS", default_value_t = 1000, value_parser = at_least_one)]
     max_connections: usize,
     /// Largest WebSocket message and HTTP body, in bytes.
-    #[arg(long, env = "AIP_MAX_MESSAGE_SIZE", default_value_t = 104_857_600)]
+    #[arg(long, env = "AIP_MAX_MESSAGE_SIZE", default_value_t = 104_857_600, value_parser = message_size)]
     max_message_size: usize,
     /// Most sessions in created/running state.
-    #[arg(long, env = "AIP_MAX_ACTIVE_SESSIONS", default_value_t = 1000)]
+    #[arg(long, env = "AIP_MAX_ACTIVE_SESSIONS", default_value_t = 1000, value_parser = at_least_one)]
     max_active_sessions: usize,
     /// Time allowed for the first (register) frame.
     #[arg(long, env = "AIP_REGISTRATION_TIMEOUT", default_value = "10", value_parser = positive_duration)]
@@ -73,8 +72,15 @@ pub struct ServeArgs {
     #[arg(long, env = "AIP_RETENTION", default_value = "7d", value_parser = duration)]
     retention: Duration,
     /// Most ended sessions kept; the oldest-finished go first.
-    #[arg(long, env = "AIP_MAX_RESULTS", default_value_t = 1_000_000)]
+    #[arg(long, env = "AIP_MAX_RESULTS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_results: u64,
+    /// Certificate chain (PEM) for HTTPS and WSS on the same port; needs --tls-key.
+    /// Reloaded on SIGHUP without dropping connections.
+    #[arg(long, env = "AIP_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "AIP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -100,6 +106,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         accept_timeout: args.accept_timeout,
         retention: args.retention,
         max_results: args.max_results,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(aip_server::tls::TlsPaths { cert, key }),
+            _ => None,
+        },
         llm: match args.llm.to_config() {
             Ok(l) => l,
             Err(e) => {
@@ -112,23 +122,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = bind(&args.host, args.port)
         .await
         .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
-    let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(
-        address = %addr,
-        tls = false,
-        auth = config.api_key.is_some(),
-        local_only = config.local_only,
-        platform = ?config.platform,
-        driver = %match &config.llm {
-            Some(l) => format!("plan; LLM agent {} at {}", l.model, l.base_url),
-            None => "plan; natural language is delegated to the device".to_owned(),
-        },
-        data_dir = %config.data_dir.display(),
-        "aip server listening"
-    );
-    if config.api_key.is_none() && !addr.ip().is_loopback() {
-        tracing::warn!("authentication is off on a non-loopback address: anyone on the network can dispatch commands to devices (set --api-key)");
-    }
     aip_server::run(listener, config, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -154,4 +147,23 @@ async fn bind(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener>
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("the host name resolved to no address")))
+}
+
+/// A count that must be at least 1 (0 would refuse everything).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The largest message: at least 64 KiB, or no registration with its metadata would fit.
+fn message_size(s: &str) -> Result<usize, String> {
+    const MIN: usize = 64 * 1024;
+    match s.parse::<usize>() {
+        Ok(n) if n < MIN => Err(format!("must be at least {MIN} bytes")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -1,7 +1,7 @@
 //! The deploy kit (`deploy/`), run for real: nginx with the shipped site file terminating
 //! TLS (certificates made here with rcgen) in front of a real `aip serve`, a real `aip
 //! device` on `wss://` and the clients on `https://`; the systemd unit through
-//! `systemd-analyze`.
+//! `systemd-analyze`; and aip's own TLS (`--tls-cert`) reached by the same clients.
 
 #![allow(clippy::unwrap_used)]
 
@@ -250,6 +250,52 @@ fn nginx_with_the_shipped_site_carries_a_wss_device_and_an_https_dispatch_to_aip
     run_env(&["clients", "--url", &https], &system)
         .expect_code(0)
         .stdout_has(&["system-roots", "tls-dev"]);
+}
+
+/// Without a proxy: aip's own TLS (`--tls-cert`), reached the same way.
+#[test]
+fn a_wss_device_and_https_clients_reach_aip_serving_tls_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = make_certificates(tmp.path());
+    let ca = ca.to_str().unwrap();
+    let (cert, key) = (tmp.path().join("server.pem"), tmp.path().join("server.key"));
+    let srv = Server::start(
+        &tmp.path().join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let https = format!("https://127.0.0.1:{}", srv.port);
+    let wss = format!("wss://127.0.0.1:{}/ws", srv.port);
+    let mut dev = Proc::spawn(&[
+        "device",
+        "--server",
+        &wss,
+        "--ca-cert",
+        ca,
+        "--client-id",
+        "direct",
+    ]);
+    dev.wait_for_line("registered");
+    run(&[
+        "dispatch",
+        "--url",
+        &https,
+        "--ca-cert",
+        ca,
+        "--target",
+        "direct",
+        "--command",
+        "echo direct",
+        "--wait",
+        "--timeout",
+        "30s",
+    ])
+    .expect_code(0)
+    .stdout_has(&["stdout | direct"]);
 }
 
 #[test]

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub outgoing_queue: usize,
     /// The model that plans natural-language requests; `None` delegates them to devices.
     pub llm: Option<aip_llm::LlmConfig>,
+    /// Certificate and key (PEM) for HTTPS/WSS on the listener; `None`: plain HTTP/WS.
+    pub tls: Option<crate::tls::TlsPaths>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -54,6 +56,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_active_sessions", &self.max_active_sessions)
             .field("session_timeout", &self.session_timeout)
             .field("llm", &self.llm)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             duplicate_probe_timeout: Duration::from_secs(5),
             outgoing_queue: 256,
             llm: None,
+            tls: None,
         }
     }
 }

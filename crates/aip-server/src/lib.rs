@@ -6,6 +6,7 @@
 //! - [`session`]: session manager, per-session jobs and drivers (plan driver built in).
 //! - [`storage`]: durable session records behind a trait; SQLite by default.
 //! - [`config`]: every option of `aip serve`; [`state`]: what handlers share.
+//! - [`tls`]: HTTPS/WSS on the listener, with the certificate reloaded on SIGHUP.
 //!
 //! [`run`] serves on a listener it is given until the shutdown future resolves.
 
@@ -25,9 +26,27 @@ pub mod registry;
 pub mod session;
 pub mod state;
 pub mod storage;
+pub mod tls;
 pub mod web;
 
 pub use config::{PlatformMode, ServerConfig};
+
+/// What this build is: version, git commit, target and profile (set by `build.rs`).
+pub mod build {
+    /// The crate version.
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// Short git commit of the checkout it was built from, or `unknown`.
+    pub const COMMIT: &str = env!("AIP_GIT_COMMIT");
+    /// Target triple.
+    pub const TARGET: &str = env!("AIP_BUILD_TARGET");
+    /// `release` or `debug`.
+    pub const PROFILE: &str = env!("AIP_BUILD_PROFILE");
+
+    /// `0.1.0 (commit 1a2b3c4d5e6f, x86_64-unknown-linux-gnu, release)`.
+    pub fn long_version() -> String {
+        format!("{VERSION} (commit {COMMIT}, {TARGET}, {PROFILE})")
+    }
+}
 pub use state::AppState;
 
 /// The hasher of every map keyed by session ids, client ids and task names: foldhash,
@@ -44,6 +63,7 @@ pub(crate) type IdDashMap<K, V> = dashmap::DashMap<K, V, IdHasher>;
 
 use session::CancelReason;
 use storage::sqlite::SqliteStore;
+use storage::SessionStore;
 
 /// Opens the embedded store under `config.data_dir` and serves until `shutdown`.
 pub async fn run(
@@ -51,6 +71,12 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Everything that can fail on a bad file is opened before anything is served.
+    let tls = match &config.tls {
+        Some(paths) => Some(tls::TlsFiles::load(paths.clone())?),
+        None => None,
+    };
+    let _lock = storage::lock::DataDirLock::acquire(&config.data_dir)?;
     let dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
         .await?
@@ -61,8 +87,75 @@ pub async fn run(
         )),
         None => None,
     };
+    // A store that opens but cannot be written (a read-only file) fails here, by name.
+    let interrupted = store
+        .mark_interrupted(chrono::Utc::now())
+        .await
+        .with_context(|| format!("writing the store in {}", config.data_dir.display()))?;
+    if interrupted > 0 {
+        tracing::warn!(
+            sessions = interrupted,
+            "sessions live at the last stop are now failed (server_restarted)"
+        );
+    }
+    log_listening(&listener, &config);
     let state = AppState::new(config, Arc::new(store), agent);
-    serve(listener, state, shutdown).await
+    match tls {
+        Some(files) => serve_tls(listener, state, files, shutdown).await,
+        None => serve(listener, state, shutdown).await,
+    }
+}
+
+/// Serves `state` over TLS on `listener` until `shutdown`, then shuts down gracefully;
+/// the certificate is reloaded on SIGHUP.
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    files: Arc<tls::TlsFiles>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let purger = start(&state).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tls::reload_on_sighup(files.clone(), stop.clone());
+    let graceful_state = state.clone();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        begin_shutdown(&graceful_state).await;
+        stopper.cancel();
+    });
+    let app = web::router(state.clone());
+    let result = tls::serve_tls(listener, files, app, stop, Duration::from_secs(5)).await;
+    purger.abort();
+    result
+}
+
+/// The start-up line, once everything is open (server.md §9).
+fn log_listening(listener: &TcpListener, config: &ServerConfig) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    tracing::info!(
+        address = %addr,
+        tls = config.tls.is_some(),
+        auth = config.api_key.is_some(),
+        local_only = config.local_only,
+        platform = ?config.platform,
+        driver = %match &config.llm {
+            Some(l) => format!("plan; LLM agent {} at {}", l.model, l.base_url),
+            None => "plan; natural language is delegated to the device".to_owned(),
+        },
+        data_dir = %config.data_dir.display(),
+        "aip server listening"
+    );
+    if config.api_key.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!("authentication is off on a non-loopback address: anyone on the network can dispatch commands to devices (set --api-key)");
+    }
+}
+
+/// What runs before the first connection: the purge of expired results.
+async fn start(state: &Arc<AppState>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    Ok(tokio::spawn(purge_loop(state.clone())))
 }
 
 /// Serves `state` on `listener` until `shutdown`, then shuts down gracefully.
@@ -71,14 +164,7 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let interrupted = state.store.mark_interrupted(chrono::Utc::now()).await?;
-    if interrupted > 0 {
-        tracing::warn!(
-            sessions = interrupted,
-            "sessions live at the last stop are now failed (server_restarted)"
-        );
-    }
-    let purger = tokio::spawn(purge_loop(state.clone()));
+    let purger = start(&state).await?;
     let app = web::router(state.clone());
     let graceful_state = state.clone();
     // Small frames go out at once: without TCP_NODELAY, an acknowledgement followed by a

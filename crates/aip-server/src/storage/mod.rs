@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+pub mod lock;
 pub mod sqlite;
 
 /// Lifecycle state of a session (server.md §4).

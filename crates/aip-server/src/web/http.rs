@@ -81,6 +81,9 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Res
         "uptime_seconds": app.started.elapsed().as_secs(),
         "connected_clients": app.registry.len(),
         "active_sessions": app.sessions.active(),
+        "version": crate::build::VERSION,
+        "build": {"commit": crate::build::COMMIT, "target": crate::build::TARGET,
+                  "profile": crate::build::PROFILE},
     });
     if header_authorized(&app, &headers) {
         let ids: Vec<String> = app
