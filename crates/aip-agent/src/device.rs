@@ -40,8 +40,9 @@ pub struct DeviceConfig {
     pub heartbeat_interval: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// A connection that stayed registered this long resets the backoff.
-    pub healthy_after: Duration,
+    /// Frames queued for the socket writer; a sender waits when it is full (nothing the
+    /// device must send is dropped; a heartbeat that finds it full is skipped).
+    pub outgoing_queue: usize,
     /// On shutdown, how long running commands may finish before they are aborted.
     pub shutdown_grace: Duration,
     pub max_message_size: usize,
@@ -75,7 +76,7 @@ impl DeviceConfig {
             heartbeat_interval: Duration::from_secs(20),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
-            healthy_after: Duration::from_secs(30),
+            outgoing_queue: 256,
             shutdown_grace: Duration::from_secs(10),
             max_message_size: 100 * 1024 * 1024,
             llm: None,
@@ -171,7 +172,9 @@ impl Device {
             tracing::info!(server = %self.config.server, client_id = %self.config.client_id, "connecting");
             let mut registered_at = None;
             let ended = self.connect_once(&shutdown, &mut registered_at).await;
-            if registered_at.is_some_and(|t: Instant| t.elapsed() >= self.config.healthy_after) {
+            // An accepted registration proves the server is back: the next attempt starts
+            // from the initial delay (a rolling restart must not stretch it).
+            if registered_at.is_some() {
                 backoff.reset();
             }
             let why = match ended {
@@ -295,7 +298,7 @@ impl Device {
             tracing::warn!("the server does not announce delegation: tasks are echoed for it to drive, the local model is not used");
         }
 
-        let (tx, mut rx) = mpsc::channel::<Message>(256);
+        let (tx, mut rx) = mpsc::channel::<Message>(self.config.outgoing_queue.max(1));
         let mut writer = tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
                 let close = matches!(m, Message::Close(_));
@@ -323,8 +326,10 @@ impl Device {
                         break Ended::Lost(format!("nothing heard from the server for {} s", silence_limit.as_secs()));
                     }
                     let hb = self.message(ClientMessageType::Heartbeat, TaskStatus::Ok);
-                    if tx.try_send(Message::Text(hb.to_json().into())).is_err() {
-                        break Ended::Lost("outgoing queue full or closed".into());
+                    // A full queue means frames are on their way: this heartbeat is skipped,
+                    // the connection is not ended for being busy.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Message::Text(hb.to_json().into())) {
+                        break Ended::Lost("the connection's writer stopped".into());
                     }
                 }
                 frame = stream.next() => {
@@ -427,7 +432,13 @@ impl Device {
                     session_id = msg.session_id.as_deref().unwrap_or(""),
                     "task received; accepting"
                 );
-                let _ = tx.try_send(Message::Text(echo.to_json().into()));
+                // Waits for room in the queue instead of dropping the echo; the server
+                // would fail the session `not_accepted` without it.
+                let tx = tx.clone();
+                let echo = Message::Text(echo.to_json().into());
+                running.spawn(async move {
+                    let _ = tx.send(echo).await;
+                });
             }
             ServerMessageType::Command => {
                 let session_id = msg.session_id.clone().unwrap_or_default();

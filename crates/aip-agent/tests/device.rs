@@ -414,3 +414,44 @@ async fn cancelling_a_session_kills_the_running_command_and_its_process_group() 
     stop.cancel();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_dispatch_burst_never_loses_an_echo_even_with_a_one_frame_outgoing_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_server_with(0, dir.path(), |c| {
+        c.accept_timeout = Duration::from_secs(5);
+        c.max_active_sessions = 10_000;
+    })
+    .await;
+    let stop = start_device_with(
+        server.port,
+        "burst",
+        tools("burst", Arc::new(AllowAll), false),
+        |c| {
+            c.outgoing_queue = 1;
+        },
+    );
+    server.wait_device("burst").await;
+    let dispatches = (0..300).map(|i| {
+        server.dispatch(
+            json!({"target_id": "burst", "request": "ls", "task_name": format!("b{i}"),
+                               "commands": [{"tool_name": "list_dir", "tool_type": "action",
+                                             "parameters": {"path": "/"}}]}),
+        )
+    });
+    let sids = futures_util::future::join_all(dispatches).await;
+    let mut states = std::collections::BTreeMap::new();
+    for sid in &sids {
+        let r = server.wait_done(sid).await;
+        *states
+            .entry(format!("{} {}", r["state"], r["reason"]))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        states.get("\"completed\" null"),
+        Some(&sids.len()),
+        "every session completes: {states:?}"
+    );
+    stop.cancel();
+    server.stop().await;
+}

@@ -141,6 +141,7 @@ async fn device_with_a_model_echoes_the_reference_servers_task_and_serves_list_t
     let r = &listed["action_results"][0];
     assert_eq!(r["status"], "success", "{r}");
     assert_eq!(r["call_id"], "l1");
+    assert_eq!(r["namespace"], "aip");
     let tools = r["result"].as_array().expect("a list of MCPToolInfo");
     assert!(!tools.is_empty());
     for t in tools {
@@ -269,5 +270,51 @@ async fn device_runs_a_null_agent_task_itself_only_when_delegation_was_announced
         "task_end stamped {elapsed} after the task was sent: it must carry the time it was sent"
     );
     assert!(stamped(&results) - sent >= chrono::Duration::milliseconds(450));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn backoff_restarts_from_the_initial_delay_after_every_accepted_registration() {
+    // A server that accepts each registration and then goes away at once (a rolling
+    // restart, many times over): the device must come back each time within the initial
+    // delay, not after a doubling one.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = start_device_with(
+        port,
+        "roller",
+        tools("roller", Arc::new(AllowAll), false),
+        |c| {
+            c.backoff_initial = Duration::from_millis(200);
+            c.backoff_max = Duration::from_secs(10);
+        },
+    );
+    let started = std::time::Instant::now();
+    let mut registrations = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        let Ok(accepted) = tokio::time::timeout(
+            Duration::from_millis(2600) - started.elapsed().min(Duration::from_millis(2600)),
+            listener.accept(),
+        )
+        .await
+        else {
+            break;
+        };
+        let (tcp, _) = accepted.expect("accept");
+        let mut dev = Peer(
+            tokio_tungstenite::accept_async(tcp)
+                .await
+                .expect("handshake"),
+        );
+        assert_eq!(dev.recv().await["type"], "register");
+        dev.send(server_message("heartbeat", "ok", json!({}))).await;
+        registrations += 1;
+        drop(dev);
+    }
+    // Without the reset: 0.1–0.2 + 0.2–0.4 + 0.4–0.8 + 0.8–1.6 s … at most 5 in 2.5 s.
+    assert!(
+        registrations >= 7,
+        "only {registrations} registrations in 2.5 s: the backoff was not reset"
+    );
     stop.cancel();
 }

@@ -158,11 +158,12 @@ impl ToolSet {
     /// Runs one command and always produces a `Result` echoing its `call_id`.
     pub async fn run(&self, command: &Command) -> ActionResult {
         let outcome = self.run_outcome(command).await;
-        let (namespace, call_id) = (
-            self.resolve(&command.tool_name)
-                .map(|(_, t)| t.info().namespace),
-            command.call_id.clone(),
-        );
+        let namespace = match self.resolve(&command.tool_name) {
+            Some((_, t)) => Some(t.info().namespace),
+            None if command.tool_name == LIST_TOOLS => Some(builtin::NAMESPACE.to_owned()),
+            None => None,
+        };
+        let call_id = command.call_id.clone();
         match outcome {
             ToolOutcome::Success(result) => ActionResult {
                 status: ResultStatus::Success,
