@@ -49,6 +49,8 @@ pub struct DeviceConfig {
     /// A model to run delegated natural-language tasks (`task` with `agent_name` null)
     /// on this device; `None`: every task is echoed for the server to drive.
     pub llm: Option<aip_llm::LlmClient>,
+    /// TLS for `wss://` ([`crate::tls::client_config`]); `None`: the system roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for DeviceConfig {
@@ -78,6 +80,7 @@ impl DeviceConfig {
             shutdown_grace: Duration::from_secs(10),
             max_message_size: 100 * 1024 * 1024,
             llm: None,
+            tls: None,
         }
     }
 
@@ -227,8 +230,17 @@ impl Device {
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(self.config.max_message_size);
         ws_config.max_frame_size = Some(self.config.max_message_size);
-        let connect =
-            tokio_tungstenite::connect_async_with_config(self.config.url(), Some(ws_config), false);
+        let connector = self
+            .config
+            .tls
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            self.config.url(),
+            Some(ws_config),
+            false,
+            connector,
+        );
         let ws = tokio::select! {
             _ = shutdown.cancelled() => return Ended::Shutdown,
             r = tokio::time::timeout(Duration::from_secs(10), connect) => match r {

@@ -6,10 +6,12 @@
 //!   [`tools::builtin`]: shell, files, system info; [`tools::mcp`]: MCP servers' tools.
 //! - [`policy`]: what the operator allows the server to make this machine do.
 //! - [`system`]: the `system_info` the device registers with.
+//! - [`tls`]: which certificate authorities `wss://` (and the CLI's `https://`) trust.
 
 pub mod device;
 pub mod policy;
 pub mod system;
+pub mod tls;
 pub mod tools;
 
 pub use aip_protocol::time::fmt_secs;

@@ -1,4 +1,4 @@
-//! What the subcommands share: logging options, duration parsing, signals.
+//! What the subcommands share: logging options, the duration syntax, signals, model options.
 
 use std::time::Duration;
 
@@ -71,28 +71,35 @@ pub fn parse_level(s: &str) -> Result<String, String> {
     Ok(level.into())
 }
 
-/// A non-negative number of seconds (fractions allowed).
-pub fn secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err("must be a non-negative number of seconds".into());
+/// The one duration syntax of every option: a plain number is seconds (fractions allowed:
+/// `90`, `0.5`), anything else a number with a unit (`90s`, `15m`, `12h`, `7d`, `1h 30m`,
+/// `500ms`). Never negative.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(v) = t.parse::<f64>() {
+        if !v.is_finite() || v < 0.0 {
+            return Err(format!(
+                "'{s}' is negative or not finite: a duration is 0 or more"
+            ));
+        }
+        return Duration::try_from_secs_f64(v).map_err(|_| format!("'{s}' is too large"));
     }
-    Ok(Duration::from_secs_f64(v))
+    humantime::parse_duration(t).map_err(|_| {
+        format!("'{s}' is not a duration: give seconds (90, 0.5) or a number with a unit (90s, 15m, 12h, 7d)")
+    })
 }
 
-/// A positive number of seconds.
-pub fn positive_secs(s: &str) -> Result<Duration, String> {
-    let d = secs(s)?;
+/// A duration greater than zero.
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
     if d.is_zero() {
         return Err("must be greater than zero".into());
     }
     Ok(d)
 }
 
-/// A duration option in seconds, so that a default taken from a config type can be shown
-/// (`--help`) as the seconds the option accepts.
+/// A duration option (any [`duration`] syntax) whose default, taken from a config type,
+/// `--help` shows in seconds.
 #[derive(Clone, Copy, Debug)]
 pub struct Secs(pub Duration);
 
@@ -102,17 +109,18 @@ impl std::fmt::Display for Secs {
     }
 }
 
-/// [`secs`] as a [`Secs`] option.
+/// [`duration`] as a [`Secs`] option.
 pub fn secs_arg(s: &str) -> Result<Secs, String> {
-    secs(s).map(Secs)
+    duration(s).map(Secs)
 }
 
-/// [`positive_secs`] as a [`Secs`] option.
+/// [`positive_duration`] as a [`Secs`] option.
 pub fn positive_secs_arg(s: &str) -> Result<Secs, String> {
-    positive_secs(s).map(Secs)
+    positive_duration(s).map(Secs)
 }
 
-/// A duration option in humantime form (`7d`, `12h`, `3600s`).
+/// A duration option (any [`duration`] syntax) whose default `--help` shows in its largest
+/// whole unit (`7d`).
 #[derive(Clone, Copy, Debug)]
 pub struct Span(pub Duration);
 
@@ -135,11 +143,9 @@ impl std::fmt::Display for Span {
     }
 }
 
-/// Parses a [`Span`].
+/// [`duration`] as a [`Span`] option.
 pub fn span_arg(s: &str) -> Result<Span, String> {
-    humantime::parse_duration(s)
-        .map(Span)
-        .map_err(|e| e.to_string())
+    duration(s).map(Span)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -183,8 +189,8 @@ pub struct LlmArgs {
     /// Sampling temperature.
     #[arg(long, env = "AIP_LLM_TEMPERATURE")]
     pub llm_temperature: Option<f32>,
-    /// Seconds allowed per model call.
-    #[arg(long, env = "AIP_LLM_TIMEOUT", value_parser = positive_secs)]
+    /// Time allowed per model call.
+    #[arg(long, env = "AIP_LLM_TIMEOUT", value_parser = positive_duration)]
     pub llm_timeout: Option<Duration>,
     /// Azure OpenAI api-version (turns on Azure style: api-key header, deployment URL).
     #[arg(long, env = "AIP_LLM_AZURE_API_VERSION")]
@@ -203,8 +209,25 @@ struct LlmFile {
     api_key_env: Option<String>,
     max_steps: Option<u32>,
     temperature: Option<f32>,
-    timeout: Option<f64>,
+    timeout: Option<FileDuration>,
     azure_api_version: Option<String>,
+}
+
+/// A time in a TOML file: a number of seconds, or a string in the one duration syntax.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum FileDuration {
+    Secs(f64),
+    Text(String),
+}
+
+impl FileDuration {
+    fn parse(&self) -> Result<Duration, String> {
+        match self {
+            FileDuration::Secs(v) => duration(&v.to_string()),
+            FileDuration::Text(s) => duration(s),
+        }
+    }
 }
 
 impl LlmArgs {
@@ -239,13 +262,89 @@ impl LlmArgs {
         config.temperature = self.llm_temperature.or(file.temperature);
         if let Some(t) = self.llm_timeout {
             config.call_timeout = t;
-        } else if let Some(t) = file.timeout.filter(|t| *t > 0.0) {
-            config.call_timeout = Duration::from_secs_f64(t);
+        } else if let Some(t) = &file.timeout {
+            let t = t.parse().map_err(|e| {
+                let path = self
+                    .llm_config
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("?"));
+                anyhow::anyhow!("invalid timeout in {}: {e}", path.display())
+            })?;
+            if !t.is_zero() {
+                config.call_timeout = t;
+            }
         }
         config.azure_api_version = self
             .llm_azure_api_version
             .clone()
             .or(file.azure_api_version);
         Ok(Some(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_duration_syntax_for_every_option() {
+        let ok = [
+            ("90", 90_000),
+            ("0.5", 500),
+            ("0", 0),
+            ("90s", 90_000),
+            ("15m", 900_000),
+            ("12h", 43_200_000),
+            ("7d", 604_800_000),
+            ("1h 30m", 5_400_000),
+            ("500ms", 500),
+            (" 3 ", 3_000),
+        ];
+        for (text, ms) in ok {
+            assert_eq!(duration(text), Ok(Duration::from_millis(ms)), "{text}");
+        }
+        for bad in ["", "-1", "abc", "5 parsecs", "NaN", "inf", "1e400"] {
+            let err = duration(bad).expect_err(bad);
+            assert!(!err.is_empty(), "{bad}");
+        }
+        assert_eq!(
+            positive_duration("0s"),
+            Err("must be greater than zero".into())
+        );
+        assert_eq!(positive_duration("2m"), Ok(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn a_model_config_file_takes_the_same_durations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = |timeout: &str| {
+            let path = dir.path().join("llm.toml");
+            let text = format!(
+                "base_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\ntimeout = {timeout}\n"
+            );
+            std::fs::write(&path, text).expect("write");
+            let args = LlmArgs {
+                llm_base_url: None,
+                llm_model: None,
+                llm_api_key_env: None,
+                llm_max_steps: None,
+                llm_temperature: None,
+                llm_timeout: None,
+                llm_azure_api_version: None,
+                llm_config: Some(path),
+            };
+            args.to_config().map(|c| c.map(|c| c.call_timeout))
+        };
+        assert_eq!(config("45").ok().flatten(), Some(Duration::from_secs(45)));
+        assert_eq!(
+            config("2.5").ok().flatten(),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            config("\"2m\"").ok().flatten(),
+            Some(Duration::from_secs(120))
+        );
+        let err = config("\"soon\"").expect_err("not a duration");
+        assert!(err.to_string().contains("invalid timeout in"), "{err}");
     }
 }

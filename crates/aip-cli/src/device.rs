@@ -12,7 +12,8 @@ use aip_agent::tools::{mcp, ToolSet};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{positive_secs, secs, shutdown_signal, LlmArgs, LogArgs};
+use crate::common::{duration, positive_duration, shutdown_signal, LlmArgs, LogArgs};
+use crate::exit::Usage;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PlatformArg {
@@ -29,9 +30,12 @@ pub struct DeviceArgs {
     log: LogArgs,
     #[command(flatten)]
     llm: LlmArgs,
-    /// WebSocket URL of the server.
+    /// WebSocket URL of the server: ws://… or wss://… (TLS).
     #[arg(long, env = "AIP_SERVER", default_value = "ws://127.0.0.1:5000/ws")]
     server: String,
+    /// For wss://: trust only the CA certificates in this PEM file instead of the system roots.
+    #[arg(long, env = "AIP_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Identity of this device (default: the host name).
     #[arg(long, env = "AIP_CLIENT_ID")]
     client_id: Option<String>,
@@ -47,8 +51,8 @@ pub struct DeviceArgs {
     /// TOML file listing MCP servers whose tools this device offers.
     #[arg(long, env = "AIP_TOOLS")]
     tools: Option<PathBuf>,
-    /// Seconds between heartbeats.
-    #[arg(long, env = "AIP_HEARTBEAT_INTERVAL", default_value = "20", value_parser = positive_secs)]
+    /// Time between heartbeats.
+    #[arg(long, env = "AIP_HEARTBEAT_INTERVAL", default_value = "20", value_parser = positive_duration)]
     heartbeat_interval: Duration,
     /// Only tools matching one of these patterns may run (`*`, `?` wildcards); repeatable.
     #[arg(long = "allow-tool", env = "AIP_ALLOW_TOOLS", value_delimiter = ',')]
@@ -62,14 +66,14 @@ pub struct DeviceArgs {
     /// Disable execute_command entirely.
     #[arg(long, env = "AIP_NO_SHELL")]
     no_shell: bool,
-    /// Largest timeout (seconds) an execute_command call may ask for.
-    #[arg(long, env = "AIP_MAX_COMMAND_TIMEOUT", default_value = "600", value_parser = positive_secs)]
+    /// Largest timeout an execute_command call may ask for.
+    #[arg(long, env = "AIP_MAX_COMMAND_TIMEOUT", default_value = "600", value_parser = positive_duration)]
     max_command_timeout: Duration,
     /// Bytes of stdout/stderr (and read_file content) kept per call.
     #[arg(long, env = "AIP_OUTPUT_CAP", default_value_t = 1024 * 1024)]
     output_cap: usize,
-    /// On SIGINT/SIGTERM, seconds running commands may finish before they are aborted.
-    #[arg(long, env = "AIP_SHUTDOWN_GRACE", default_value = "10", value_parser = secs)]
+    /// On SIGINT/SIGTERM, how long running commands may finish before they are aborted.
+    #[arg(long, env = "AIP_SHUTDOWN_GRACE", default_value = "10", value_parser = duration)]
     shutdown_grace: Duration,
 }
 
@@ -82,6 +86,13 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
 
 /// Runs the device agent until SIGINT/SIGTERM.
 pub async fn device(args: DeviceArgs) -> anyhow::Result<()> {
+    if !(args.server.starts_with("ws://") || args.server.starts_with("wss://")) {
+        return Err(Usage(format!(
+            "--server '{}' is not a ws:// or wss:// URL",
+            args.server
+        ))
+        .into());
+    }
     args.log.init();
     let platform = match args.platform {
         PlatformArg::Auto => aip_agent::system::host_platform(),
@@ -126,7 +137,15 @@ pub async fn device(args: DeviceArgs) -> anyhow::Result<()> {
             tracing::error!(cause = %format!("{e:#}"), "some MCP servers are unavailable");
         }
     }
+    let tls = if args.ca_cert.is_some() || args.server.starts_with("wss://") {
+        let config = aip_agent::tls::client_config(args.ca_cert.as_deref())
+            .map_err(|e| Usage(e.to_string()))?;
+        Some(config)
+    } else {
+        None
+    };
     let mut config = DeviceConfig::new(args.server, client_id);
+    config.tls = tls;
     config.api_key = args.api_key.filter(|k| !k.is_empty());
     config.platform = platform;
     config.tags = tags;

@@ -1,15 +1,24 @@
 //! `aip`: the command line of the aip agent server and its device agent.
+//!
+//! `serve` and `device` run the two long-lived processes; `dispatch`, `result`,
+//! `sessions`, `cancel`, `clients` and `health` are HTTP clients of a server (`client/`); `bench`
+//! is the load generator; `completions` and `man` describe the command line itself.
+//! How every command ends is one of the exit codes in `exit.rs`.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod client;
 mod common;
 mod device;
+mod docs;
+mod exit;
 mod logfmt;
 mod serve;
+
+use exit::{Exit, Usage};
 
 static LONG_VERSION: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(aip_server::build::long_version);
@@ -19,7 +28,10 @@ static LONG_VERSION: std::sync::LazyLock<String> =
     name = "aip",
     version,
     long_version = LONG_VERSION.as_str(),
-    about = "aip: an AIP agent server and its tools"
+    about = "aip: an AIP agent server and its tools",
+    after_help = "Durations: a plain number is seconds (90, 0.5); or 90s, 15m, 12h, 7d.\n\
+                  Exit codes: 0 completed, 1 failed or error, 2 usage, 3 cancelled or timed out, \
+                  4 still running (aip result), 130 interrupted."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,14 +44,24 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a device agent: connect to a server and execute its commands on this machine.
     Device(device::DeviceArgs),
-    /// Dispatch a task to a device over the HTTP API.
+    /// Dispatch a task to a device over the HTTP API (--wait: follow it to its end).
     Dispatch(client::DispatchArgs),
-    /// Print a session's result (by session id or task name), with the agent's transcript.
+    /// Print a session's outcome (by session id or task name), with the agent's transcript.
     Result(client::ResultArgs),
+    /// List stored sessions, newest first (filters: --state, --device, --since).
+    Sessions(client::SessionsArgs),
+    /// Cancel a live session (by session id or task name).
+    Cancel(client::CancelArgs),
     /// List the connected clients.
     Clients(client::ClientsArgs),
+    /// Check that the server is up and healthy (exit 0), e.g. as a container health check.
+    Health(client::HealthArgs),
     /// Load-test any AIP server over the wire protocol (hold, heartbeat, dispatch, session, churn).
     Bench(aip_bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page aip(1), or write every page with --dir.
+    Man(docs::ManArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,24 +73,37 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("aip: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return Exit::Failed.into();
         }
     };
     let result = runtime.block_on(async move {
+        let done = |r: anyhow::Result<()>| r.map(|()| Exit::Success);
         match cli.command {
-            Command::Serve(args) => serve::serve(args).await,
-            Command::Device(args) => device::device(args).await,
+            Command::Serve(args) => done(serve::serve(args).await),
+            Command::Device(args) => done(device::device(args).await),
             Command::Dispatch(args) => client::dispatch(args).await,
             Command::Result(args) => client::result(args).await,
+            Command::Sessions(args) => client::sessions(args).await,
+            Command::Cancel(args) => client::cancel(args).await,
             Command::Clients(args) => client::clients(args).await,
-            Command::Bench(args) => aip_bench::run(args).await,
+            Command::Health(args) => client::health(args).await,
+            Command::Bench(args) => done(aip_bench::run(args).await),
+            Command::Completions(args) => {
+                docs::completions(&args, Cli::command());
+                Ok(Exit::Success)
+            }
+            Command::Man(args) => done(docs::man(&args, Cli::command())),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("aip: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<Usage>().is_some() {
+                Exit::Usage.into()
+            } else {
+                Exit::Failed.into()
+            }
         }
     }
 }

@@ -61,25 +61,25 @@ pub struct ServeArgs {
     /// Most sessions in created/running state.
     #[arg(long, env = "AIP_MAX_ACTIVE_SESSIONS", default_value_t = defaults().max_active_sessions, value_parser = at_least_one)]
     max_active_sessions: usize,
-    /// Seconds allowed for the first (register) frame.
+    /// Time allowed for the first (register) frame.
     #[arg(long, env = "AIP_REGISTRATION_TIMEOUT", default_value_t = Secs(defaults().registration_timeout), value_parser = positive_secs_arg)]
     registration_timeout: Secs,
-    /// Seconds between server WebSocket pings.
+    /// Time between server WebSocket pings.
     #[arg(long, env = "AIP_PING_INTERVAL", default_value_t = Secs(defaults().ping_interval), value_parser = positive_secs_arg)]
     ping_interval: Secs,
-    /// Seconds of silence after which a client is considered dead.
+    /// Silence after which a client is considered dead.
     #[arg(long, env = "AIP_CLIENT_TIMEOUT", default_value_t = Secs(defaults().client_timeout), value_parser = positive_secs_arg)]
     client_timeout: Secs,
-    /// Session lifetime limit in seconds; 0 disables it.
+    /// Session lifetime limit; 0 disables it.
     #[arg(long, env = "AIP_SESSION_TIMEOUT", default_value_t = Secs(defaults().session_timeout.unwrap_or_default()), value_parser = secs_arg)]
     session_timeout: Secs,
-    /// Seconds to wait for one round's command results.
+    /// Wait for one round's command results.
     #[arg(long, env = "AIP_COMMAND_TIMEOUT", default_value_t = Secs(defaults().command_timeout), value_parser = positive_secs_arg)]
     command_timeout: Secs,
-    /// Seconds to wait for a device to accept an HTTP-dispatched task.
+    /// Wait for a device to accept an HTTP-dispatched task.
     #[arg(long, env = "AIP_ACCEPT_TIMEOUT", default_value_t = Secs(defaults().accept_timeout), value_parser = positive_secs_arg)]
     accept_timeout: Secs,
-    /// How long ended sessions are kept (e.g. 7d, 12h, 3600s).
+    /// How long ended sessions are kept.
     #[arg(long, env = "AIP_RETENTION", default_value_t = Span(defaults().retention), value_parser = span_arg)]
     retention: Span,
     /// Most ended sessions kept; the oldest-finished go first.

@@ -177,6 +177,7 @@ impl Tool for ExecuteCommand {
         let exit_code = status.and_then(|s| s.code());
         let success = !timed_out && exit_code == Some(0);
         let result = json!({
+            "command": call.command,
             "success": success,
             "exit_code": exit_code,
             "stdout": String::from_utf8_lossy(&out),
