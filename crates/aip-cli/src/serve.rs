@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, env = "AIP_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve GET /metrics (Prometheus) without the API key.
+    #[arg(long, env = "AIP_METRICS_PUBLIC")]
+    metrics_public: bool,
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -106,6 +109,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         accept_timeout: args.accept_timeout,
         retention: args.retention,
         max_results: args.max_results,
+        metrics_public: args.metrics_public,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(aip_server::tls::TlsPaths { cert, key }),
             _ => None,

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 pub mod config;
 pub mod conn;
+pub mod metrics;
 pub mod registry;
 pub mod session;
 pub mod state;
@@ -77,6 +78,7 @@ pub async fn run(
         None => None,
     };
     let _lock = storage::lock::DataDirLock::acquire(&config.data_dir)?;
+    metrics::install();
     let dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
         .await?
