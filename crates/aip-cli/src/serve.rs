@@ -92,6 +92,9 @@ pub struct ServeArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, env = "AIP_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve GET /metrics (Prometheus) without the API key.
+    #[arg(long, env = "AIP_METRICS_PUBLIC")]
+    metrics_public: bool,
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -117,6 +120,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         accept_timeout: args.accept_timeout.0,
         retention: args.retention.0,
         max_results: args.max_results,
+        metrics_public: args.metrics_public,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(aip_server::tls::TlsPaths { cert, key }),
             _ => None,

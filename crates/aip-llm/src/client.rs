@@ -71,6 +71,26 @@ impl LlmClient {
         &self,
         request: &CreateChatCompletionRequest,
     ) -> Result<WireResponse, LlmError> {
+        let started = std::time::Instant::now();
+        let response = self.call(request).await;
+        // Recorded through the `metrics` facade: counted when the program installed a
+        // recorder (aip serve's /metrics), free otherwise.
+        metrics::histogram!("aip_llm_call_seconds").record(started.elapsed().as_secs_f64());
+        let outcome = if response.is_ok() { "ok" } else { "error" };
+        metrics::counter!("aip_llm_calls_total", "outcome" => outcome).increment(1);
+        if let Ok(WireResponse {
+            usage: Some(usage), ..
+        }) = &response
+        {
+            metrics::counter!("aip_llm_tokens_total", "kind" => "prompt")
+                .increment(usage.prompt_tokens);
+            metrics::counter!("aip_llm_tokens_total", "kind" => "completion")
+                .increment(usage.completion_tokens);
+        }
+        response
+    }
+
+    async fn call(&self, request: &CreateChatCompletionRequest) -> Result<WireResponse, LlmError> {
         let value: Value = self
             .inner
             .chat()

@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub llm: Option<aip_llm::LlmConfig>,
     /// Certificate and key (PEM) for HTTPS/WSS on the listener; `None`: plain HTTP/WS.
     pub tls: Option<crate::tls::TlsPaths>,
+    /// `GET /metrics` without the API key.
+    pub metrics_public: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -83,6 +85,7 @@ impl Default for ServerConfig {
             outgoing_queue: 256,
             llm: None,
             tls: None,
+            metrics_public: false,
         }
     }
 }

@@ -89,6 +89,7 @@ impl ConnHandle {
                     "outgoing queue full; disconnecting slow client"
                 );
                 self.kill(close::INTERNAL);
+                crate::metrics::queue_overflow();
                 Err(SendError::Overflow)
             }
         }

@@ -14,7 +14,8 @@
 //!   [`conn`]: the bounded outgoing queue of a socket.
 //! - [`storage`]: session records, `SessionState`, `EndReason`, the store trait;
 //!   [`storage::sqlite`] the embedded backend.
-//! - [`config`]: every option of `aip serve`; [`state`]: what the web layer shares.
+//! - [`config`]: every option of `aip serve`; [`state`]: what the web layer shares;
+//!   [`metrics`]: the Prometheus counters every layer bumps (a leaf: it takes values).
 //! - [`tls`]: HTTPS/WSS on the listener, with the certificate reloaded on SIGHUP;
 //!   [`build`]: what this binary is (version, commit, target, profile).
 //!
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 
 pub mod config;
 pub mod conn;
+pub mod metrics;
 pub mod registry;
 pub mod session;
 pub mod state;
@@ -85,6 +87,7 @@ pub async fn run(
         None => None,
     };
     let _lock = storage::lock::DataDirLock::acquire(&config.data_dir)?;
+    metrics::install();
     let dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
         .await?

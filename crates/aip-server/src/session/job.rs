@@ -16,7 +16,7 @@ use super::{
 };
 use crate::config::fmt_secs;
 use crate::registry::ExecutorInfo;
-use crate::storage::{EndReason, SessionRecord, SessionState};
+use crate::storage::{EndReason, Origin, SessionRecord, SessionState};
 
 /// How a session ended and who hears about it.
 struct Outcome {
@@ -234,8 +234,12 @@ impl SessionJob {
     }
 
     async fn mark_running(&mut self) {
+        let now = Utc::now();
+        if self.record.origin == Origin::Http {
+            crate::metrics::delivered((now - self.record.created_at).to_std().unwrap_or_default());
+        }
         self.record.state = SessionState::Running;
-        self.record.started_at = Some(Utc::now());
+        self.record.started_at = Some(now);
         self.record.echo_received = true;
         self.persist().await;
     }
@@ -421,7 +425,15 @@ impl SessionJob {
         self.record.reason = reason;
         self.record.error = error;
         self.record.result = end.result.take().map(Box::new);
-        self.record.finished_at = Some(Utc::now());
+        let finished = Utc::now();
+        self.record.finished_at = Some(finished);
+        crate::metrics::session_ended(
+            state.as_str(),
+            reason.map_or("none", EndReason::as_str),
+            (finished - self.record.created_at)
+                .to_std()
+                .unwrap_or_default(),
+        );
         // Stored before anyone is told.
         self.persist().await;
         self.manager.release(&sid);

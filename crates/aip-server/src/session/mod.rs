@@ -328,6 +328,7 @@ impl SessionManager {
             return Err(CreateError::TooMany);
         }
         let record = new.record;
+        crate::metrics::session_started(record.origin.as_str());
         let handle = Arc::new(SessionHandle {
             session_id: Arc::from(record.session_id.as_str()),
             task_name: record.task_name.clone(),

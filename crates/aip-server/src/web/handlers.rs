@@ -74,11 +74,13 @@ impl ClientConn {
                 {
                     self.on_transfer_frame(kind);
                 } else {
+                    crate::metrics::invalid_frame();
                     self.refuse(text::invalid_message(&e.detail));
                 }
                 return;
             }
         };
+        crate::metrics::frame_received(msg.kind);
         tracing::debug!(client_id = %self.entry.client_id, kind = msg.kind.as_str(), "message");
         if msg
             .client_id

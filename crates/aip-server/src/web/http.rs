@@ -63,6 +63,34 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Res
     (status, Json(body)).into_response()
 }
 
+/// `GET /metrics`: Prometheus text exposition (behind the API key unless
+/// `--metrics-public`).
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let Some(handle) = crate::metrics::install() else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Metrics are not available")
+            .into_response();
+    };
+    let clients = app.registry.list();
+    let devices = clients
+        .iter()
+        .filter(|c| c.role == aip_protocol::ClientType::Device)
+        .count();
+    let body = crate::metrics::render(
+        handle,
+        devices,
+        clients.len() - devices,
+        app.sessions.active(),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 /// `GET /api/clients`.
 pub async fn clients(State(app): State<Arc<AppState>>) -> Json<Value> {
     let all = app.registry.list();

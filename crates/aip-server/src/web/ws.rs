@@ -152,6 +152,7 @@ async fn register(
     stream: &mut SplitStream<WebSocket>,
 ) -> Result<Arc<ClientEntry>, Option<u16>> {
     let refuse = |error: String| {
+        crate::metrics::registration_refused(refusal_code(&error));
         tracing::warn!(reason = %error, "registration refused");
         let _ = conn.send(&ServerMessage::error(error));
         Err(Some(close::POLICY))
@@ -203,6 +204,7 @@ async fn register(
         disconnect(app, &client_id, conn.id());
         return Err(None);
     }
+    crate::metrics::registered(role.as_str());
     tracing::info!(client_id = %client_id, role = role.as_str(), platform = entry.platform.as_deref().unwrap_or(""), "client registered");
     Ok(entry)
 }
@@ -378,5 +380,22 @@ pub fn disconnect(app: &AppState, client_id: &str, conn_id: u64) {
         if let Some(h) = app.sessions.get(&sid) {
             h.cancel(reason);
         }
+    }
+}
+
+/// The metrics label of a registration refusal.
+fn refusal_code(error: &str) -> &'static str {
+    if error == text::REGISTRATION_TIMED_OUT {
+        "timeout"
+    } else if error == text::FIRST_MESSAGE_NOT_REGISTER {
+        "not_register"
+    } else if error == text::CLIENT_ID_REQUIRED || error == text::INVALID_CLIENT_ID {
+        "client_id"
+    } else if error.contains("is already registered") {
+        "duplicate"
+    } else if error.starts_with("Target device") {
+        "target"
+    } else {
+        "invalid"
     }
 }

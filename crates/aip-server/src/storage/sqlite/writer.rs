@@ -48,7 +48,9 @@ pub(super) fn writer_loop(
                 Err(_) => break,
             }
         }
+        let (writes, started) = (batch.len(), std::time::Instant::now());
         run_batch(&mut conn, &mut batch, live);
+        crate::metrics::store_commit(writes, started.elapsed());
     }
 }
 
