@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 pub mod config;
 pub mod conn;
+pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod session;
