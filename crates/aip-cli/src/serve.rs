@@ -52,9 +52,10 @@ pub struct ServeArgs {
     /// Directory of the SQLite result store.
     #[arg(long, env = "AIP_DATA_DIR", default_value_os_t = defaults().data_dir)]
     data_dir: PathBuf,
-    /// Most WebSocket connections; more are refused with 503.
-    #[arg(long, env = "AIP_MAX_CONNECTIONS", default_value_t = defaults().max_connections, value_parser = at_least_one)]
-    max_connections: usize,
+    /// Most WebSocket connections; more are refused with 503. Default: the open-file limit
+    /// (raised to its hard value at start) less 256 kept for everything else.
+    #[arg(long, env = "AIP_MAX_CONNECTIONS", value_parser = at_least_one)]
+    max_connections: Option<usize>,
     /// Largest WebSocket message and HTTP body, in bytes.
     #[arg(long, env = "AIP_MAX_MESSAGE_SIZE", default_value_t = defaults().max_message_size, value_parser = message_size)]
     max_message_size: usize,
@@ -100,6 +101,25 @@ pub struct ServeArgs {
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.log.init();
+    let nofile = aip_server::limits::raise_nofile_limit();
+    let derived_max_connections = aip_server::limits::default_max_connections(nofile.map(|l| l.0));
+    match nofile {
+        Some((soft, hard)) => tracing::info!(
+            open_files = soft,
+            hard_limit = hard,
+            max_connections = args.max_connections.unwrap_or(derived_max_connections),
+            "open-file limit"
+        ),
+        None => tracing::info!(
+            max_connections = args.max_connections.unwrap_or(derived_max_connections),
+            "open-file limit unknown"
+        ),
+    }
+    if let (Some(cap), Some((soft, _))) = (args.max_connections, nofile) {
+        if cap as u64 + aip_server::limits::RESERVED_FDS > soft {
+            tracing::warn!(max_connections = cap, open_files = soft, "--max-connections is above what the open-file limit allows: accepts will fail before the cap is reached (raise LimitNOFILE / ulimit -n)");
+        }
+    }
     let config = ServerConfig {
         platform: match args.platform {
             PlatformArg::Auto => PlatformMode::Auto,
@@ -109,7 +129,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         local_only: args.local,
         api_key: args.api_key.filter(|k| !k.is_empty()),
         data_dir: args.data_dir,
-        max_connections: args.max_connections,
+        max_connections: args.max_connections.unwrap_or(derived_max_connections),
         max_message_size: args.max_message_size,
         max_active_sessions: args.max_active_sessions,
         registration_timeout: args.registration_timeout.0,

@@ -137,3 +137,39 @@ fn option_values_that_make_no_sense_are_usage_errors() {
         assert!(err.contains(opt), "{opt}: {err}");
     }
 }
+
+#[test]
+fn the_connection_cap_follows_the_open_file_limit_raised_to_its_hard_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("limits.log");
+    let script = format!(
+        "ulimit -Sn 1024 && ulimit -Hn 4096 && exec '{BIN}' serve --port {} --data-dir '{}'",
+        free_port(),
+        dir.path().join("data").display()
+    );
+    let server = Running(
+        Command::new("sh")
+            .args(["-c", &script])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("listening") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "never listened:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(server);
+    let line = text
+        .lines()
+        .find(|l| l.contains("open-file limit"))
+        .unwrap();
+    assert!(line.contains("open_files=4096"), "{line}");
+    assert!(line.contains("max_connections=3840"), "{line}");
+}

@@ -15,7 +15,8 @@
 //! - [`storage`]: session records, `SessionState`, `EndReason`, the store trait;
 //!   [`storage::sqlite`] the embedded backend.
 //! - [`config`]: every option of `aip serve`; [`state`]: what the web layer shares;
-//!   [`metrics`]: the Prometheus counters every layer bumps (a leaf: it takes values).
+//!   [`metrics`]: the Prometheus counters every layer bumps (a leaf: it takes values);
+//!   [`limits`]: the open-file limit and the connection cap derived from it.
 //! - [`tls`]: HTTPS/WSS on the listener, with the certificate reloaded on SIGHUP;
 //!   [`build`]: what this binary is (version, commit, target, profile).
 //!
@@ -32,6 +33,7 @@ use tokio::net::TcpListener;
 
 pub mod config;
 pub mod conn;
+pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod session;
