@@ -28,6 +28,46 @@ pub struct AppState {
     /// One permit per WebSocket connection.
     pub conn_limit: Arc<Semaphore>,
     next_conn_id: AtomicU64,
+    /// The last store probe of `/api/ready`.
+    pub readiness: Readiness,
+}
+
+/// The outcome of the last write probe, reused for a second so that polling readiness
+/// cannot turn into a stream of fsyncs.
+#[derive(Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), &'static str>)>>,
+}
+
+impl Readiness {
+    /// `Ok` when the store committed a probe write within the last second (or now).
+    pub async fn store_ok(&self, store: &dyn SessionStore) -> Result<(), &'static str> {
+        // An async mutex: concurrent polls wait for the one probe in flight.
+        let mut last = self.last.lock().await;
+        if let Some((at, outcome)) = *last {
+            if at.elapsed() < std::time::Duration::from_secs(1) {
+                return outcome;
+            }
+        }
+        let outcome = match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            store.probe_write(),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::error!(cause = %e, "readiness: the store refused a write");
+                Err("failing")
+            }
+            Err(_) => {
+                tracing::error!("readiness: a store write did not finish within 5 s");
+                Err("timeout")
+            }
+        };
+        *last = Some((std::time::Instant::now(), outcome));
+        outcome
+    }
 }
 
 impl AppState {
@@ -55,6 +95,7 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             next_conn_id: AtomicU64::new(1),
+            readiness: Readiness::default(),
         })
     }
 

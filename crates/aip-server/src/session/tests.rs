@@ -28,6 +28,9 @@ impl SessionStore for MemStore {
         self.0.lock().insert(record.session_id.clone(), record);
         Ok(())
     }
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn delete(&self, session_id: &str) -> Result<(), StoreError> {
         self.0.lock().remove(session_id);
         Ok(())

@@ -188,6 +188,9 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn insert_generated(&self, record: SessionRecord) -> Result<(), StoreError> {
         self.upsert(record).await
     }
+    /// Commits a small write of its own, through the same path as every other write:
+    /// `Ok` means the store accepts durable writes now (readiness).
+    async fn probe_write(&self) -> Result<(), StoreError>;
     /// Removes a record (a dispatch that could not be queued); durable when it returns.
     async fn delete(&self, session_id: &str) -> Result<(), StoreError>;
     /// The record with this `session_id`.

@@ -65,7 +65,11 @@ pub async fn guard(
         return ApiError::new(StatusCode::FORBIDDEN, detail::LOOPBACK_ONLY).into_response();
     }
     let path = req.uri().path();
-    if path == "/api/health" || path == "/ws" || (path == "/metrics" && app.config.metrics_public) {
+    if path == "/api/health"
+        || path == "/api/ready"
+        || path == "/ws"
+        || (path == "/metrics" && app.config.metrics_public)
+    {
         return next.run(req).await;
     }
     if !header_authorized(&app, req.headers()) {

@@ -63,6 +63,28 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Res
     (status, Json(body)).into_response()
 }
 
+/// `GET /api/ready`: whether this server can take work now — not shutting down, and the
+/// store commits a write (a probe row, at most one probe per second however often this
+/// is polled). Never needs the key; the store's own error text stays in the log.
+pub async fn ready(State(app): State<Arc<AppState>>) -> Response {
+    let store = if app.is_shutting_down() {
+        Err("shutting_down")
+    } else {
+        app.readiness.store_ok(&*app.store).await
+    };
+    let (status, body) = match store {
+        Ok(()) => (
+            StatusCode::OK,
+            json!({"status": "ready", "checks": {"store": "ok"}}),
+        ),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not_ready", "checks": {"store": why}}),
+        ),
+    };
+    (status, Json(body)).into_response()
+}
+
 /// `GET /metrics`: Prometheus text exposition (behind the API key unless
 /// `--metrics-public`).
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {

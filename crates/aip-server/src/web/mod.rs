@@ -20,6 +20,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/api/health", get(http::health))
+        .route("/api/ready", get(http::ready))
         .route("/metrics", get(http::metrics))
         .route("/api/dispatch", axum::routing::post(http::dispatch))
         .route("/api/task_result/{id}", get(http::task_result))

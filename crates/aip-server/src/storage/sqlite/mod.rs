@@ -227,6 +227,11 @@ impl SessionStore for SqliteStore {
         self.write(WriteOp::Upsert(Box::new(row))).await.map(|_| ())
     }
 
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        self.write(WriteOp::Probe { now }).await.map(|_| ())
+    }
+
     async fn delete(&self, session_id: &str) -> Result<(), StoreError> {
         self.write(WriteOp::Delete(session_id.to_owned()))
             .await

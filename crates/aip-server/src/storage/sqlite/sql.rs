@@ -69,7 +69,9 @@ DROP INDEX IF EXISTS sessions_executor;
 -- Records of live sessions (created/running), found through the in-memory map; no index.
 CREATE TABLE IF NOT EXISTS live (id INTEGER PRIMARY KEY, ",
     record_columns_ddl!(),
-    ");"
+    ");
+-- One row, rewritten by the readiness probe: proof that a write commits.
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);"
 );
 
 pub(super) const COLUMNS: &str = columns!();

@@ -27,6 +27,10 @@ pub(super) enum WriteOp {
         finished_before: i64,
         max_results: u64,
     },
+    /// Rewrites the probe row (readiness).
+    Probe {
+        now: i64,
+    },
 }
 
 pub(super) struct WriteRequest {
@@ -172,6 +176,10 @@ fn apply(conn: &Connection, op: &WriteOp, live: &LiveView<'_>) -> rusqlite::Resu
             finished_before,
             max_results,
         } => purge(conn, *finished_before, *max_results, &mut changes)?,
+        WriteOp::Probe { now } => conn.execute(
+            "INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            [now],
+        )?,
     };
     Ok((u64::try_from(n).unwrap_or(u64::MAX), changes))
 }
