@@ -26,6 +26,13 @@ enum PlatformArg {
 /// Options of `aip device`; each can also be set as an `AIP_*` environment variable.
 #[derive(Args)]
 pub struct DeviceArgs {
+    /// TOML file of options (keys: these long options in snake_case); flags and AIP_*
+    /// variables win over it.
+    #[arg(long, env = "AIP_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Print the effective settings (as a config file, with where each came from) and exit.
+    #[arg(long)]
+    pub print_config: bool,
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
@@ -94,6 +101,9 @@ pub async fn device(args: DeviceArgs) -> anyhow::Result<()> {
         .into());
     }
     args.log.init();
+    if let Some(file) = &args.config {
+        tracing::info!(config = %file.display(), "options read from the config file (flags and AIP_* variables win)");
+    }
     let platform = match args.platform {
         PlatformArg::Auto => aip_agent::system::host_platform(),
         PlatformArg::Linux => "linux",

@@ -8,10 +8,11 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod client;
 mod common;
+mod config_file;
 mod device;
 mod docs;
 mod exit;
@@ -65,7 +66,31 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Before clap parses: the file's keys become the options' AIP_* variables.
+    if let Err(e) = config_file::apply(&Cli::command(), &args) {
+        eprintln!("aip: {e}");
+        return Exit::Usage.into();
+    }
+    let matches = Cli::command().get_matches_from(&args);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let print_config = match &cli.command {
+        Command::Serve(a) => a.print_config.then_some("serve"),
+        Command::Device(a) => a.print_config.then_some("device"),
+        _ => None,
+    };
+    if let Some(name) = print_config {
+        let command = Cli::command();
+        if let (Some(sub), Some((_, sub_matches))) =
+            (command.find_subcommand(name), matches.subcommand())
+        {
+            print!("{}", config_file::print(sub, sub_matches));
+        }
+        return Exit::Success.into();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

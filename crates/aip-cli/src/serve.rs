@@ -30,6 +30,13 @@ enum PlatformArg {
 /// Options of `aip serve`; each can also be set as an `AIP_*` environment variable.
 #[derive(Args)]
 pub struct ServeArgs {
+    /// TOML file of options (keys: these long options in snake_case); flags and AIP_*
+    /// variables win over it.
+    #[arg(long, env = "AIP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective settings (as a config file, with where each came from) and exit.
+    #[arg(long)]
+    pub print_config: bool,
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
@@ -101,6 +108,9 @@ pub struct ServeArgs {
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.log.init();
+    if let Some(file) = &args.config {
+        tracing::info!(config = %file.display(), "options read from the config file (flags and AIP_* variables win)");
+    }
     let nofile = aip_server::limits::raise_nofile_limit();
     let derived_max_connections = aip_server::limits::default_max_connections(nofile.map(|l| l.0));
     match nofile {
