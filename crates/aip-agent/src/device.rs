@@ -227,6 +227,25 @@ impl Device {
         shutdown: &CancellationToken,
         registered_at: &mut Option<Instant>,
     ) -> Ended {
+        let ws = match self.open(shutdown).await {
+            Ok(ws) => ws,
+            Err(ended) => return ended,
+        };
+        let (mut sink, mut stream) = ws.split();
+        let server = match self.register(&mut sink, &mut stream).await {
+            Ok(server) => server,
+            Err(ended) => return ended,
+        };
+        *registered_at = Some(Instant::now());
+        let delegation = self.announce(&server);
+        let mut link = Link::start(sink, self.config.outgoing_queue, delegation);
+        let ended = self.serve(&mut link, &mut stream, shutdown).await;
+        self.close(link, &ended).await;
+        ended
+    }
+
+    /// The WebSocket handshake (10 s at most).
+    async fn open(&self, shutdown: &CancellationToken) -> Result<WsStream, Ended> {
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(self.config.max_message_size);
         ws_config.max_frame_size = Some(self.config.max_message_size);
@@ -241,50 +260,46 @@ impl Device {
             false,
             connector,
         );
-        let ws = tokio::select! {
-            _ = shutdown.cancelled() => return Ended::Shutdown,
+        tokio::select! {
+            _ = shutdown.cancelled() => Err(Ended::Shutdown),
             r = tokio::time::timeout(Duration::from_secs(10), connect) => match r {
-                Err(_) => return Ended::Lost("connect timed out".into()),
-                Ok(Err(e)) => return Ended::Lost(format!("connect failed: {e}")),
-                Ok(Ok((ws, _))) => ws,
+                Err(_) => Err(Ended::Lost("connect timed out".into())),
+                Ok(Err(e)) => Err(Ended::Lost(format!("connect failed: {e}"))),
+                Ok(Ok((ws, _))) => Ok(ws),
             },
-        };
-        let (mut sink, mut stream) = ws.split();
+        }
+    }
+
+    /// Sends the registration and reads its answer (the first text frame, 10 s at most):
+    /// what the server says of itself, or why it refused.
+    async fn register(
+        &self,
+        sink: &mut WsSink,
+        stream: &mut WsSource,
+    ) -> Result<ServerInfo, Ended> {
         let register = self.register_message().to_json();
         if let Err(e) = sink.send(Message::Text(register.into())).await {
-            return Ended::Lost(format!("sending the registration failed: {e}"));
+            return Err(Ended::Lost(format!("sending the registration failed: {e}")));
         }
-        // The first frame answers the registration: heartbeat/ok or an error.
-        let answer = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match stream.next().await {
-                    Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
-                    Some(Ok(Message::Close(f))) => {
-                        return Err(format!(
-                            "closed during registration: {:?}",
-                            f.map(|f| f.reason.to_string())
-                        ))
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(format!("registration failed: {e}")),
-                    None => return Err("closed during registration".into()),
-                }
+        let answer = tokio::time::timeout(Duration::from_secs(10), first_text(stream))
+            .await
+            .map_err(|_| Ended::Lost("no answer to the registration".into()))?
+            .map_err(Ended::Lost)?;
+        match serde_json::from_str::<ServerMessage>(&answer) {
+            Ok(m) if m.status == TaskStatus::Ok => {
+                Ok(ServerInfo::from_ack_result(m.result.as_ref()))
             }
-        })
-        .await;
-        let answer = match answer {
-            Err(_) => return Ended::Lost("no answer to the registration".into()),
-            Ok(Err(e)) => return Ended::Lost(e),
-            Ok(Ok(t)) => t,
-        };
-        let server = match serde_json::from_str::<ServerMessage>(&answer) {
-            Ok(m) if m.status == TaskStatus::Ok => ServerInfo::from_ack_result(m.result.as_ref()),
-            Ok(m) => return Ended::Refused(m.error.unwrap_or_else(|| "unknown reason".into())),
-            Err(e) => return Ended::Lost(format!("unreadable registration answer: {e}")),
-        };
-        *registered_at = Some(Instant::now());
-        // Only a server that announced delegation runs a `task` with `agent_name` null as
-        // ours to plan; the reference pushes every task that way and expects an echo.
+            Ok(m) => Err(Ended::Refused(
+                m.error.unwrap_or_else(|| "unknown reason".into()),
+            )),
+            Err(e) => Err(Ended::Lost(format!("unreadable registration answer: {e}"))),
+        }
+    }
+
+    /// Logs the registration; true when the server announced delegation: only such a
+    /// server runs a `task` with `agent_name` null as ours to plan (the reference pushes
+    /// every task that way and expects an echo).
+    fn announce(&self, server: &ServerInfo) -> bool {
         let delegation = server.supports(features::DELEGATION);
         tracing::info!(
             client_id = %self.config.client_id,
@@ -297,95 +312,95 @@ impl Device {
         if self.config.llm.is_some() && !delegation {
             tracing::warn!("the server does not announce delegation: tasks are echoed for it to drive, the local model is not used");
         }
+        delegation
+    }
 
-        let (tx, mut rx) = mpsc::channel::<Message>(self.config.outgoing_queue.max(1));
-        let mut writer = tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
-                let close = matches!(m, Message::Close(_));
-                if sink.send(m).await.is_err() || close {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
-
-        let mut running: JoinSet<()> = JoinSet::new();
-        let mut by_session: HashMap<String, Vec<AbortHandle>> = HashMap::new();
+    /// Heartbeats, reads and dispatches frames until the connection ends or `shutdown`.
+    async fn serve(
+        &self,
+        link: &mut Link,
+        stream: &mut WsSource,
+        shutdown: &CancellationToken,
+    ) -> Ended {
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
         tick.reset();
         let mut last_rx = Instant::now();
         let silence_limit = self.config.heartbeat_interval * 3;
-
-        let ended = loop {
+        loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break Ended::Shutdown,
-                _ = &mut writer => break Ended::Lost("connection lost while sending".into()),
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = shutdown.cancelled() => return Ended::Shutdown,
+                _ = &mut link.writer => return Ended::Lost("connection lost while sending".into()),
+                Some(_) = link.running.join_next(), if !link.running.is_empty() => {}
                 _ = tick.tick() => {
                     if last_rx.elapsed() > silence_limit {
-                        break Ended::Lost(format!("nothing heard from the server for {} s", silence_limit.as_secs()));
+                        return Ended::Lost(format!("nothing heard from the server for {} s", silence_limit.as_secs()));
                     }
-                    let hb = self.message(ClientMessageType::Heartbeat, TaskStatus::Ok);
-                    // A full queue means frames are on their way: this heartbeat is skipped,
-                    // the connection is not ended for being busy.
-                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Message::Text(hb.to_json().into())) {
-                        break Ended::Lost("the connection's writer stopped".into());
+                    if let Some(ended) = self.heartbeat(link) {
+                        return ended;
                     }
                 }
                 frame = stream.next() => {
                     last_rx = Instant::now();
                     match frame {
-                        None => break Ended::Lost("the server closed the connection".into()),
-                        Some(Err(e)) => break Ended::Lost(format!("read error: {e}")),
+                        None => return Ended::Lost("the server closed the connection".into()),
+                        Some(Err(e)) => return Ended::Lost(format!("read error: {e}")),
                         Some(Ok(Message::Close(f))) => {
                             let why = f.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                            break Ended::Lost(format!("the server closed the connection ({why})"));
+                            return Ended::Lost(format!("the server closed the connection ({why})"));
                         }
-                        Some(Ok(Message::Text(t))) => {
-                            self.on_text(t.as_str(), delegation, &tx, &mut running, &mut by_session);
-                        }
+                        Some(Ok(Message::Text(t))) => self.on_text(t.as_str(), link),
                         Some(Ok(_)) => {}
                     }
                 }
             }
-        };
+        }
+    }
+
+    /// Queues a heartbeat. A full queue means frames are on their way: the heartbeat is
+    /// skipped, the connection is not ended for being busy.
+    fn heartbeat(&self, link: &Link) -> Option<Ended> {
+        let hb = self.message(ClientMessageType::Heartbeat, TaskStatus::Ok);
+        match link.tx.try_send(Message::Text(hb.to_json().into())) {
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Some(Ended::Lost("the connection's writer stopped".into()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends a connection: on shutdown running commands get the grace period and the
+    /// server a close frame; otherwise they are aborted at once.
+    async fn close(&self, mut link: Link, ended: &Ended) {
         if matches!(ended, Ended::Shutdown) {
             let grace = self.config.shutdown_grace;
-            if !running.is_empty() {
+            if !link.running.is_empty() {
                 tracing::info!(
-                    commands = running.len(),
+                    commands = link.running.len(),
                     grace_s = grace.as_secs(),
                     "waiting for running commands"
                 );
             }
             let _ = tokio::time::timeout(grace, async {
-                while running.join_next().await.is_some() {}
+                while link.running.join_next().await.is_some() {}
             })
             .await;
-            running.abort_all();
-            let _ = tx
+            link.running.abort_all();
+            let _ = link
+                .tx
                 .send(Message::Close(Some(CloseFrame {
                     code: CloseCode::Normal,
                     reason: "device shutting down".into(),
                 })))
                 .await;
-            drop(tx);
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+            drop(link.tx);
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut link.writer).await;
         } else {
-            running.abort_all();
+            link.running.abort_all();
         }
-        writer.abort();
-        ended
+        link.writer.abort();
     }
 
-    fn on_text(
-        &self,
-        text: &str,
-        delegation: bool,
-        tx: &mpsc::Sender<Message>,
-        running: &mut JoinSet<()>,
-        by_session: &mut HashMap<String, Vec<AbortHandle>>,
-    ) {
+    fn on_text(&self, text: &str, link: &mut Link) {
         let msg: ServerMessage = match aip_protocol::messages::parse_strict(text) {
             Ok(m) => m,
             Err(e) => {
@@ -395,73 +410,16 @@ impl Device {
         };
         match msg.kind {
             ServerMessageType::Task
-                if delegation && msg.agent_name.is_none() && self.config.llm.is_some() =>
+                if link.delegation && msg.agent_name.is_none() && self.config.llm.is_some() =>
             {
-                // Nothing on the server plans it and it announced delegation: run it here
-                // with our own model (§3.6 step 2, §3.11).
-                let Some(client) = self.config.llm.clone() else {
-                    return;
-                };
-                let session_id = msg.session_id.clone().unwrap_or_default();
-                tracing::info!(session_id = %session_id, "delegated task received; running it with the local model");
-                let job = DelegatedTask {
-                    tools: self.tools.clone(),
-                    tx: tx.clone(),
-                    results: self.message(ClientMessageType::CommandResults, TaskStatus::Continue),
-                    end: self.message(ClientMessageType::TaskEnd, TaskStatus::Completed),
-                    platform: self.config.platform.clone(),
-                    system_info: crate::system::system_info(
-                        &self.config.client_id,
-                        &self.config.platform,
-                        &self.config.tags,
-                    ),
-                };
-                let handle = running.spawn(job.run(client, msg));
-                by_session.entry(session_id).or_default().push(handle);
+                self.run_delegated(msg, link)
             }
-            ServerMessageType::Task => {
-                // Echo, as the reference device does: the server then drives the session.
-                let mut echo = self.message(ClientMessageType::Task, TaskStatus::Continue);
-                echo.session_id = msg.session_id.clone();
-                echo.task_name = msg.task_name.clone();
-                echo.request = msg.user_request.clone();
-                let mut meta = Map::new();
-                meta.insert("platform".into(), json!(self.config.platform));
-                echo.metadata = Some(meta);
-                tracing::info!(
-                    session_id = msg.session_id.as_deref().unwrap_or(""),
-                    "task received; accepting"
-                );
-                // Waits for room in the queue instead of dropping the echo; the server
-                // would fail the session `not_accepted` without it.
-                let tx = tx.clone();
-                let echo = Message::Text(echo.to_json().into());
-                running.spawn(async move {
-                    let _ = tx.send(echo).await;
-                });
-            }
-            ServerMessageType::Command => {
-                let session_id = msg.session_id.clone().unwrap_or_default();
-                let tools = self.tools.clone();
-                let tx = tx.clone();
-                let base = self.message(ClientMessageType::CommandResults, msg.status);
-                let handle = running.spawn(async move {
-                    let results = run_actions(&tools, msg.actions.unwrap_or_default()).await;
-                    let mut reply = base;
-                    reply.timestamp = Some(aip_protocol::time::wire_now());
-                    reply.session_id = msg.session_id;
-                    reply.prev_response_id = msg.response_id;
-                    reply.action_results = Some(results);
-                    let _ = tx.send(Message::Text(reply.to_json().into())).await;
-                });
-                let handles = by_session.entry(session_id).or_default();
-                handles.retain(|h| !h.is_finished());
-                handles.push(handle);
-            }
+            ServerMessageType::Task => self.echo(msg, link),
+            ServerMessageType::Command => self.on_command(msg, link),
             ServerMessageType::TaskEnd => {
                 let sid = msg.session_id.unwrap_or_default();
                 tracing::info!(session_id = %sid, status = ?msg.status, error = msg.error.as_deref().unwrap_or(""), "task ended");
-                for h in by_session.remove(&sid).unwrap_or_default() {
+                for h in link.by_session.remove(&sid).unwrap_or_default() {
                     h.abort();
                 }
             }
@@ -474,6 +432,128 @@ impl Device {
             ServerMessageType::Heartbeat
             | ServerMessageType::DeviceInfoRequest
             | ServerMessageType::DeviceInfoResponse => {}
+        }
+    }
+
+    /// Nothing on the server plans the task and it announced delegation: run it here with
+    /// our own model (§3.6 step 2, §3.11).
+    fn run_delegated(&self, msg: ServerMessage, link: &mut Link) {
+        let Some(client) = self.config.llm.clone() else {
+            return;
+        };
+        let session_id = msg.session_id.clone().unwrap_or_default();
+        tracing::info!(session_id = %session_id, "delegated task received; running it with the local model");
+        let job = DelegatedTask {
+            tools: self.tools.clone(),
+            tx: link.tx.clone(),
+            results: self.message(ClientMessageType::CommandResults, TaskStatus::Continue),
+            end: self.message(ClientMessageType::TaskEnd, TaskStatus::Completed),
+            platform: self.config.platform.clone(),
+            system_info: crate::system::system_info(
+                &self.config.client_id,
+                &self.config.platform,
+                &self.config.tags,
+            ),
+        };
+        let handle = link.running.spawn(job.run(client, msg));
+        link.by_session.entry(session_id).or_default().push(handle);
+    }
+
+    /// Echoes a task assignment, as the reference device does: the server then drives the
+    /// session. The echo waits for room in the queue instead of being dropped (the server
+    /// would fail the session `not_accepted` without it).
+    fn echo(&self, msg: ServerMessage, link: &mut Link) {
+        let mut echo = self.message(ClientMessageType::Task, TaskStatus::Continue);
+        echo.session_id = msg.session_id.clone();
+        echo.task_name = msg.task_name.clone();
+        echo.request = msg.user_request.clone();
+        let mut meta = Map::new();
+        meta.insert("platform".into(), json!(self.config.platform));
+        echo.metadata = Some(meta);
+        tracing::info!(
+            session_id = msg.session_id.as_deref().unwrap_or(""),
+            "task received; accepting"
+        );
+        let tx = link.tx.clone();
+        let echo = Message::Text(echo.to_json().into());
+        link.running.spawn(async move {
+            let _ = tx.send(echo).await;
+        });
+    }
+
+    /// Runs a `command`'s actions and answers with one `command_results`.
+    fn on_command(&self, msg: ServerMessage, link: &mut Link) {
+        let session_id = msg.session_id.clone().unwrap_or_default();
+        let tools = self.tools.clone();
+        let tx = link.tx.clone();
+        let base = self.message(ClientMessageType::CommandResults, msg.status);
+        let handle = link.running.spawn(async move {
+            let results = run_actions(&tools, msg.actions.unwrap_or_default()).await;
+            let mut reply = base;
+            reply.timestamp = Some(aip_protocol::time::wire_now());
+            reply.session_id = msg.session_id;
+            reply.prev_response_id = msg.response_id;
+            reply.action_results = Some(results);
+            let _ = tx.send(Message::Text(reply.to_json().into())).await;
+        });
+        let handles = link.by_session.entry(session_id).or_default();
+        handles.retain(|h| !h.is_finished());
+        handles.push(handle);
+    }
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsSink = futures_util::stream::SplitSink<WsStream, Message>;
+type WsSource = futures_util::stream::SplitStream<WsStream>;
+
+/// One registered connection: the writer task and its queue, the running tool calls by
+/// session, and whether the server announced delegation.
+struct Link {
+    tx: mpsc::Sender<Message>,
+    writer: tokio::task::JoinHandle<()>,
+    running: JoinSet<()>,
+    by_session: HashMap<String, Vec<AbortHandle>>,
+    delegation: bool,
+}
+
+impl Link {
+    /// Starts the writer: the only task that writes to the socket, from a queue of `queue`.
+    fn start(mut sink: WsSink, queue: usize, delegation: bool) -> Link {
+        let (tx, mut rx) = mpsc::channel::<Message>(queue.max(1));
+        let writer = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let close = matches!(m, Message::Close(_));
+                if sink.send(m).await.is_err() || close {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        Link {
+            tx,
+            writer,
+            running: JoinSet::new(),
+            by_session: HashMap::new(),
+            delegation,
+        }
+    }
+}
+
+/// The first text frame (the registration's answer), or why there is none.
+async fn first_text(stream: &mut WsSource) -> Result<String, String> {
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+            Some(Ok(Message::Close(f))) => {
+                return Err(format!(
+                    "closed during registration: {:?}",
+                    f.map(|f| f.reason.to_string())
+                ))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("registration failed: {e}")),
+            None => return Err("closed during registration".into()),
         }
     }
 }
