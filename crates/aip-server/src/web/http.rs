@@ -11,14 +11,13 @@ use aip_protocol::time::http_timestamp;
 use aip_protocol::validate::{is_valid_http_task_name, MAX_ID_LEN};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
 use aip_protocol::errors::http as detail;
 
-use super::auth::header_authorized;
 use super::error::ApiError;
 use crate::session::{CancelReason, OpenRequest};
 use crate::state::AppState;
@@ -32,85 +31,6 @@ pub async fn not_found() -> ApiError {
 /// Known route, wrong method.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, detail::METHOD_NOT_ALLOWED)
-}
-
-/// `GET /api/health`.
-pub async fn health(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let shutting_down = app.is_shutting_down();
-    let mut body = json!({
-        "status": if shutting_down { "shutting_down" } else { "healthy" },
-        "uptime_seconds": app.started.elapsed().as_secs(),
-        "connected_clients": app.registry.len(),
-        "active_sessions": app.sessions.active(),
-        "version": crate::build::VERSION,
-        "build": {"commit": crate::build::COMMIT, "target": crate::build::TARGET,
-                  "profile": crate::build::PROFILE},
-    });
-    if header_authorized(&app, &headers) {
-        let ids: Vec<String> = app
-            .registry
-            .list()
-            .iter()
-            .map(|c| c.client_id.clone())
-            .collect();
-        body["online_clients"] = json!(ids);
-    }
-    let status = if shutting_down {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    (status, Json(body)).into_response()
-}
-
-/// `GET /api/ready`: whether this server can take work now — not shutting down, and the
-/// store commits a write (a probe row, at most one probe per second however often this
-/// is polled). Never needs the key; the store's own error text stays in the log.
-pub async fn ready(State(app): State<Arc<AppState>>) -> Response {
-    let store = if app.is_shutting_down() {
-        Err("shutting_down")
-    } else {
-        app.readiness.store_ok(&*app.store).await
-    };
-    let (status, body) = match store {
-        Ok(()) => (
-            StatusCode::OK,
-            json!({"status": "ready", "checks": {"store": "ok"}}),
-        ),
-        Err(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "not_ready", "checks": {"store": why}}),
-        ),
-    };
-    (status, Json(body)).into_response()
-}
-
-/// `GET /metrics`: Prometheus text exposition (behind the API key unless
-/// `--metrics-public`).
-pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let Some(handle) = crate::metrics::install() else {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Metrics are not available")
-            .into_response();
-    };
-    let clients = app.registry.list();
-    let devices = clients
-        .iter()
-        .filter(|c| c.role == aip_protocol::ClientType::Device)
-        .count();
-    let body = crate::metrics::render(
-        handle,
-        devices,
-        clients.len() - devices,
-        app.sessions.active(),
-    );
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
 }
 
 /// `GET /api/clients`.

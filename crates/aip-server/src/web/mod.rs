@@ -11,6 +11,7 @@ use crate::state::AppState;
 pub mod auth;
 pub mod error;
 pub mod http;
+pub mod ops;
 pub mod ws;
 
 mod handlers;
@@ -19,9 +20,9 @@ mod handlers;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(ws::upgrade))
-        .route("/api/health", get(http::health))
-        .route("/api/ready", get(http::ready))
-        .route("/metrics", get(http::metrics))
+        .route("/api/health", get(ops::health))
+        .route("/api/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
         .route("/api/dispatch", axum::routing::post(http::dispatch))
         .route("/api/task_result/{id}", get(http::task_result))
         .route("/api/clients", get(http::clients))

@@ -3,7 +3,9 @@
 //! Connect → register (platform, system_info, tags, tools) → heartbeat every interval,
 //! echo task assignments so the server drives them, run each `command` through the
 //! [`ToolSet`] and answer with one `command_results`; on any loss, reconnect forever
-//! with exponential backoff and jitter under the same `client_id`.
+//! with exponential backoff and jitter under the same `client_id`. A delegated task the
+//! device runs with its own model, and the running of a round's actions, are in
+//! `delegated.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -11,8 +13,7 @@ use std::time::Duration;
 
 use aip_protocol::features::{self, ServerInfo};
 use aip_protocol::{
-    ActionResult, ClientMessage, ClientMessageType, ClientType, ResultStatus, ServerMessage,
-    ServerMessageType, TaskStatus,
+    ClientMessage, ClientMessageType, ClientType, ServerMessage, ServerMessageType, TaskStatus,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Map};
@@ -26,6 +27,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::tools::ToolSet;
+
+mod delegated;
+
+pub use delegated::run_actions;
+use delegated::DelegatedTask;
 
 /// Everything `aip device` is told.
 #[derive(Clone)]
@@ -556,106 +562,6 @@ async fn first_text(stream: &mut WsSource) -> Result<String, String> {
             None => return Err("closed during registration".into()),
         }
     }
-}
-
-/// A delegated task run on this device by the local model: one `command_results` per
-/// model step (`prev_response_id` = the task's `response_id`), then our own `task_end`.
-struct DelegatedTask {
-    tools: Arc<ToolSet>,
-    tx: mpsc::Sender<Message>,
-    results: ClientMessage,
-    end: ClientMessage,
-    platform: String,
-    system_info: serde_json::Value,
-}
-
-impl DelegatedTask {
-    async fn run(self, client: aip_llm::LlmClient, task: ServerMessage) {
-        use aip_llm::{AgentLoop, Decision, LoopContext, ToolSpec};
-        let ctx = LoopContext {
-            request: task.user_request.clone().unwrap_or_default(),
-            platform: self.platform.clone(),
-            system_info: Some(self.system_info.clone()),
-            tools: self
-                .tools
-                .infos()
-                .iter()
-                .map(ToolSpec::from_tool_info)
-                .collect(),
-        };
-        let mut agent = AgentLoop::with_client(client, ctx);
-        let mut feedback = None;
-        let (completed, answer, error) = loop {
-            match agent.next(feedback.take()).await {
-                Ok(Decision::Call(calls)) => {
-                    let commands = calls
-                        .iter()
-                        .map(|c| c.to_command(aip_protocol::ToolType::Action))
-                        .collect();
-                    let results = run_actions(&self.tools, commands).await;
-                    let mut report = self.results.clone();
-                    report.timestamp = Some(aip_protocol::time::wire_now());
-                    report.session_id = task.session_id.clone();
-                    report.prev_response_id = task.response_id.clone();
-                    report.action_results = Some(results.clone());
-                    let _ = self.tx.send(Message::Text(report.to_json().into())).await;
-                    feedback = Some(results);
-                }
-                Ok(Decision::Finish { completed, answer }) => {
-                    let error = (!completed).then(|| answer.clone());
-                    break (completed, Some(answer), error);
-                }
-                Err(e) => break (false, None, Some(e.to_string())),
-            }
-        };
-        let mut end = self.end;
-        end.timestamp = Some(aip_protocol::time::wire_now());
-        end.status = if completed {
-            TaskStatus::Completed
-        } else {
-            TaskStatus::Failed
-        };
-        end.session_id = task.session_id;
-        end.error = error;
-        let mut meta = Map::new();
-        meta.insert(
-            "result".into(),
-            json!({"answer": answer, "transcript": agent.transcript()}),
-        );
-        end.metadata = Some(meta);
-        tracing::info!(
-            session_id = end.session_id.as_deref().unwrap_or(""),
-            completed,
-            steps = agent.steps(),
-            "delegated task finished"
-        );
-        let _ = self.tx.send(Message::Text(end.to_json().into())).await;
-    }
-}
-
-/// Runs a round's actions in order; after the first failure the rest are skipped.
-pub async fn run_actions(
-    tools: &ToolSet,
-    actions: Vec<aip_protocol::Command>,
-) -> Vec<ActionResult> {
-    let mut results = Vec::with_capacity(actions.len());
-    let mut failed = false;
-    for action in actions {
-        if failed {
-            results.push(ActionResult {
-                status: ResultStatus::Skipped,
-                error: Some("Skipped due to previous failure (early_exit=True).".into()),
-                result: None,
-                namespace: None,
-                call_id: action.call_id.clone(),
-            });
-            continue;
-        }
-        let r = tools.run(&action).await;
-        failed = r.status == ResultStatus::Failure;
-        results.push(r);
-    }
-    results
 }
 
 #[cfg(test)]
