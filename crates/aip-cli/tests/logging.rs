@@ -166,3 +166,70 @@ fn version_names_the_build() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn client_supplied_text_cannot_forge_flood_or_escape_the_text_log() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let key = "log-test-key-0123456789abcdef";
+    let srv = start(dir.path(), &["--api-key", key], None).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?token={key}", srv.port))
+            .await
+            .unwrap();
+    let frame = |v: serde_json::Value| Message::Text(v.to_string().into());
+    ws.send(frame(
+        serde_json::json!({"type": "register", "status": "ok",
+        "client_type": "device", "client_id": "liar"}),
+    ))
+    .await
+    .unwrap();
+    let forged = format!(
+        "boom\n2026-12-01T00:00:00.000000Z  INFO aip_server: forged line\u{1b}[2J{}",
+        "y".repeat(100_000)
+    );
+    ws.send(frame(
+        serde_json::json!({"type": "error", "status": "error",
+        "client_id": "liar", "error": forged}),
+    ))
+    .await
+    .unwrap();
+    // A refusal that echoes a client value (an unknown target) and a long unauthenticated path.
+    ws.send(frame(
+        serde_json::json!({"type": "task", "status": "continue", "client_id": "liar",
+        "target_id": format!("t\u{1b}[31m{}", "z".repeat(50_000)), "request": "x"}),
+    ))
+    .await
+    .unwrap();
+    let long_path = format!("http://127.0.0.1:{}/api/{}", srv.port, "p".repeat(60_000));
+    assert_eq!(reqwest::get(&long_path).await.unwrap().status(), 401);
+    let refused =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?token=wrong", srv.port))
+            .await;
+    assert!(refused.is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let raw = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(!raw.contains('\u{1b}'), "a raw escape reached the log");
+    assert!(
+        !raw.lines()
+            .any(|l| l.starts_with("2026-12-01T00:00:00.000000Z")),
+        "a forged line reached the log:\n{raw}"
+    );
+    let longest = raw.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2_000, "a {longest}-byte log line");
+    assert!(raw.contains("client reported an error"), "{raw}");
+    let refusals: Vec<&str> = raw.lines().filter(|l| l.contains("refused")).collect();
+    assert!(
+        refusals
+            .iter()
+            .any(|l| l.contains("wrong API key") && l.contains("peer=127.0.0.1")),
+        "{raw}"
+    );
+    assert!(
+        refusals
+            .iter()
+            .any(|l| l.contains("wrong token") && l.contains("peer=127.0.0.1")),
+        "{raw}"
+    );
+}

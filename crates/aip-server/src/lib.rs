@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 pub mod config;
 pub mod conn;
 pub mod limits;
+pub mod logsafe;
 pub mod metrics;
 pub mod registry;
 pub mod session;

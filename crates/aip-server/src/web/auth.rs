@@ -73,7 +73,7 @@ pub async fn guard(
         return next.run(req).await;
     }
     if !header_authorized(&app, req.headers()) {
-        tracing::warn!(path, "request with a missing or wrong API key refused");
+        tracing::warn!(peer = %peer, path = %crate::logsafe::Clip(path), "request with a missing or wrong API key refused");
         let mut resp =
             ApiError::new(StatusCode::UNAUTHORIZED, detail::INVALID_API_KEY).into_response();
         resp.headers_mut().insert(

@@ -46,7 +46,7 @@ impl ClientConn {
 
     fn refuse(&self, error: impl Into<String>) {
         let error = error.into();
-        tracing::warn!(client_id = %self.entry.client_id, reason = %error, "message refused");
+        tracing::warn!(client_id = %self.entry.client_id, reason = %crate::logsafe::Clip(&error), "message refused");
         self.reply(ServerMessage::error(error));
     }
 
@@ -108,7 +108,7 @@ impl ClientConn {
             ClientMessageType::DeviceInfoResponse => {}
             ClientMessageType::Error => {
                 let error = msg.error.filter(|e| !e.is_empty());
-                tracing::warn!(client_id = %self.entry.client_id, error = error.as_deref().unwrap_or(""), "client reported an error");
+                tracing::warn!(client_id = %self.entry.client_id, error = %crate::logsafe::Clip(error.as_deref().unwrap_or("")), "client reported an error");
                 self.reply(ServerMessage::error(
                     error.unwrap_or_else(|| text::UNKNOWN_ERROR.to_owned()),
                 ));
@@ -252,7 +252,7 @@ impl ClientConn {
     /// `command_results` (protocol.md §4.4): applied or dropped silently.
     async fn on_command_results(&self, msg: ClientMessage) {
         let drop = |why: &str| {
-            tracing::warn!(client_id = %self.entry.client_id, session_id = msg.session_id.as_deref().unwrap_or(""), why, "command_results dropped");
+            tracing::warn!(client_id = %self.entry.client_id, session_id = %crate::logsafe::Clip(msg.session_id.as_deref().unwrap_or("")), why, "command_results dropped");
         };
         let Some(sid) = msg.session_id.as_deref() else {
             return drop("no session_id");

@@ -36,6 +36,7 @@ const WRITE_BUFFER: usize = 4 * 1024;
 /// `GET /ws`: checks the token and the connection limit, then upgrades.
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -46,7 +47,7 @@ pub async fn upgrade(
             .map(String::as_str)
             .or_else(|| header_key(&headers));
         if !given.is_some_and(|k| key_matches(expected, k)) {
-            tracing::warn!("WebSocket upgrade with a missing or wrong token refused");
+            tracing::warn!(peer = %peer, "WebSocket upgrade with a missing or wrong token refused");
             return ApiError::new(StatusCode::FORBIDDEN, detail::INVALID_API_KEY).into_response();
         }
     }
@@ -55,7 +56,7 @@ pub async fn upgrade(
             .into_response();
     }
     let Ok(permit) = app.conn_limit.clone().try_acquire_owned() else {
-        tracing::warn!("connection limit reached; upgrade refused");
+        tracing::warn!(peer = %peer, "connection limit reached; upgrade refused");
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             detail::TOO_MANY_CONNECTIONS,
@@ -153,7 +154,7 @@ async fn register(
 ) -> Result<Arc<ClientEntry>, Option<u16>> {
     let refuse = |error: String| {
         crate::metrics::registration_refused(refusal_code(&error));
-        tracing::warn!(reason = %error, "registration refused");
+        tracing::warn!(reason = %crate::logsafe::Clip(&error), "registration refused");
         let _ = conn.send(&ServerMessage::error(error));
         Err(Some(close::POLICY))
     };
