@@ -12,8 +12,7 @@ pub struct Clip<'a>(pub &'a str);
 
 impl fmt::Display for Clip<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = 0;
-        for (i, c) in self.0.char_indices() {
+        for (shown, (i, c)) in self.0.char_indices().enumerate() {
             if shown == MAX_LOGGED_CHARS {
                 return write!(f, "…(+{} bytes)", self.0.len() - i);
             }
@@ -22,7 +21,6 @@ impl fmt::Display for Clip<'_> {
             } else {
                 fmt::Write::write_char(f, c)?;
             }
-            shown += 1;
         }
         Ok(())
     }
