@@ -2,6 +2,7 @@
 //!
 //! - [`messages`]: the envelopes (`ClientMessage`, `ServerMessage`), their enums and
 //!   building blocks (`Command`, `ActionResult`, `McpToolInfo`), strict parsing.
+//! - [`parse`]: strict parsing of frames (the rules of protocol.md §2.1).
 //! - [`transfer`]: the optional binary / file-transfer frames (protocol.md §6).
 //! - [`validate`]: identifier rules, `task_name` sanitisation and validation.
 //! - [`plan`]: the explicit command plan a `request` may carry (server.md §5.2).
@@ -12,6 +13,7 @@
 pub mod errors;
 pub mod features;
 pub mod messages;
+pub mod parse;
 pub mod plan;
 pub mod time;
 pub mod transfer;
