@@ -4,12 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_aip");
+mod support;
+
+use support::{free_port, BIN};
 
 fn aip(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(BIN);
@@ -121,11 +122,7 @@ fn unknown_keys_and_bad_values_are_refused_naming_them() {
 #[test]
 fn a_server_runs_from_a_config_file() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let file = write(
         dir.path(),
         "aip.toml",

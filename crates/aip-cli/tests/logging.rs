@@ -4,14 +4,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_aip");
+mod support;
+
+use support::{free_port, BIN};
 
 struct Server {
     child: Child,
@@ -26,11 +27,7 @@ impl Drop for Server {
 }
 
 async fn start(dir: &Path, args: &[&str], rust_log: Option<&str>) -> Server {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--port", &port.to_string(), "--data-dir"])
         .arg(dir.join("data"))

@@ -4,20 +4,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::fs::File;
-use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_aip");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{free_port, BIN};
 
 fn serve(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);

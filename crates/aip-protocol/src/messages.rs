@@ -662,7 +662,9 @@ mod tests {
     #[test]
     fn duplicate_keys_are_found_at_any_depth_by_structure() {
         assert!(crate::parse::has_duplicate_keys(r#"{"a":1,"a":2}"#));
-        assert!(crate::parse::has_duplicate_keys(r#"{"x":[{"b":1,"\u0062":2}]}"#));
+        assert!(crate::parse::has_duplicate_keys(
+            r#"{"x":[{"b":1,"\u0062":2}]}"#
+        ));
         assert!(!crate::parse::has_duplicate_keys(
             r#"{"a":{"a":1},"b":[{"a":2},{"a":3}]}"#
         ));

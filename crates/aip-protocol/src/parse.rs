@@ -117,4 +117,3 @@ fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> ParseError {
     };
     ParseError { detail }
 }
-

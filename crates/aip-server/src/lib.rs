@@ -128,7 +128,7 @@ pub async fn serve_tls(
     files: Arc<tls::TlsFiles>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let purger = start(&state).await?;
+    let purger = tokio::spawn(purge_loop(state.clone()));
     let stop = tokio_util::sync::CancellationToken::new();
     tls::reload_on_sighup(files.clone(), stop.clone());
     let graceful_state = state.clone();
@@ -167,18 +167,13 @@ fn log_listening(listener: &TcpListener, config: &ServerConfig) {
     }
 }
 
-/// What runs before the first connection: the purge of expired results.
-async fn start(state: &Arc<AppState>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    Ok(tokio::spawn(purge_loop(state.clone())))
-}
-
 /// Serves `state` on `listener` until `shutdown`, then shuts down gracefully.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let purger = start(&state).await?;
+    let purger = tokio::spawn(purge_loop(state.clone()));
     let app = web::router(state.clone());
     let graceful_state = state.clone();
     // Small frames go out at once: without TCP_NODELAY, an acknowledgement followed by a

@@ -12,6 +12,15 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_aip");
 
+/// A port that was free a moment ago (the kernel's pick for an unbound socket).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A child `aip` whose stderr lines are collected; killed and reaped on drop.
 pub struct Proc {
     child: Child,
