@@ -268,9 +268,12 @@ struct Terminal {
 impl Terminal {
     fn run(args: &str) -> Terminal {
         use std::io::Read;
-        let line = format!("{} {args}", support::BIN);
+        // `exec`: no shell stays between `script` and the client (dash, CI's /bin/sh, would
+        // take the Ctrl-C itself and exit 130 whatever the client chose).
+        let line = format!("exec {} {args}", support::BIN);
         let mut child = std::process::Command::new("script")
             .args(["-qec", &line, "/dev/null"])
+            .env("SHELL", "/bin/sh")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
