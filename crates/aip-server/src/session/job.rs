@@ -244,9 +244,21 @@ impl SessionJob {
         self.persist().await;
     }
 
-    async fn persist(&self) {
-        if let Err(e) = self.manager.store.upsert(self.record.clone()).await {
-            tracing::error!(session_id = %self.record.session_id, cause = %e, "could not store session");
+    /// Writes the record; if the store refuses, keeps it unsaved (reads show it) and
+    /// returns it for [`store_until_saved`].
+    async fn persist(&self) -> Option<Arc<SessionRecord>> {
+        let manager = &self.manager;
+        match manager.store.upsert(self.record.clone()).await {
+            Ok(()) => {
+                manager.unsaved.forget(&self.record.session_id);
+                None
+            }
+            Err(e) => {
+                tracing::error!(session_id = %self.record.session_id, cause = %e, "could not store session; kept in memory, retrying");
+                let kept = Arc::new(self.record.clone());
+                manager.unsaved.keep(kept.clone());
+                Some(kept)
+            }
         }
     }
 
@@ -434,8 +446,9 @@ impl SessionJob {
                 .to_std()
                 .unwrap_or_default(),
         );
-        // Stored before anyone is told.
-        self.persist().await;
+        // Stored before anyone is told; if the store refuses, the final state is kept in
+        // memory (reads show it), everyone is told, and the write is retried below.
+        let unsaved = self.persist().await;
         self.manager.release(&sid);
         self.manager.unindex(&self.handle);
 
@@ -469,6 +482,31 @@ impl SessionJob {
             "session ended"
         );
         h.done.set();
+        if let Some(record) = unsaved {
+            store_until_saved(&self.manager, record).await;
+        }
+    }
+}
+
+/// Retries writing `record`, backing off up to 5 s, until it lands or is superseded (a
+/// newer write of it, or a new session of its id).
+async fn store_until_saved(manager: &SessionManager, record: Arc<SessionRecord>) {
+    let mut wait = std::time::Duration::from_millis(100);
+    let mut attempts = 1u32;
+    while manager.unsaved.holds(&record) {
+        tokio::time::sleep(wait).await;
+        attempts += 1;
+        match manager.store.upsert(SessionRecord::clone(&record)).await {
+            Ok(()) => {
+                manager.unsaved.saved(&record);
+                tracing::info!(session_id = %record.session_id, attempts, "session stored after retrying");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(session_id = %record.session_id, cause = %e, attempts, "store still refuses the session");
+            }
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
     }
 }
 

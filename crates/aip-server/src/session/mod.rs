@@ -16,7 +16,8 @@
 //! The manager owns what jobs need (registry, store, settings, driver factory), so the
 //! layer is built and tested without the web layer (`tests.rs`). Files: `open.rs` (the
 //! one way to open a session), `accept.rs` (acceptance transitions), `job.rs` (a
-//! session's state machine), `alarm.rs` (the timer of parked jobs), `flag.rs`,
+//! session's state machine), `records.rs` (reads, and writes the store refused),
+//! `alarm.rs` (the timer of parked jobs), `flag.rs`,
 //! [`driver`] (the driver trait, the plan driver) and [`llm`] (the LLM agent driver).
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -41,6 +42,7 @@ mod flag;
 mod job;
 pub mod llm;
 mod open;
+mod records;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
@@ -244,6 +246,8 @@ pub struct SessionManager {
     store: Arc<dyn SessionStore>,
     /// Plans natural-language requests; `None`: they are delegated to the device.
     drivers: Option<Arc<dyn DriverFactory>>,
+    /// States the store refused, kept until a retried write lands.
+    unsaved: records::Unsaved,
 }
 
 /// Everything needed to create a session.
@@ -284,6 +288,7 @@ impl SessionManager {
             registry,
             store,
             drivers,
+            unsaved: records::Unsaved::default(),
         })
     }
 
@@ -365,6 +370,8 @@ impl SessionManager {
             self.release(&record.session_id);
             return Err(e.into());
         }
+        // An earlier session of this id whose end is not stored yet stops retrying.
+        self.unsaved.forget(&record.session_id);
         // Index by requester and executor; if either vanished meanwhile, its disconnect
         // procedure may have missed us, so cancel now.
         let sid = &handle.session_id;
