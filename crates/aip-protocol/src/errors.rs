@@ -112,6 +112,7 @@ pub mod http {
     pub const DID_NOT_STOP: &str = "Session did not stop in time";
     pub const INVALID_API_KEY: &str = "Invalid API key";
     pub const LOOPBACK_ONLY: &str = "Only loopback clients are accepted (--local)";
+    pub const METRICS_UNAVAILABLE: &str = "Metrics are not available";
     /// The store failed; its own error text stays in the server's log.
     pub const STORAGE_UNAVAILABLE: &str = super::STORAGE_UNAVAILABLE;
 

@@ -52,8 +52,9 @@ pub fn header_authorized(app: &AppState, headers: &HeaderMap) -> bool {
     }
 }
 
-/// Middleware: `--local` first (every route), then the API key (all but health and
-/// `/ws`, which checks `?token=` itself and answers 403).
+/// Middleware: `--local` first (every route), then the API key (all but health, ready,
+/// the OpenAPI document and docs page, and `/ws`, which checks `?token=` itself and
+/// answers 403).
 pub async fn guard(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -68,6 +69,7 @@ pub async fn guard(
     if path == "/api/health"
         || path == "/api/ready"
         || path == "/ws"
+        || super::openapi::is_public(path)
         || (path == "/metrics" && app.config.metrics_public)
     {
         return next.run(req).await;

@@ -19,6 +19,13 @@ use serde_json::{json, Value};
 use aip_protocol::errors::http as detail;
 
 use super::error::ApiError;
+#[allow(unused_imports)] // named by the `#[utoipa::path]` annotations
+use super::responses::{
+    CancelResponses, ClientsResponses, DispatchResponses, Guarded, ListResponses, SessionResponses,
+    StoreFailed,
+};
+#[allow(unused_imports)]
+use super::schema::{DispatchRequest, SessionQuery};
 use crate::session::{CancelReason, OpenRequest};
 use crate::state::AppState;
 use crate::storage::{SessionFilter, SessionRecord, SessionState};
@@ -34,6 +41,12 @@ pub async fn method_not_allowed() -> ApiError {
 }
 
 /// `GET /api/clients`.
+#[utoipa::path(
+    get,
+    path = "/api/clients",
+    tag = "clients",
+    responses(ClientsResponses, Guarded)
+)]
 pub async fn clients(State(app): State<Arc<AppState>>) -> Json<Value> {
     let all = app.registry.list();
     Json(json!({
@@ -156,6 +169,8 @@ impl<'a> DispatchFields<'a> {
 }
 
 /// `POST /api/dispatch` (http-api.md §3): checks in the normative order.
+#[utoipa::path(post, path = "/api/dispatch", tag = "tasks", request_body = DispatchRequest,
+    responses(DispatchResponses, Guarded))]
 pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let mut value = None;
     let Some(fields) = DispatchFields::read(&body, &mut value) else {
@@ -333,6 +348,9 @@ impl serde::Serialize for SessionView<'_> {
 }
 
 /// `GET /api/task_result/{id}`: by session id, else the newest with that task name.
+#[utoipa::path(get, path = "/api/task_result/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "A session id, else a task name (the newest session with it)")),
+    responses(SessionResponses, Guarded, StoreFailed))]
 pub async fn task_result(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -349,6 +367,13 @@ pub async fn task_result(
 }
 
 /// `GET /api/sessions?state=&client_id=&limit=`: newest first.
+#[utoipa::path(
+    get,
+    path = "/api/sessions",
+    tag = "tasks",
+    params(SessionQuery),
+    responses(ListResponses, Guarded, StoreFailed)
+)]
 pub async fn list_sessions(
     State(app): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
@@ -379,6 +404,9 @@ pub async fn list_sessions(
 }
 
 /// `GET /api/sessions/{id}`: by session id only.
+#[utoipa::path(get, path = "/api/sessions/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "A session id")),
+    responses(SessionResponses, Guarded, StoreFailed))]
 pub async fn get_session(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -392,6 +420,9 @@ pub async fn get_session(
 }
 
 /// `DELETE /api/sessions/{id}`: cancels a live session and returns its final view.
+#[utoipa::path(delete, path = "/api/sessions/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "A session id")),
+    responses(CancelResponses, Guarded, StoreFailed))]
 pub async fn cancel_session(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,

@@ -1,4 +1,5 @@
-//! Web layer: the router for `/ws` and `/api/*`, with the `--local` and API-key guards.
+//! Web layer: the router for `/ws`, `/api/*` and the docs page (`openapi.rs`), with the
+//! `--local` and API-key guards.
 
 use std::sync::Arc;
 
@@ -11,10 +12,13 @@ use crate::state::AppState;
 pub mod auth;
 pub mod error;
 pub mod http;
+pub mod openapi;
 pub mod ops;
 pub mod ws;
 
 mod handlers;
+mod responses;
+mod schema;
 
 /// The complete application.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -31,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/sessions/{id}",
             get(http::get_session).delete(http::cancel_session),
         )
+        .merge(openapi::routes())
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))

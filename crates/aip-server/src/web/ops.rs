@@ -9,11 +9,17 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use aip_protocol::errors::http as detail;
+
 use super::auth::header_authorized;
 use super::error::ApiError;
+#[allow(unused_imports)] // named by the `#[utoipa::path]` annotations
+use super::responses::{Guarded, HealthResponses, LocalOnly, MetricsResponses, ReadyResponses};
 use crate::state::AppState;
 
 /// `GET /api/health`.
+#[utoipa::path(get, path = "/api/health", tag = "operations", security(()),
+    responses(HealthResponses, LocalOnly))]
 pub async fn health(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let shutting_down = app.is_shutting_down();
     let mut body = json!({
@@ -46,6 +52,8 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Res
 /// store commits a write (a probe row, at most one probe per second however often this
 /// is polled) and holds every session's latest state (none kept in memory for a retried
 /// write). Never needs the key; the store's own error text stays in the log.
+#[utoipa::path(get, path = "/api/ready", tag = "operations", security(()),
+    responses(ReadyResponses, LocalOnly))]
 pub async fn ready(State(app): State<Arc<AppState>>) -> Response {
     let store = if app.is_shutting_down() {
         Err("shutting_down")
@@ -70,9 +78,15 @@ pub async fn ready(State(app): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus text exposition (behind the API key unless
 /// `--metrics-public`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(MetricsResponses, Guarded)
+)]
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let Some(handle) = crate::metrics::install() else {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Metrics are not available")
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail::METRICS_UNAVAILABLE)
             .into_response();
     };
     let clients = app.registry.list();

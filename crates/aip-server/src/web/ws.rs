@@ -34,6 +34,9 @@ const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
 
 /// `GET /ws`: checks the token and the connection limit, then upgrades.
+#[utoipa::path(get, path = "/ws", tag = "aip",
+    security(("token" = []), ("api_key" = []), ("bearer" = [])),
+    responses(super::responses::WsResponses))]
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,

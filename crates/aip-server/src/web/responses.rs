@@ -1,0 +1,188 @@
+//! Every status each route answers, with the body's schema (`schema.rs`) and, for errors,
+//! an example per `detail` text — taken from `aip_protocol::errors`, so the document
+//! shows the texts the server sends. Each handler's `#[utoipa::path]` names its set.
+#![allow(dead_code, clippy::large_enum_variant)] // schema-only: read by the derive, never built
+
+use aip_protocol::errors::http as detail;
+use utoipa::IntoResponses;
+
+use super::schema::{ClientList, Dispatched, ErrorBody, Health, Ready, Session, SessionList};
+
+/// What the `--local` and API-key guard answers before any route that needs the key.
+#[derive(IntoResponses)]
+pub enum Guarded {
+    /// A missing or wrong API key (only when the server has one).
+    #[response(status = 401,
+        headers(("WWW-Authenticate" = String, description = "Always `Bearer`")),
+        example = json!({"detail": detail::INVALID_API_KEY}))]
+    Unauthorized(ErrorBody),
+    /// A peer that is not on loopback, when the server runs with `--local`.
+    #[response(status = 403, example = json!({"detail": detail::LOOPBACK_ONLY}))]
+    Forbidden(ErrorBody),
+}
+
+/// What the `--local` guard answers before a public route.
+#[derive(IntoResponses)]
+pub enum LocalOnly {
+    /// A peer that is not on loopback, when the server runs with `--local`.
+    #[response(status = 403, example = json!({"detail": detail::LOOPBACK_ONLY}))]
+    Forbidden(ErrorBody),
+}
+
+/// A storage failure: the store's own text goes to the log only.
+#[derive(IntoResponses)]
+pub enum StoreFailed {
+    /// The store refused a read or write.
+    #[response(status = 503, example = json!({"detail": detail::STORAGE_UNAVAILABLE}))]
+    Unavailable(ErrorBody),
+}
+
+/// `POST /api/dispatch`: checks in the normative order of http-api.md §3.3.
+#[derive(IntoResponses)]
+pub enum DispatchResponses {
+    /// The session exists (state `created`) and the task is queued on the device's
+    /// connection; the device has not necessarily accepted it yet.
+    #[response(status = 200)]
+    Dispatched(Dispatched),
+    /// A field is missing, empty or invalid, or the target is a constellation.
+    #[response(status = 400, examples(
+        ("empty_task" = (value = json!({"detail": detail::EMPTY_TASK}))),
+        ("empty_client_id" = (value = json!({"detail": detail::EMPTY_CLIENT_ID}))),
+        ("targets_differ" = (value = json!({"detail": detail::TARGETS_DIFFER}))),
+        ("invalid_task_name" = (value = json!({"detail": detail::INVALID_TASK_NAME}))),
+        ("invalid_session_id" = (value = json!({"detail": detail::INVALID_SESSION_ID}))),
+        ("invalid_commands" = (value = json!({"detail":
+            detail::invalid_commands("the list of commands is empty")}))),
+        ("not_a_device" = (value = json!({"detail": detail::TARGET_NOT_DEVICE}))),
+    ))]
+    BadRequest(ErrorBody),
+    /// The target is not connected (or went away while the task was queued).
+    #[response(status = 404, example = json!({"detail": detail::CLIENT_NOT_ONLINE}))]
+    NotOnline(ErrorBody),
+    /// `session_id` is already in use by a live or retained session.
+    #[response(status = 409, example = json!({"detail": detail::SESSION_ID_IN_USE}))]
+    InUse(ErrorBody),
+    /// The body is not a JSON object.
+    #[response(status = 422, example = json!({"detail": detail::BODY_NOT_OBJECT}))]
+    NotAnObject(ErrorBody),
+    /// Too many active sessions, shutting down, or the store refused the write.
+    #[response(status = 503, examples(
+        ("too_many_sessions" = (value = json!({"detail": detail::TOO_MANY_SESSIONS}))),
+        ("shutting_down" = (value = json!({"detail": detail::SHUTTING_DOWN}))),
+        ("storage" = (value = json!({"detail": detail::STORAGE_UNAVAILABLE}))),
+    ))]
+    Unavailable(ErrorBody),
+}
+
+/// `GET /api/task_result/{id}` and `GET /api/sessions/{id}`.
+#[derive(IntoResponses)]
+pub enum SessionResponses {
+    /// The session: `pending` while it runs, `done` with its result once it ended.
+    #[response(status = 200)]
+    Found(Session),
+    /// No such session, or its retained record expired.
+    #[response(status = 404, example = json!({"detail": detail::TASK_NOT_FOUND}))]
+    NotFound(ErrorBody),
+}
+
+/// `DELETE /api/sessions/{id}`.
+#[derive(IntoResponses)]
+pub enum CancelResponses {
+    /// The session, now `cancelled` (reason `cancelled`).
+    #[response(status = 200)]
+    Cancelled(Session),
+    /// No such session.
+    #[response(status = 404, example = json!({"detail": detail::TASK_NOT_FOUND}))]
+    NotFound(ErrorBody),
+    /// The session had already ended.
+    #[response(status = 409, example = json!({"detail": detail::ALREADY_FINISHED}))]
+    Finished(ErrorBody),
+    /// The session's job did not stop within 10 s.
+    #[response(status = 500, example = json!({"detail": detail::DID_NOT_STOP}))]
+    DidNotStop(ErrorBody),
+}
+
+/// `GET /api/sessions`.
+#[derive(IntoResponses)]
+pub enum ListResponses {
+    /// Stored sessions, newest first.
+    #[response(status = 200)]
+    Sessions(SessionList),
+    /// A `state` or `limit` that is not one of the allowed values.
+    #[response(status = 400, examples(
+        ("invalid_state" = (value = json!({"detail": detail::INVALID_STATE}))),
+        ("invalid_limit" = (value = json!({"detail": detail::INVALID_LIMIT}))),
+    ))]
+    BadRequest(ErrorBody),
+}
+
+/// `GET /api/clients`.
+#[derive(IntoResponses)]
+pub enum ClientsResponses {
+    /// The registered WebSocket clients, oldest first.
+    #[response(status = 200)]
+    Clients(ClientList),
+}
+
+/// `GET /api/health`.
+#[derive(IntoResponses)]
+pub enum HealthResponses {
+    /// Alive.
+    #[response(status = 200)]
+    Healthy(Health),
+    /// Shutting down (`status` is `shutting_down`).
+    #[response(status = 503, example = json!({"status": "shutting_down", "uptime_seconds": 3600,
+        "connected_clients": 0, "active_sessions": 0, "version": "0.1.0",
+        "build": {"commit": "1a2b3c4d5e6f", "target": "x86_64-unknown-linux-gnu",
+                  "profile": "release"}}))]
+    ShuttingDown(Health),
+}
+
+/// `GET /api/ready`.
+#[derive(IntoResponses)]
+pub enum ReadyResponses {
+    /// The store commits writes and holds every session's latest state.
+    #[response(status = 200)]
+    Ready(Ready),
+    /// Not ready: `checks.store` says why.
+    #[response(status = 503,
+        example = json!({"status": "not_ready", "checks": {"store": "failing"}}))]
+    NotReady(Ready),
+}
+
+/// `GET /metrics`.
+#[derive(IntoResponses)]
+pub enum MetricsResponses {
+    /// Prometheus text exposition (format version 0.0.4).
+    #[response(status = 200, content_type = "text/plain",
+        example = json!("# TYPE aip_active_sessions gauge\naip_active_sessions 0\n"))]
+    Metrics(String),
+    /// The metrics recorder could not be installed in this process.
+    #[response(status = 503, example = json!({"detail": detail::METRICS_UNAVAILABLE}))]
+    Unavailable(ErrorBody),
+}
+
+/// `GET /ws`: the AIP WebSocket endpoint (protocol.md §1).
+#[derive(IntoResponses)]
+pub enum WsResponses {
+    /// The connection is upgraded to a WebSocket speaking AIP.
+    #[response(status = 101)]
+    Upgraded,
+    /// Not a WebSocket upgrade request (the answer is plain text).
+    #[response(status = 400, content_type = "text/plain",
+        example = json!("Connection header did not include 'upgrade'"))]
+    NotAnUpgrade(String),
+    /// A missing or wrong key (`?token=`, `X-API-Key` or `Authorization: Bearer`), or,
+    /// with `--local`, a peer that is not on loopback.
+    #[response(status = 403, examples(
+        ("invalid_api_key" = (value = json!({"detail": detail::INVALID_API_KEY}))),
+        ("loopback_only" = (value = json!({"detail": detail::LOOPBACK_ONLY}))),
+    ))]
+    Forbidden(ErrorBody),
+    /// The connection cap is reached, or the server is shutting down.
+    #[response(status = 503, examples(
+        ("too_many_connections" = (value = json!({"detail": detail::TOO_MANY_CONNECTIONS}))),
+        ("shutting_down" = (value = json!({"detail": detail::SHUTTING_DOWN}))),
+    ))]
+    Unavailable(ErrorBody),
+}
