@@ -807,6 +807,22 @@ async fn http_dispatch_refusals_have_exact_status_and_detail() {
             400,
             "target_id and client_id refer to different clients",
         ),
+        // An id that is not a string does not agree with the other (found by schemathesis).
+        (
+            json!({"request": "x", "target_id": "d1", "client_id": {}}),
+            400,
+            "target_id and client_id refer to different clients",
+        ),
+        (
+            json!({"request": "x", "target_id": 5, "client_id": "d1"}),
+            400,
+            "target_id and client_id refer to different clients",
+        ),
+        (
+            json!({"request": "x", "target_id": 5}),
+            400,
+            "Empty client ID",
+        ),
         (
             json!({"target_id": "k1", "request": "x"}),
             400,

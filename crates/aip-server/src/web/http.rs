@@ -243,6 +243,12 @@ impl DispatchFields<'_> {
             (Some(a), Some(b)) if a != b => {
                 return Err(ApiError::bad_request(detail::TARGETS_DIFFER))
             }
+            // A value that is not a string names no client: it cannot agree with the id.
+            _ if matches!(self.target_id, Field::Wrong)
+                || matches!(self.client_id, Field::Wrong) =>
+            {
+                return Err(ApiError::bad_request(detail::TARGETS_DIFFER))
+            }
             (Some(a), _) | (None, Some(a)) => a.to_owned(),
         };
         let task_name = match &self.task_name {

@@ -114,8 +114,8 @@ pub enum ToolType {
 }
 
 /// `POST /api/dispatch` body (http-api.md §3.1). At least one of `target_id` and
-/// `client_id` must be a non-empty string; when both are given they must be equal.
-/// Unknown fields are ignored.
+/// `client_id` must be a non-empty string; when both are given they must be equal (one
+/// that is not a string never is). Unknown fields are ignored.
 #[derive(ToSchema)]
 #[schema(example = json!({"target_id": "device_win_001",
                           "request": "Open Notepad and type Hello World",
