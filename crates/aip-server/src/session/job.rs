@@ -10,10 +10,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::accept::push_task;
+use super::alarm::AlarmKey;
+use super::driver::Driving;
 use super::driver::{rounds_result, Round, SessionContext, Step};
-use super::{
-    CancelReason, ClientEnd, Driving, ReportedResults, SessionEvent, SessionHandle, SessionManager,
+use super::handle::{
+    CancelReason, ClientEnd, Parked, ReportedResults, SessionEvent, SessionHandle,
 };
+use super::manager::SessionManager;
 use crate::config::fmt_secs;
 use crate::registry::ExecutorInfo;
 use crate::storage::{EndReason, Origin, SessionRecord, SessionState};
@@ -89,22 +92,7 @@ impl SessionJob {
         }
     }
 
-    /// When a parked job must run even if nothing happens: its accept timeout, or its
-    /// session timeout if that is earlier.
-    pub(super) fn wake_at(&self) -> Instant {
-        let settings = &self.manager.settings;
-        let limit = match settings.session_timeout {
-            Some(t) => t.min(settings.accept_timeout),
-            None => settings.accept_timeout,
-        };
-        self.started + limit
-    }
-
-    pub(super) fn alarms(&self) -> &std::sync::Arc<super::Alarms> {
-        &self.manager.alarms
-    }
-
-    pub(super) async fn run(mut self, rx: mpsc::Receiver<SessionEvent>) {
+    async fn run(mut self, rx: mpsc::Receiver<SessionEvent>) {
         self.rx = Some(rx);
         let handle = self.handle.clone();
         let session_timeout = self.manager.settings.session_timeout;
@@ -485,6 +473,27 @@ impl SessionJob {
         if let Some(record) = unsaved {
             store_until_saved(&self.manager, record).await;
         }
+    }
+}
+
+impl Parked for SessionJob {
+    fn spawn(self: Box<Self>, rx: mpsc::Receiver<SessionEvent>) {
+        tokio::spawn((*self).run(rx));
+    }
+
+    fn cancel_alarm(&self, alarm: AlarmKey) {
+        self.manager.alarms.cancel(alarm);
+    }
+
+    /// When a parked job must run even if nothing happens: its accept timeout, or its
+    /// session timeout if that is earlier.
+    fn wake_at(&self) -> Instant {
+        let settings = &self.manager.settings;
+        let limit = match settings.session_timeout {
+            Some(t) => t.min(settings.accept_timeout),
+            None => settings.accept_timeout,
+        };
+        self.started + limit
     }
 }
 
