@@ -230,3 +230,59 @@ async fn client_supplied_text_cannot_forge_flood_or_escape_the_text_log() {
         "{raw}"
     );
 }
+
+/// A client that repeats what gets warned about (its own errors, refused messages) writes
+/// a few lines a minute, not one per frame; it still gets every answer.
+#[tokio::test]
+async fn repeated_warnings_about_one_client_are_rate_limited() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path(), &[], None).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", srv.port))
+        .await
+        .unwrap();
+    let frame = |v: serde_json::Value| Message::Text(v.to_string().into());
+    ws.send(frame(
+        serde_json::json!({"type": "register", "status": "ok",
+        "client_type": "device", "client_id": "noisy"}),
+    ))
+    .await
+    .unwrap();
+    let _ack = ws.next().await;
+    // In rounds of 50 pairs, each answered before the next (a client that reads).
+    for round in 0..4 {
+        for i in 0..50 {
+            ws.send(frame(
+                serde_json::json!({"type": "error", "status": "error",
+                "client_id": "noisy", "error": format!("flood {round}.{i}")}),
+            ))
+            .await
+            .unwrap();
+            ws.send(frame(
+                serde_json::json!({"type": "task", "status": "continue",
+                "client_id": "noisy", "target_id": "nobody", "request": "x"}),
+            ))
+            .await
+            .unwrap();
+        }
+        let mut answers = 0;
+        while answers < 100 {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Text(_)))) => answers += 1,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("round {round}, after {answers} answers: {other:?}"),
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let raw = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let warned = raw
+        .lines()
+        .filter(|l| l.contains("client reported an error") || l.contains("message refused"))
+        .count();
+    assert!(
+        (1..=5).contains(&warned),
+        "{warned} warning lines for 400 frames:\n{raw}"
+    );
+}

@@ -121,7 +121,11 @@ mod tests {
         assert_eq!(first[..5], [Some(0); 5]);
         assert_eq!(first[5..], [None; 3]);
         let later = t0 + WINDOW;
-        assert_eq!(t.allow(later), Some(3), "the next window's first line counts them");
+        assert_eq!(
+            t.allow(later),
+            Some(3),
+            "the next window's first line counts them"
+        );
         assert_eq!(t.allow(later), Some(0));
     }
 
@@ -144,7 +148,11 @@ mod tests {
         assert_eq!(p.allow_at(stranger, t0), None, "no room: left out");
         let later = t0 + WINDOW;
         // Two of the loop's peers and the stranger found no room: the next line says so.
-        assert_eq!(p.allow_at(stranger, later), Some(3), "expired entries make room");
+        assert_eq!(
+            p.allow_at(stranger, later),
+            Some(3),
+            "expired entries make room"
+        );
     }
 
     #[test]
