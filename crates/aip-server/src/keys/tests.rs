@@ -271,3 +271,23 @@ fn a_reload_swaps_the_whole_set_and_a_bad_file_keeps_the_old_one() {
     assert!(store.reload().is_err());
     assert!(store.authenticate(Some(added)).is_some(), "old set kept");
 }
+
+#[test]
+fn the_example_key_file_parses_with_one_key_per_role() {
+    let example = include_str!("../../../../deploy/keys.example.toml");
+    let keys = KeySet::parse(None, Path::new("keys.example.toml"), example, false).unwrap();
+    let roles: Vec<(&str, Role)> = keys
+        .credentials
+        .iter()
+        .map(|c| (c.name.as_str(), c.role))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("ops", Role::Operator),
+            ("laptop", Role::Device),
+            ("lab-orchestrator", Role::Constellation)
+        ]
+    );
+    assert!(keys.credentials[2].may_address("lab-4") && !keys.credentials[2].may_address("laptop"));
+}
