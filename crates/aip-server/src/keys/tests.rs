@@ -115,7 +115,14 @@ fn what_each_role_may_do() {
     let dev = ClientType::Device;
     let con = ClientType::Constellation;
     // (grant, role, client_id, scope, refusal)
-    let table: Vec<(&Grant, ClientType, &str, Option<&str>, Option<String>)> = vec![
+    type Row<'a> = (
+        &'a Grant,
+        ClientType,
+        &'a str,
+        Option<&'a str>,
+        Option<String>,
+    );
+    let table: Vec<Row> = vec![
         (&laptop, dev, "laptop", None, None),
         (
             &laptop,
