@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
+use crate::keys::{KeySet, KeySource, KeyStore};
 use crate::registry::Registry;
 use crate::session::driver::DriverFactory;
 use crate::session::{SessionManager, SessionSettings};
@@ -17,6 +18,8 @@ use crate::storage::SessionStore;
 /// Everything the server shares: configuration, registry, sessions, storage.
 pub struct AppState {
     pub config: ServerConfig,
+    /// The credentials in force (swapped whole on SIGHUP).
+    pub keys: Arc<KeyStore>,
     pub registry: Arc<Registry>,
     pub sessions: Arc<SessionManager>,
     pub store: Arc<dyn SessionStore>,
@@ -72,7 +75,8 @@ impl Readiness {
 
 impl AppState {
     /// State for `config` on `store`; `drivers` plans natural-language requests (`None`:
-    /// they are delegated to the device).
+    /// they are delegated to the device). Authentication starts from `config.api_key`
+    /// alone: a key file is read by [`crate::run`] (or [`KeyStore::reload`]).
     pub fn new(
         config: ServerConfig,
         store: Arc<dyn SessionStore>,
@@ -85,7 +89,12 @@ impl AppState {
             Arc::clone(&store),
             drivers,
         );
+        let keys = KeyStore::new(
+            KeySource::of(&config),
+            KeySet::from_api_key(config.api_key.as_deref()),
+        );
         Arc::new(Self {
+            keys: Arc::new(keys),
             conn_limit: Arc::new(Semaphore::new(config.max_connections)),
             config,
             registry,

@@ -201,6 +201,9 @@ impl ClientConn {
         let Some(target) = msg.target_id.as_deref().filter(|t| !t.is_empty()) else {
             return Err(text::CONSTELLATION_NEEDS_TARGET.to_owned());
         };
+        if !self.entry.grant.may_address(target) {
+            return Err(text::target_not_permitted(target));
+        }
         let Some(e) = self.app.registry.get(target) else {
             return Err(text::target_not_connected(target));
         };
@@ -320,7 +323,9 @@ impl ClientConn {
         let Some(target) = msg.target_id.as_deref().filter(|t| !t.is_empty()) else {
             return self.refuse(text::DEVICE_INFO_NEEDS_TARGET);
         };
-        if self.entry.scope.as_deref().is_some_and(|s| s != target) {
+        if self.entry.scope.as_deref().is_some_and(|s| s != target)
+            || !self.entry.grant.may_address(target)
+        {
             return self.refuse(text::DEVICE_INFO_OUT_OF_SCOPE);
         }
         let info = self
