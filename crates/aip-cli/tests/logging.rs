@@ -231,17 +231,30 @@ async fn client_supplied_text_cannot_forge_flood_or_escape_the_text_log() {
     );
 }
 
-/// A client that repeats what gets warned about (its own errors, refused messages) writes
-/// a few lines a minute, not one per frame; it still gets every answer.
+/// A client that repeats what gets warned about (its own errors, refused messages, wrong
+/// keys) writes a few lines a minute, not one per frame; it still gets every answer.
 #[tokio::test]
 async fn repeated_warnings_about_one_client_are_rate_limited() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let dir = tempfile::tempdir().unwrap();
-    let srv = start(dir.path(), &[], None).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", srv.port))
-        .await
-        .unwrap();
+    let key = "flood-test-key-0123456789abcdef";
+    let srv = start(dir.path(), &["--api-key", key], None).await;
+    // A peer guessing keys: 50 refusals over HTTP.
+    let http = reqwest::Client::new();
+    for _ in 0..50 {
+        let r = http
+            .get(format!("http://127.0.0.1:{}/api/clients", srv.port))
+            .header("X-API-Key", "guess-0123456789abcdef")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?token={key}", srv.port))
+            .await
+            .unwrap();
     let frame = |v: serde_json::Value| Message::Text(v.to_string().into());
     ws.send(frame(
         serde_json::json!({"type": "register", "status": "ok",
@@ -284,5 +297,10 @@ async fn repeated_warnings_about_one_client_are_rate_limited() {
     assert!(
         (1..=5).contains(&warned),
         "{warned} warning lines for 400 frames:\n{raw}"
+    );
+    let refused = raw.lines().filter(|l| l.contains("wrong API key")).count();
+    assert!(
+        (1..=5).contains(&refused),
+        "{refused} warning lines for 50 refused requests:\n{raw}"
     );
 }

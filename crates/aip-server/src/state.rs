@@ -33,6 +33,8 @@ pub struct AppState {
     next_conn_id: AtomicU64,
     /// The last store probe of `/api/ready`.
     pub readiness: Readiness,
+    /// Warnings about peers (refused authentications, refused upgrades), rate-limited.
+    pub peer_warnings: crate::logsafe::PeerThrottle,
 }
 
 /// The outcome of the last write probe, reused for a second so that polling readiness
@@ -105,6 +107,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             next_conn_id: AtomicU64::new(1),
             readiness: Readiness::default(),
+            peer_warnings: crate::logsafe::PeerThrottle::default(),
         })
     }
 

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use aip_protocol::errors::http as detail;
 
 use super::error::ApiError;
+use crate::logsafe::Clip;
 use crate::state::AppState;
 
 /// Loopback: 127.0.0.0/8, ::1, and IPv4-mapped loopback.
@@ -57,7 +58,9 @@ pub async fn guard(
     next: Next,
 ) -> Response {
     if app.config.local_only && !is_loopback(peer.ip()) {
-        tracing::warn!(peer = %peer, "non-loopback peer refused (--local)");
+        if let Some(left_out) = app.peer_warnings.allow(peer.ip()) {
+            tracing::warn!(peer = %peer, left_out, "non-loopback peer refused (--local)");
+        }
         return ApiError::new(StatusCode::FORBIDDEN, detail::LOOPBACK_ONLY).into_response();
     }
     let path = req.uri().path();
@@ -70,7 +73,9 @@ pub async fn guard(
     }
     match app.keys.authenticate(header_key(req.headers())) {
         None => {
-            tracing::warn!(peer = %peer, path = %crate::logsafe::Clip(path), "request with a missing or wrong API key refused");
+            if let Some(left_out) = app.peer_warnings.allow(peer.ip()) {
+                tracing::warn!(peer = %peer, path = %Clip(path), left_out, "request with a missing or wrong API key refused");
+            }
             let mut resp =
                 ApiError::new(StatusCode::UNAUTHORIZED, detail::INVALID_API_KEY).into_response();
             resp.headers_mut().insert(
@@ -80,7 +85,9 @@ pub async fn guard(
             resp
         }
         Some(grant) if !grant.may_use_api() => {
-            tracing::warn!(peer = %peer, key = %grant.name(), path = %crate::logsafe::Clip(path), "request with a credential not for the HTTP API refused");
+            if let Some(left_out) = app.peer_warnings.allow(peer.ip()) {
+                tracing::warn!(peer = %peer, key = %grant.name(), path = %Clip(path), left_out, "request with a credential not for the HTTP API refused");
+            }
             ApiError::new(StatusCode::FORBIDDEN, detail::API_NOT_PERMITTED).into_response()
         }
         Some(_) => next.run(req).await,

@@ -48,7 +48,9 @@ pub async fn upgrade(
         .map(String::as_str)
         .or_else(|| header_key(&headers));
     let Some(grant) = app.keys.authenticate(given) else {
-        tracing::warn!(peer = %peer, "WebSocket upgrade with a missing or wrong token refused");
+        if let Some(left_out) = app.peer_warnings.allow(peer.ip()) {
+            tracing::warn!(peer = %peer, left_out, "WebSocket upgrade with a missing or wrong token refused");
+        }
         return ApiError::new(StatusCode::FORBIDDEN, detail::INVALID_API_KEY).into_response();
     };
     if app.is_shutting_down() {
@@ -56,7 +58,9 @@ pub async fn upgrade(
             .into_response();
     }
     let Ok(permit) = app.conn_limit.clone().try_acquire_owned() else {
-        tracing::warn!(peer = %peer, "connection limit reached; upgrade refused");
+        if let Some(left_out) = app.peer_warnings.allow(peer.ip()) {
+            tracing::warn!(peer = %peer, left_out, "connection limit reached; upgrade refused");
+        }
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             detail::TOO_MANY_CONNECTIONS,
