@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod support;
+use aip_testkit::process as support;
 
 use support::{free_port, BIN};
 
@@ -28,7 +28,7 @@ impl Drop for Server {
 
 async fn start(dir: &Path, args: &[&str], rust_log: Option<&str>) -> Server {
     let port = free_port();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(&*BIN);
     cmd.args(["serve", "--port", &port.to_string(), "--data-dir"])
         .arg(dir.join("data"))
         .args(args)
@@ -144,7 +144,7 @@ async fn rust_log_replaces_the_log_level() {
     assert!(!log.is_empty());
     assert!(log.iter().all(|l| l["target"] == "aip_access"), "{log:?}");
     // A filter that cannot be read is a usage error.
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["serve", "--port", "1"])
         .env("RUST_LOG", "aip=notalevel")
         .output()
@@ -155,7 +155,7 @@ async fn rust_log_replaces_the_log_level() {
 
 #[test]
 fn version_names_the_build() {
-    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let out = Command::new(&*BIN).arg("--version").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
