@@ -1,85 +1,18 @@
-//! Reading session records, and the writes the store has not taken yet.
+//! Reading session records, the writes the store has not taken yet
+//! ([`super::unsaved`]) first, and retrying those writes.
 //!
 //! A job writes its record at each step; when the store refuses a write (the disk
-//! filled up), the record is kept in [`Unsaved`] and the job retries the write with
-//! backoff until it lands. Reads go through the manager, which answers from `Unsaved`
+//! filled up), the record is kept in `Unsaved` and the job retries the write with
+//! backoff ([`store_until_saved`]) until it lands. Reads go through the manager, which answers from `Unsaved`
 //! first: an ended session never shows as `running` because its final write failed,
 //! and readiness reports the store as behind while anything is unsaved.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::storage::{SessionFilter, SessionRecord, StoreError};
-use crate::IdDashMap;
 
-use super::SessionManager;
-
-/// Records whose latest write the store refused, by session id.
-#[derive(Default)]
-pub(super) struct Unsaved {
-    records: IdDashMap<Arc<str>, Arc<SessionRecord>>,
-    /// `records.len()`, readable without visiting every shard (checked on every write).
-    count: AtomicUsize,
-}
-
-impl Unsaved {
-    /// Keeps `record` as the latest state of its session.
-    pub(super) fn keep(&self, record: Arc<SessionRecord>) {
-        let id = Arc::from(record.session_id.as_str());
-        if self.records.insert(id, record).is_none() {
-            self.count.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Forgets `session_id` once a write of it landed (or a new session took the id).
-    pub(super) fn forget(&self, session_id: &str) {
-        if self.count.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        if self.records.remove(session_id).is_some() {
-            self.count.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Forgets `record` if it is still the unsaved state of its session (its write landed).
-    pub(super) fn saved(&self, record: &Arc<SessionRecord>) {
-        let id = record.session_id.as_str();
-        if self
-            .records
-            .remove_if(id, |_, kept| Arc::ptr_eq(kept, record))
-            .is_some()
-        {
-            self.count.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Whether `record` is still the unsaved state of its session (no newer write, and
-    /// its id not taken by a new session).
-    pub(super) fn holds(&self, record: &Arc<SessionRecord>) -> bool {
-        self.records
-            .get(record.session_id.as_str())
-            .is_some_and(|r| Arc::ptr_eq(r.value(), record))
-    }
-
-    fn get(&self, session_id: &str) -> Option<Arc<SessionRecord>> {
-        if self.count.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        self.records.get(session_id).map(|r| r.value().clone())
-    }
-
-    fn len(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-
-    fn all(&self) -> Vec<Arc<SessionRecord>> {
-        if self.len() == 0 {
-            return Vec::new();
-        }
-        self.records.iter().map(|r| r.value().clone()).collect()
-    }
-}
+use super::manager::SessionManager;
 
 impl SessionManager {
     /// The record of `session_id`: its unsaved state if the store is behind, else the
@@ -155,4 +88,26 @@ fn matches(r: &SessionRecord, filter: &SessionFilter) -> bool {
             .client_id
             .as_deref()
             .is_none_or(|c| r.executor == c || r.requester.as_deref() == Some(c))
+}
+
+/// Retries writing `record`, backing off up to 5 s, until it lands or is superseded (a
+/// newer write of it, or a new session of its id).
+pub(super) async fn store_until_saved(manager: &SessionManager, record: Arc<SessionRecord>) {
+    let mut wait = std::time::Duration::from_millis(100);
+    let mut attempts = 1u32;
+    while manager.unsaved.holds(&record) {
+        tokio::time::sleep(wait).await;
+        attempts += 1;
+        match manager.store.upsert(SessionRecord::clone(&record)).await {
+            Ok(()) => {
+                manager.unsaved.saved(&record);
+                tracing::info!(session_id = %record.session_id, attempts, "session stored after retrying");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(session_id = %record.session_id, cause = %e, attempts, "store still refuses the session");
+            }
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
 }

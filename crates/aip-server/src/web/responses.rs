@@ -16,8 +16,12 @@ pub enum Guarded {
         headers(("WWW-Authenticate" = String, description = "Always `Bearer`")),
         example = json!({"detail": detail::INVALID_API_KEY}))]
     Unauthorized(ErrorBody),
-    /// A peer that is not on loopback, when the server runs with `--local`.
-    #[response(status = 403, example = json!({"detail": detail::LOOPBACK_ONLY}))]
+    /// A credential that may not use the HTTP API (a device key, see `--keys`), or a peer
+    /// that is not on loopback when the server runs with `--local`.
+    #[response(status = 403, examples(
+        ("api_not_permitted" = (value = json!({"detail": detail::API_NOT_PERMITTED}))),
+        ("loopback_only" = (value = json!({"detail": detail::LOOPBACK_ONLY}))),
+    ))]
     Forbidden(ErrorBody),
 }
 
