@@ -19,12 +19,10 @@ use serde_json::{json, Value};
 use aip_protocol::errors::http as detail;
 
 use super::error::ApiError;
-#[allow(unused_imports)] // named by the `#[utoipa::path]` annotations
 use super::responses::{
     CancelResponses, ClientsResponses, DispatchResponses, Guarded, ListResponses, SessionResponses,
     StoreFailed,
 };
-#[allow(unused_imports)]
 use super::schema::{DispatchRequest, SessionQuery};
 use crate::session::{CancelReason, OpenRequest};
 use crate::state::AppState;

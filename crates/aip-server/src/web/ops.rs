@@ -13,7 +13,6 @@ use aip_protocol::errors::http as detail;
 
 use super::auth::header_authorized;
 use super::error::ApiError;
-#[allow(unused_imports)] // named by the `#[utoipa::path]` annotations
 use super::responses::{Guarded, HealthResponses, LocalOnly, MetricsResponses, ReadyResponses};
 use crate::state::AppState;
 
