@@ -110,6 +110,10 @@ pub mod http {
     pub const DID_NOT_STOP: &str = "Session did not stop in time";
     pub const INVALID_API_KEY: &str = "Invalid API key";
     pub const LOOPBACK_ONLY: &str = "Only loopback clients are accepted (--local)";
+    pub const BODY_TIMEOUT: &str = "Request body not received in time";
+    pub const BODY_TOO_LARGE: &str = "Request body too large";
+    pub const DEVICE_BUSY: &str =
+        "Device is busy: too many frames are waiting to be sent to it; retry later";
 
     /// `Invalid commands: <detail>`
     pub fn invalid_commands(detail: &str) -> String {
