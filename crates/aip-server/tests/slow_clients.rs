@@ -42,7 +42,9 @@ async fn read_until_closed(tcp: &mut TcpStream) -> (String, Instant) {
                 "still open after {CLOSE_WAIT:?}; got {:?}",
                 String::from_utf8_lossy(&got)
             ),
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into(), Instant::now()),
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (String::from_utf8_lossy(&got).into(), Instant::now())
+            }
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
         }
     }
@@ -76,7 +78,10 @@ async fn reachable_from(from: [u8; 4], addr: SocketAddr) {
         if status.starts_with("HTTP/1.1 200") {
             return;
         }
-        assert!(Instant::now() < until, "not reachable from {from:?}: {status}");
+        assert!(
+            Instant::now() < until,
+            "not reachable from {from:?}: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

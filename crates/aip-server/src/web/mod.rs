@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use aip_protocol::errors::http as detail;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{middleware, Router};
