@@ -91,9 +91,11 @@ pub async fn run(
     let _lock = storage::lock::DataDirLock::acquire(&config.data_dir)?;
     metrics::install();
     let dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
-        .await?
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let recent_bytes = config.recent_cache_bytes;
+    let store =
+        tokio::task::spawn_blocking(move || SqliteStore::open_with_cache(&dir, recent_bytes))
+            .await?
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let drivers: Option<Arc<dyn session::driver::DriverFactory>> = match &config.llm {
         Some(llm) => Some(Arc::new(
             session::llm::LlmDriverFactory::new(llm.clone()).context("configuring the model")?,
