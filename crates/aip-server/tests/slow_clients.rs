@@ -130,6 +130,16 @@ async fn partial_request_headers_are_closed_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_socket_that_sends_nothing_is_closed_after_the_header_timeout() {
+    let app = app_with_short("header").await;
+    let mut tcp = TcpStream::connect(app.addr).await.expect("connect");
+    let started = Instant::now();
+    let (text, closed) = read_until_closed(&mut tcp).await;
+    assert_eq!(text, "");
+    assert!(closed - started >= SHORT - Duration::from_millis(50));
+}
+
+#[tokio::test]
 async fn a_half_sent_websocket_handshake_is_closed_after_the_header_timeout() {
     let app = app_with_short("header").await;
     let mut tcp = TcpStream::connect(app.addr).await.expect("connect");

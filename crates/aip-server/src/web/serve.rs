@@ -64,6 +64,9 @@ impl Slots {
         let permit = self.total.clone().try_acquire_owned().ok()?;
         let mut n = self.per_ip.entry(ip).or_insert(0);
         if *n >= self.max_per_ip {
+            drop(n);
+            // A cap of 0 must not leave an empty entry behind.
+            self.per_ip.remove_if(&ip, |_, n| *n == 0);
             return None;
         }
         *n += 1;
@@ -235,6 +238,8 @@ fn refuse(tcp: TcpStream, peer: SocketAddr, answer: Option<&[u8]>) {
 struct Activity {
     started: Instant,
     busy: AtomicUsize,
+    /// Requests so far: before the first, a silent socket gets the header timeout.
+    requests: AtomicU64,
     /// Milliseconds after `started` when the last request was answered.
     idle_since_ms: AtomicU64,
 }
@@ -247,19 +252,27 @@ impl Activity {
         Arc::new(Self {
             started: Instant::now(),
             busy: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
         })
     }
 
     fn busy(self: &Arc<Self>) -> Busy {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.busy.fetch_add(1, Ordering::AcqRel);
         Busy(Arc::clone(self))
     }
 
-    /// When the connection has been idle for `idle`: `None` while a request is answered.
-    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+    /// When the connection has been idle for too long: `idle` after the last answer, or
+    /// `first` after the connection opened if no request came yet (a socket that sends
+    /// nothing, or too little to tell HTTP/1 from HTTP/2). `None` while a request is
+    /// answered.
+    fn idle_deadline(&self, first: Duration, idle: Duration) -> Option<Instant> {
         if self.busy.load(Ordering::Acquire) > 0 {
             return None;
+        }
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            return Some(self.started + first);
         }
         let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
         Some(self.started + since + idle)
@@ -310,8 +323,12 @@ async fn serve_connection<IO>(
     let conn = watcher.watch(conn.into_owned());
     tokio::pin!(conn);
     loop {
-        let deadline = activity.idle_deadline(limits.idle_timeout);
-        let check = deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+        let (first, idle) = (limits.header_timeout, limits.idle_timeout);
+        // Woken at least this often: a request may start or end while it sleeps.
+        let step = Instant::now() + first.min(idle);
+        let check = activity
+            .idle_deadline(first, idle)
+            .map_or(step, |d| d.min(step));
         tokio::select! {
             ended = &mut conn => {
                 if let Err(e) = ended {
@@ -321,7 +338,7 @@ async fn serve_connection<IO>(
             }
             _ = tokio::time::sleep_until(check) => {
                 if activity
-                    .idle_deadline(limits.idle_timeout)
+                    .idle_deadline(first, idle)
                     .is_some_and(|d| d <= Instant::now())
                 {
                     tracing::debug!(peer = %peer, "idle connection closed");
