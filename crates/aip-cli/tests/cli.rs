@@ -267,11 +267,21 @@ struct Terminal {
 
 impl Terminal {
     fn run(args: &str) -> Terminal {
+        Terminal::run_as(args, Some("xterm"))
+    }
+
+    /// `TERM` is `term` (`None`: unset, a terminal nothing can draw on).
+    fn run_as(args: &str, term: Option<&str>) -> Terminal {
         use std::io::Read;
         // `exec`: no shell stays between `script` and the client (dash, CI's /bin/sh, would
         // take the Ctrl-C itself and exit 130 whatever the client chose).
         let line = format!("exec {} {args}", support::BIN);
-        let mut child = std::process::Command::new("script")
+        let mut command = std::process::Command::new("script");
+        command.env_remove("TERM");
+        if let Some(term) = term {
+            command.env("TERM", term);
+        }
+        let mut child = command
             .args(["-qec", &line, "/dev/null"])
             .env("SHELL", "/bin/sh")
             .stdin(std::process::Stdio::piped())
@@ -364,6 +374,14 @@ fn on_a_terminal_waiting_shows_a_live_line_and_ctrl_c_asks_before_cancelling() {
     );
     srv.aip(&["result", "tty-no"]).expect_code(4);
     srv.aip(&["cancel", "tty-no"]).expect_code(0);
+
+    // A terminal without `TERM`: no live line to draw, a plain one instead; Ctrl-C asks.
+    let mut term = Terminal::run_as(&wait("tty-dumb"), None);
+    term.wait_for("waiting for session");
+    term.type_keys(b"\x03");
+    term.wait_for("[y/N]");
+    term.type_keys(b"y\n");
+    assert_eq!(term.exit_code(), Some(3), "{}", term.text());
 }
 
 #[test]

@@ -90,7 +90,9 @@ pub fn command_timed_out(secs: impl std::fmt::Display) -> String {
 pub fn device_info_unknown(id: &str) -> String {
     format!("Device {id} not found or no system info available")
 }
-/// `Internal error: <detail>` (a storage failure behind a WebSocket request)
+/// A storage failure behind a request; the store's own error text stays in the log.
+pub const STORAGE_UNAVAILABLE: &str = "Storage unavailable; try again later";
+/// `Internal error: <detail>`
 pub fn internal_error(detail: impl std::fmt::Display) -> String {
     format!("Internal error: {detail}")
 }
@@ -140,13 +142,11 @@ pub mod http {
     pub const BODY_TOO_LARGE: &str = "Request body too large";
     pub const DEVICE_BUSY: &str =
         "Device is busy: too many frames are waiting to be sent to it; retry later";
+    /// The store failed; its own error text stays in the server's log.
+    pub const STORAGE_UNAVAILABLE: &str = super::STORAGE_UNAVAILABLE;
 
     /// `Invalid commands: <detail>`
     pub fn invalid_commands(detail: &str) -> String {
         format!("Invalid commands: {detail}")
-    }
-    /// `Storage error: <detail>`
-    pub fn storage_error(detail: impl std::fmt::Display) -> String {
-        format!("Storage error: {detail}")
     }
 }

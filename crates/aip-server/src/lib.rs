@@ -207,6 +207,13 @@ async fn begin_shutdown(state: &Arc<AppState>) {
         state.sessions.cancel_all(CancelReason::Shutdown),
     )
     .await;
+    let unsaved = state.sessions.wait_saved(Duration::from_secs(5)).await;
+    if unsaved > 0 {
+        tracing::error!(
+            unsaved,
+            "the store refused the final state of sessions until shutdown; they will show as failed (server_restarted)"
+        );
+    }
     state.shutdown.cancel();
     // Give connections a moment to send their close frames.
     let max = state.config.max_connections;

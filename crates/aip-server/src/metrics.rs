@@ -84,6 +84,10 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!("aip_connections", "Registered WebSocket clients, by role.");
     describe_gauge!("aip_sessions_live", "Sessions in state created or running.");
+    describe_gauge!(
+        "aip_sessions_unsaved",
+        "Sessions whose latest state the store refused, kept in memory while the write is retried."
+    );
     describe_counter!(
         "aip_registrations_total",
         "Accepted registrations, by role."
@@ -156,10 +160,12 @@ pub fn render(
     devices: usize,
     constellations: usize,
     live: usize,
+    unsaved: usize,
 ) -> String {
     gauge!("aip_connections", "role" => "device").set(devices as f64);
     gauge!("aip_connections", "role" => "constellation").set(constellations as f64);
     gauge!("aip_sessions_live").set(live as f64);
+    gauge!("aip_sessions_unsaved").set(unsaved as f64);
     handle.render()
 }
 

@@ -10,7 +10,7 @@ use aip_server::{AppState, ServerConfig};
 use aip_testkit::*;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn ready_when_the_store_commits_and_never_needs_the_key() {
@@ -114,4 +114,63 @@ async fn a_store_that_refuses_writes_is_not_ready_and_its_error_stays_in_the_log
     assert_eq!(get().await.0, 200, "ready again once writes work");
     let _ = stop.send(());
     let _ = server.await;
+}
+
+/// The disk fills up while a session runs: its end is shown (not `running` forever), the
+/// API answers like for any ended session, readiness says the store is behind, the store's
+/// text never reaches a client, and the end is stored once the disk has room again.
+#[tokio::test]
+async fn an_end_the_store_refuses_is_shown_at_once_and_stored_once_the_store_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = Arc::new(AtomicBool::new(false));
+    let inner = SqliteStore::open(dir.path()).expect("store");
+    let store = Breakable {
+        inner: inner.clone(),
+        broken: broken.clone(),
+    };
+    let app = spawn_with_store(Arc::new(store), dir).await;
+    let mut dev = app.device("dev1").await;
+    let (code, body) = app
+        .dispatch(json!({"target_id": "dev1", "request": "x", "session_id": "s-full", "commands": commands(&["t"])}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    dev.recv().await;
+
+    broken.store(true, Ordering::SeqCst);
+    let (code, cancelled) = app.delete("/api/sessions/s-full").await;
+    assert_eq!(code, 200, "{cancelled}");
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(dev.recv().await["type"], "task_end", "the device is told");
+    let (_, shown) = app.get("/api/task_result/s-full").await;
+    assert_eq!(shown["state"], "cancelled", "{shown}");
+    let (_, listed) = app.get("/api/sessions?state=cancelled").await;
+    assert_eq!(listed["sessions"][0]["session_id"], "s-full", "{listed}");
+    let (_, running) = app.get("/api/sessions?state=created").await;
+    assert_eq!(running["sessions"], json!([]), "{running}");
+    let (code, _) = app.delete("/api/sessions/s-full").await;
+    assert_eq!(code, 409, "already finished, as the API shows");
+    let (code, ready) = app.get("/api/ready").await;
+    assert_eq!((code, &ready["checks"]["store"]), (503, &json!("behind")));
+    let (code, refused) = app
+        .dispatch(json!({"target_id": "dev1", "request": "y", "commands": commands(&["t"])}))
+        .await;
+    assert_eq!(code, 503, "{refused}");
+    assert!(!refused.to_string().contains("secret"), "{refused}");
+    let on_disk = inner.get("s-full").await.expect("read").expect("stored");
+    assert_eq!(on_disk.state.as_str(), "created", "not stored yet");
+
+    broken.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let on_disk = inner.get("s-full").await.expect("read").expect("stored");
+        if on_disk.state.as_str() == "cancelled" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never stored");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (code, ready) = app.get("/api/ready").await;
+    assert_eq!(code, 200, "{ready}");
+    app.stop().await;
 }

@@ -94,6 +94,36 @@ async fn spawn(port: u16, config: ServerConfig, data_dir: Option<tempfile::TempD
     }
 }
 
+/// Starts a server with default test settings on the test's own `store` (e.g. one whose
+/// writes can be made to fail), whose files are in `data_dir`.
+pub async fn spawn_with_store(
+    store: std::sync::Arc<dyn aip_server::storage::SessionStore>,
+    data_dir: tempfile::TempDir,
+) -> TestApp {
+    init_tracing();
+    let config = ServerConfig {
+        data_dir: data_dir.path().to_path_buf(),
+        ..ServerConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let state = aip_server::AppState::new(config, store, None);
+    let server = tokio::spawn(aip_server::serve(listener, state, async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        http: reqwest::Client::new(),
+        api_key: None,
+        data_dir: Some(data_dir),
+        shutdown: Some(tx),
+        server,
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }

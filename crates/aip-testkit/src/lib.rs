@@ -15,7 +15,9 @@ pub mod peer;
 
 use std::time::Duration;
 
-pub use app::{init_tracing, spawn_app, spawn_app_with, spawn_at, spawn_on, TestApp};
+pub use app::{
+    init_tracing, spawn_app, spawn_app_with, spawn_at, spawn_on, spawn_with_store, TestApp,
+};
 pub use frames::{commands, results_for};
 pub use peer::{
     assert_alive, expect_ack, expect_command, expect_error, expect_error_prefix, expect_task_end,

@@ -138,7 +138,8 @@ impl Interrupt {
     }
 }
 
-/// The live line on stderr; nothing at all when stderr is not a terminal.
+/// The live line on stderr; plain lines instead when stderr is not a terminal it can
+/// draw on.
 struct Progress(Option<ProgressBar>);
 
 impl Progress {
@@ -149,6 +150,10 @@ impl Progress {
         let bar = ProgressBar::new_spinner();
         let style = ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        // A terminal indicatif will not draw on (`TERM` unset or `dumb`) gets plain lines.
+        if bar.is_hidden() {
+            return Progress(None);
+        }
         bar.set_style(style);
         bar.enable_steady_tick(Duration::from_millis(120));
         Progress(Some(bar))

@@ -8,33 +8,8 @@ use std::sync::atomic::Ordering;
 
 use aip_protocol::ServerMessage;
 
-use super::SessionHandle;
+use super::handle::{Acceptance, SessionHandle};
 use crate::registry::{ClientEntry, PendingEcho, Registry};
-
-/// How the executor has taken up a task that was pushed to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Acceptance {
-    /// No `task` was pushed (the requester is driving it directly).
-    NotApplicable = 0,
-    /// A `task` was pushed; neither echo nor report yet.
-    Awaiting = 1,
-    /// The device echoed: the server drives it.
-    Echoed = 2,
-    /// The device reported first: it runs the task itself.
-    Reported = 3,
-}
-
-impl Acceptance {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::Awaiting,
-            2 => Self::Echoed,
-            3 => Self::Reported,
-            _ => Self::NotApplicable,
-        }
-    }
-}
 
 impl SessionHandle {
     /// Current acceptance state.

@@ -196,6 +196,14 @@ impl SessionDriver for PlanDriver {
     }
 }
 
+/// Who drives a session: a driver on the server, or the device itself.
+pub enum Driving {
+    /// A driver decides the rounds (plan or LLM agent).
+    Driver(Box<dyn SessionDriver>),
+    /// Nothing on the server can plan it: the device runs it itself (protocol.md §3.11).
+    Delegated,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

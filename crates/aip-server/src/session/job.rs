@@ -10,10 +10,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::accept::push_task;
+use super::alarm::AlarmKey;
+use super::driver::Driving;
 use super::driver::{rounds_result, Round, SessionContext, Step};
-use super::{
-    CancelReason, ClientEnd, Driving, ReportedResults, SessionEvent, SessionHandle, SessionManager,
+use super::handle::{
+    CancelReason, ClientEnd, Parked, ReportedResults, SessionEvent, SessionHandle,
 };
+use super::manager::SessionManager;
 use crate::config::fmt_secs;
 use crate::registry::ExecutorInfo;
 use crate::storage::{EndReason, Origin, SessionRecord, SessionState};
@@ -89,22 +92,7 @@ impl SessionJob {
         }
     }
 
-    /// When a parked job must run even if nothing happens: its accept timeout, or its
-    /// session timeout if that is earlier.
-    pub(super) fn wake_at(&self) -> Instant {
-        let settings = &self.manager.settings;
-        let limit = match settings.session_timeout {
-            Some(t) => t.min(settings.accept_timeout),
-            None => settings.accept_timeout,
-        };
-        self.started + limit
-    }
-
-    pub(super) fn alarms(&self) -> &std::sync::Arc<super::Alarms> {
-        &self.manager.alarms
-    }
-
-    pub(super) async fn run(mut self, rx: mpsc::Receiver<SessionEvent>) {
+    async fn run(mut self, rx: mpsc::Receiver<SessionEvent>) {
         self.rx = Some(rx);
         let handle = self.handle.clone();
         let session_timeout = self.manager.settings.session_timeout;
@@ -244,9 +232,21 @@ impl SessionJob {
         self.persist().await;
     }
 
-    async fn persist(&self) {
-        if let Err(e) = self.manager.store.upsert(self.record.clone()).await {
-            tracing::error!(session_id = %self.record.session_id, cause = %e, "could not store session");
+    /// Writes the record; if the store refuses, keeps it unsaved (reads show it) and
+    /// returns it for [`store_until_saved`].
+    async fn persist(&self) -> Option<Arc<SessionRecord>> {
+        let manager = &self.manager;
+        match manager.store.upsert(self.record.clone()).await {
+            Ok(()) => {
+                manager.unsaved.forget(&self.record.session_id);
+                None
+            }
+            Err(e) => {
+                tracing::error!(session_id = %self.record.session_id, cause = %e, "could not store session; kept in memory, retrying");
+                let kept = Arc::new(self.record.clone());
+                manager.unsaved.keep(kept.clone());
+                Some(kept)
+            }
         }
     }
 
@@ -434,8 +434,9 @@ impl SessionJob {
                 .to_std()
                 .unwrap_or_default(),
         );
-        // Stored before anyone is told.
-        self.persist().await;
+        // Stored before anyone is told; if the store refuses, the final state is kept in
+        // memory (reads show it), everyone is told, and the write is retried below.
+        let unsaved = self.persist().await;
         self.manager.release(&sid);
         self.manager.unindex(&self.handle);
 
@@ -469,6 +470,52 @@ impl SessionJob {
             "session ended"
         );
         h.done.set();
+        if let Some(record) = unsaved {
+            store_until_saved(&self.manager, record).await;
+        }
+    }
+}
+
+impl Parked for SessionJob {
+    fn spawn(self: Box<Self>, rx: mpsc::Receiver<SessionEvent>) {
+        tokio::spawn((*self).run(rx));
+    }
+
+    fn cancel_alarm(&self, alarm: AlarmKey) {
+        self.manager.alarms.cancel(alarm);
+    }
+
+    /// When a parked job must run even if nothing happens: its accept timeout, or its
+    /// session timeout if that is earlier.
+    fn wake_at(&self) -> Instant {
+        let settings = &self.manager.settings;
+        let limit = match settings.session_timeout {
+            Some(t) => t.min(settings.accept_timeout),
+            None => settings.accept_timeout,
+        };
+        self.started + limit
+    }
+}
+
+/// Retries writing `record`, backing off up to 5 s, until it lands or is superseded (a
+/// newer write of it, or a new session of its id).
+async fn store_until_saved(manager: &SessionManager, record: Arc<SessionRecord>) {
+    let mut wait = std::time::Duration::from_millis(100);
+    let mut attempts = 1u32;
+    while manager.unsaved.holds(&record) {
+        tokio::time::sleep(wait).await;
+        attempts += 1;
+        match manager.store.upsert(SessionRecord::clone(&record)).await {
+            Ok(()) => {
+                manager.unsaved.saved(&record);
+                tracing::info!(session_id = %record.session_id, attempts, "session stored after retrying");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(session_id = %record.session_id, cause = %e, attempts, "store still refuses the session");
+            }
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
     }
 }
 

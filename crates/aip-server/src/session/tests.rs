@@ -14,9 +14,14 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::config::PlatformMode;
 use crate::conn::{ConnHandle, Outgoing};
 use crate::registry::ClientEntry;
-use crate::storage::{EndReason, SessionFilter, SessionState};
+use crate::registry::Registry;
+use crate::storage::{
+    EndReason, SessionFilter, SessionRecord, SessionState, SessionStore, StoreError,
+};
+use parking_lot::Mutex;
 
 /// A store that keeps records in a map.
 #[derive(Default)]

@@ -46,7 +46,7 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(cause = %e, "storage failure in an HTTP request");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, detail::storage_error(e))
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, detail::STORAGE_UNAVAILABLE)
     }
 }
 

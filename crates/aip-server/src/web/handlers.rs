@@ -221,7 +221,7 @@ impl ClientConn {
         if generated_id {
             return None;
         }
-        match self.app.store.get(session_id).await {
+        match self.app.sessions.record(session_id).await {
             Ok(Some(old)) if old.requester.as_deref() != Some(me) => {
                 Some(text::session_owned(session_id))
             }
@@ -229,7 +229,7 @@ impl ClientConn {
             Ok(_) => None,
             Err(e) => {
                 tracing::error!(client_id = %me, cause = %e, "session lookup failed");
-                Some(text::internal_error(e))
+                Some(text::STORAGE_UNAVAILABLE.to_owned())
             }
         }
     }
@@ -356,6 +356,9 @@ fn open_refusal(e: CreateError, me: &str, session_id: Option<&str>) -> String {
         }
         CreateError::Live { .. } => text::session_owned(sid),
         CreateError::ExecutorGone => text::internal_error(e),
-        CreateError::Store(e) => text::internal_error(e),
+        CreateError::Store(e) => {
+            tracing::error!(client_id = %me, cause = %e, "could not store a new session");
+            text::STORAGE_UNAVAILABLE.to_owned()
+        }
     }
 }

@@ -181,7 +181,7 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
     let valid = fields.validate()?;
     if !valid.generated_id
         && (app.sessions.get(&valid.session_id).is_some()
-            || app.store.get(&valid.session_id).await?.is_some())
+            || app.sessions.record(&valid.session_id).await?.is_some())
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -360,13 +360,12 @@ pub async fn task_result(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = match app.store.get(&id).await? {
+    let record = match app.sessions.record(&id).await? {
         Some(r) => r,
         None => app
-            .store
-            .latest_by_task_name(&id)
+            .sessions
+            .record_by_task_name(&id)
             .await?
-            .map(Arc::new)
             .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?,
     };
     Ok(Json(SessionView(&record)).into_response())
@@ -396,7 +395,7 @@ pub async fn list_sessions(
         client_id: q.get("client_id").filter(|s| !s.is_empty()).cloned(),
         limit,
     };
-    let records = app.store.list(&filter).await?;
+    let records = app.sessions.records(&filter).await?;
     Ok(Json(json!({
         "sessions": records.iter().map(SessionView).collect::<Vec<_>>(),
     })))
@@ -408,8 +407,8 @@ pub async fn get_session(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = app
-        .store
-        .get(&id)
+        .sessions
+        .record(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?;
     Ok(Json(SessionView(&record)).into_response())
@@ -421,7 +420,7 @@ pub async fn cancel_session(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let Some(handle) = app.sessions.get(&id) else {
-        return match app.store.get(&id).await? {
+        return match app.sessions.record(&id).await? {
             Some(_) => Err(ApiError::new(
                 StatusCode::CONFLICT,
                 detail::ALREADY_FINISHED,
@@ -440,8 +439,8 @@ pub async fn cancel_session(
         ));
     }
     let record = app
-        .store
-        .get(&id)
+        .sessions
+        .record(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?;
     tracing::info!(session_id = %id, "session cancelled over HTTP");

@@ -44,10 +44,14 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Res
 
 /// `GET /api/ready`: whether this server can take work now — not shutting down, and the
 /// store commits a write (a probe row, at most one probe per second however often this
-/// is polled). Never needs the key; the store's own error text stays in the log.
+/// is polled) and holds every session's latest state (none kept in memory for a retried
+/// write). Never needs the key; the store's own error text stays in the log.
 pub async fn ready(State(app): State<Arc<AppState>>) -> Response {
     let store = if app.is_shutting_down() {
         Err("shutting_down")
+    } else if app.sessions.unsaved() > 0 {
+        // Session states the store refused are still being retried.
+        Err("behind")
     } else {
         app.readiness.store_ok(&*app.store).await
     };
@@ -81,6 +85,7 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         devices,
         clients.len() - devices,
         app.sessions.active(),
+        app.sessions.unsaved(),
     );
     (
         [(
