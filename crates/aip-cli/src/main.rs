@@ -2,7 +2,7 @@
 //!
 //! `serve` and `device` run the two long-lived processes; `dispatch`, `result`,
 //! `sessions`, `cancel`, `clients` and `health` are HTTP clients of a server (`client/`); `bench`
-//! is the load generator; `completions` and `man` describe the command line itself.
+//! is the load generator; `keys new` makes a credential for `serve --keys`; `completions` and `man` describe the command line itself.
 //! How every command ends is one of the exit codes in `exit.rs`.
 
 #[global_allocator]
@@ -16,6 +16,7 @@ mod config_file;
 mod device;
 mod docs;
 mod exit;
+mod keys;
 mod logfmt;
 mod serve;
 
@@ -57,6 +58,8 @@ enum Command {
     Clients(client::ClientsArgs),
     /// Check that the server is up and healthy (exit 0), e.g. as a container health check.
     Health(client::HealthArgs),
+    /// Make credentials for `aip serve --keys` (`aip keys new --role device --client-id ID`).
+    Keys(keys::KeysArgs),
     /// Load-test any AIP server over the wire protocol (hold, heartbeat, dispatch, session, churn).
     Bench(aip_bench::BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -112,6 +115,7 @@ fn main() -> std::process::ExitCode {
             Command::Cancel(args) => client::cancel(args).await,
             Command::Clients(args) => client::clients(args).await,
             Command::Health(args) => client::health(args).await,
+            Command::Keys(args) => done(keys::keys(args)),
             Command::Bench(args) => done(aip_bench::run(args).await),
             Command::Completions(args) => {
                 docs::completions(&args, Cli::command());

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use crate::common::{
     positive_secs_arg, secs_arg, shutdown_signal, span_arg, LlmArgs, LogArgs, Secs, Span,
 };
+use crate::exit::Usage;
 
 /// Default bind address.
 const HOST: &str = "127.0.0.1";
@@ -54,8 +55,16 @@ pub struct ServeArgs {
     #[arg(long, env = "AIP_LOCAL")]
     local: bool,
     /// API key for HTTP (X-API-Key or Bearer) and WebSocket (?token=). Unset: no auth.
+    /// With --keys it is one more operator credential. At least 16 characters.
     #[arg(long, env = "AIP_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Per-client credentials: a TOML file of [[key]] entries (operator, device,
+    /// constellation; see `aip keys new`). Reloaded on SIGHUP.
+    #[arg(long, env = "AIP_KEYS")]
+    keys: Option<PathBuf>,
+    /// Accept an --api-key or key-file token shorter than 16 characters.
+    #[arg(long, env = "AIP_ALLOW_WEAK_KEY")]
+    allow_weak_key: bool,
     /// Directory of the SQLite result store.
     #[arg(long, env = "AIP_DATA_DIR", default_value_os_t = defaults().data_dir)]
     data_dir: PathBuf,
@@ -63,7 +72,7 @@ pub struct ServeArgs {
     /// (raised to its hard value at start) less 256 kept for everything else.
     #[arg(long, env = "AIP_MAX_CONNECTIONS", value_parser = at_least_one)]
     max_connections: Option<usize>,
-    /// Largest WebSocket message and HTTP body, in bytes.
+    /// Largest WebSocket message, in bytes (HTTP bodies: --max-http-body).
     #[arg(long, env = "AIP_MAX_MESSAGE_SIZE", default_value_t = defaults().max_message_size, value_parser = message_size)]
     max_message_size: usize,
     /// Most sessions in created/running state.
@@ -133,6 +142,7 @@ pub struct ServeArgs {
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.log.init();
+    check_keys(&args)?;
     if let Some(file) = &args.config {
         tracing::info!(config = %file.display(), "options read from the config file (flags and AIP_* variables win)");
     }
@@ -163,6 +173,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         local_only: args.local,
         api_key: args.api_key.filter(|k| !k.is_empty()),
+        keys_file: args.keys,
+        allow_weak_key: args.allow_weak_key,
         data_dir: args.data_dir,
         max_connections: args.max_connections.unwrap_or(derived_max_connections),
         max_message_size: args.max_message_size,
@@ -202,6 +214,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
     aip_server::run(listener, config, shutdown_signal()).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Refuses, as a usage error (exit 2), a weak `--api-key` and a key file that does not
+/// load (the server reads it again when it starts, and on SIGHUP).
+fn check_keys(args: &ServeArgs) -> Result<(), Usage> {
+    let min = aip_server::keys::MIN_TOKEN_LEN;
+    let api_key = args.api_key.as_deref().filter(|k| !k.is_empty());
+    if let Some(k) = api_key {
+        if k.chars().count() < min && !args.allow_weak_key {
+            return Err(Usage(format!(
+                "--api-key is shorter than {min} characters; use a longer one (`aip keys new --role operator` makes one) or pass --allow-weak-key"
+            )));
+        }
+    }
+    if let Some(path) = &args.keys {
+        aip_server::keys::KeySet::load(api_key, path, args.allow_weak_key)
+            .map_err(|e| Usage(format!("{e:#}")))?;
+    }
     Ok(())
 }
 

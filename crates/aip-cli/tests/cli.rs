@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use aip_testkit::process as support;
 
 use serde_json::{json, Value};
 use support::{run, Proc, Server};
@@ -275,7 +275,7 @@ impl Terminal {
         use std::io::Read;
         // `exec`: no shell stays between `script` and the client (dash, CI's /bin/sh, would
         // take the Ctrl-C itself and exit 130 whatever the client chose).
-        let line = format!("exec {} {args}", support::BIN);
+        let line = format!("exec {} {args}", *support::BIN);
         let mut command = std::process::Command::new("script");
         command.env_remove("TERM");
         if let Some(term) = term {

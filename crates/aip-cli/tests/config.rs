@@ -8,12 +8,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-mod support;
+use aip_testkit::process as support;
 
 use support::{free_port, BIN};
 
 fn aip(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(&*BIN);
     c.args(args);
     for k in [
         "AIP_PORT",
@@ -131,7 +131,7 @@ fn a_server_runs_from_a_config_file() {
             dir.path().join("data").display()
         ),
     );
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(&*BIN)
         .args(["serve", "--config", &file])
         .env_remove("AIP_PORT")
         .env_remove("AIP_DATA_DIR")

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use aip_testkit::process as support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -308,7 +308,7 @@ fn the_systemd_unit_verifies_cleanly_and_is_hardened() {
     // verify wants ExecStart to exist: point it at the binary under test.
     let tmp = tempfile::tempdir().unwrap();
     let unit = tmp.path().join("aip.service");
-    std::fs::write(&unit, UNIT.replace("/usr/local/bin/aip", support::BIN)).unwrap();
+    std::fs::write(&unit, UNIT.replace("/usr/local/bin/aip", &support::BIN)).unwrap();
     let out = Command::new(&analyze)
         .args(["verify", "--man=no"])
         .arg(&unit)

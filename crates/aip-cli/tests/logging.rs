@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod support;
+use aip_testkit::process as support;
 
 use support::{free_port, BIN};
 
@@ -28,7 +28,7 @@ impl Drop for Server {
 
 async fn start(dir: &Path, args: &[&str], rust_log: Option<&str>) -> Server {
     let port = free_port();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(&*BIN);
     cmd.args(["serve", "--port", &port.to_string(), "--data-dir"])
         .arg(dir.join("data"))
         .args(args)
@@ -144,7 +144,7 @@ async fn rust_log_replaces_the_log_level() {
     assert!(!log.is_empty());
     assert!(log.iter().all(|l| l["target"] == "aip_access"), "{log:?}");
     // A filter that cannot be read is a usage error.
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["serve", "--port", "1"])
         .env("RUST_LOG", "aip=notalevel")
         .output()
@@ -155,7 +155,7 @@ async fn rust_log_replaces_the_log_level() {
 
 #[test]
 fn version_names_the_build() {
-    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let out = Command::new(&*BIN).arg("--version").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
@@ -228,5 +228,79 @@ async fn client_supplied_text_cannot_forge_flood_or_escape_the_text_log() {
             .iter()
             .any(|l| l.contains("wrong token") && l.contains("peer=127.0.0.1")),
         "{raw}"
+    );
+}
+
+/// A client that repeats what gets warned about (its own errors, refused messages, wrong
+/// keys) writes a few lines a minute, not one per frame; it still gets every answer.
+#[tokio::test]
+async fn repeated_warnings_about_one_client_are_rate_limited() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let key = "flood-test-key-0123456789abcdef";
+    let srv = start(dir.path(), &["--api-key", key], None).await;
+    // A peer guessing keys: 50 refusals over HTTP.
+    let http = reqwest::Client::new();
+    for _ in 0..50 {
+        let r = http
+            .get(format!("http://127.0.0.1:{}/api/clients", srv.port))
+            .header("X-API-Key", "guess-0123456789abcdef")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?token={key}", srv.port))
+            .await
+            .unwrap();
+    let frame = |v: serde_json::Value| Message::Text(v.to_string().into());
+    ws.send(frame(
+        serde_json::json!({"type": "register", "status": "ok",
+        "client_type": "device", "client_id": "noisy"}),
+    ))
+    .await
+    .unwrap();
+    let _ack = ws.next().await;
+    // In rounds of 50 pairs, each answered before the next (a client that reads).
+    for round in 0..4 {
+        for i in 0..50 {
+            ws.send(frame(
+                serde_json::json!({"type": "error", "status": "error",
+                "client_id": "noisy", "error": format!("flood {round}.{i}")}),
+            ))
+            .await
+            .unwrap();
+            ws.send(frame(
+                serde_json::json!({"type": "task", "status": "continue",
+                "client_id": "noisy", "target_id": "nobody", "request": "x"}),
+            ))
+            .await
+            .unwrap();
+        }
+        let mut answers = 0;
+        while answers < 100 {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Text(_)))) => answers += 1,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("round {round}, after {answers} answers: {other:?}"),
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let raw = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let warned = raw
+        .lines()
+        .filter(|l| l.contains("client reported an error") || l.contains("message refused"))
+        .count();
+    assert!(
+        (1..=5).contains(&warned),
+        "{warned} warning lines for 400 frames:\n{raw}"
+    );
+    let refused = raw.lines().filter(|l| l.contains("wrong API key")).count();
+    assert!(
+        (1..=5).contains(&refused),
+        "{refused} warning lines for 50 refused requests:\n{raw}"
     );
 }

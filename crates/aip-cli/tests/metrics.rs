@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use aip_testkit::process as support;
 
 use prometheus_parse::{Sample, Scrape, Value};
 use support::Server;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aip_testkit::{expect_ack, Ws};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_aip");
+use aip_testkit::process::BIN;
 const KEY: &str = "s3cr3t-test-key-QWERTY-7781";
 
 fn free_port() -> u16 {
@@ -50,7 +50,7 @@ impl Server {
         for _ in 0..5 {
             let port = free_port();
             let ps = port.to_string();
-            let mut cmd = Command::new(BIN);
+            let mut cmd = Command::new(&*BIN);
             cmd.arg("serve").args(args(&ps));
             for (k, v) in envs(&ps) {
                 cmd.env(k, v);
@@ -309,7 +309,7 @@ async fn finished_results_survive_kill_9_and_live_sessions_become_server_restart
 
 /// Run `aip serve <args>` expecting it to exit by itself (10 s).
 fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(&*BIN)
         .arg("serve")
         .args(args)
         .env_remove("RUST_LOG")

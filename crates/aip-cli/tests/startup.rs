@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use aip_testkit::process as support;
 
 use std::fs::File;
 use std::process::{Child, Command, Output, Stdio};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::{free_port, BIN};
 
 fn serve(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(&*BIN);
     c.arg("serve").args(args).env_remove("RUST_LOG");
     c
 }
@@ -135,7 +135,8 @@ fn the_connection_cap_follows_the_open_file_limit_raised_to_its_hard_value() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("limits.log");
     let script = format!(
-        "ulimit -Sn 1024 && ulimit -Hn 4096 && exec '{BIN}' serve --port {} --data-dir '{}'",
+        "ulimit -Sn 1024 && ulimit -Hn 4096 && exec '{}' serve --port {} --data-dir '{}'",
+        *BIN,
         free_port(),
         dir.path().join("data").display()
     );

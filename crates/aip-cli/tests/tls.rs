@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use aip_testkit::process as support;
 
 use std::fs::File;
 use std::path::Path;
@@ -120,7 +120,7 @@ async fn https_and_wss_on_one_port_and_the_certificate_is_replaced_on_sighup() {
     let first = pki("one");
     install(&first, dir.path());
     let port = free_port();
-    let child = Command::new(BIN)
+    let child = Command::new(&*BIN)
         .args(["serve", "--port", &port.to_string(), "--data-dir"])
         .arg(dir.path().join("data"))
         .arg("--tls-cert")
@@ -265,7 +265,7 @@ async fn unreadable_tls_files_stop_the_start_naming_the_file() {
     )
     .unwrap();
     for (cert, key, want) in cases {
-        let out = Command::new(BIN)
+        let out = Command::new(&*BIN)
             .args(["serve", "--port", &free_port().to_string(), "--data-dir"])
             .arg(dir.path().join("data"))
             .arg("--tls-cert")
@@ -285,7 +285,7 @@ async fn unreadable_tls_files_stop_the_start_naming_the_file() {
         );
     }
     // One without the other is a usage error.
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["serve", "--tls-cert"])
         .arg(dir.path().join("cert.pem"))
         .output()

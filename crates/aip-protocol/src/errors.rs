@@ -66,6 +66,22 @@ pub fn target_not_connected(id: &str) -> String {
 pub fn duplicate_client(id: &str) -> String {
     format!("client_id '{id}' is already registered; duplicate registrations are not allowed")
 }
+/// `client_id '<id>' is already registered; …`: a stale holder registered with a device
+/// credential that the newcomer's credential does not cover (it is not probed).
+pub fn takeover_refused(id: &str) -> String {
+    format!(
+        "{} (it was registered with a device credential, and this credential may not replace it)",
+        duplicate_client(id)
+    )
+}
+/// `Not authorized: this credential may not register as <role> '<id>'`
+pub fn register_not_permitted(role: &str, id: &str) -> String {
+    format!("Not authorized: this credential may not register as {role} '{id}'")
+}
+/// `Not authorized: this credential may not address device '<id>'`
+pub fn target_not_permitted(id: &str) -> String {
+    format!("Not authorized: this credential may not address device '{id}'")
+}
 /// `session_id '<id>' is owned by another client`
 pub fn session_owned(id: &str) -> String {
     format!("session_id '{id}' is owned by another client")
@@ -137,6 +153,7 @@ pub mod http {
     pub const ALREADY_FINISHED: &str = "Session already finished";
     pub const DID_NOT_STOP: &str = "Session did not stop in time";
     pub const INVALID_API_KEY: &str = "Invalid API key";
+    pub const API_NOT_PERMITTED: &str = "This credential may not use the HTTP API";
     pub const LOOPBACK_ONLY: &str = "Only loopback clients are accepted (--local)";
     pub const BODY_TIMEOUT: &str = "Request body not received in time";
     pub const BODY_TOO_LARGE: &str = "Request body too large";

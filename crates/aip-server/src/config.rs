@@ -18,11 +18,16 @@ pub struct ServerConfig {
     pub platform: PlatformMode,
     /// Accept only loopback peers.
     pub local_only: bool,
-    /// API key for HTTP and WebSocket; `None` turns authentication off.
+    /// API key for HTTP and WebSocket; `None` (and no `keys_file`) turns authentication
+    /// off. Next to a key file it is an operator credential.
     pub api_key: Option<String>,
+    /// Per-client credentials (`--keys`, TOML, reloaded on SIGHUP): see [`crate::keys`].
+    pub keys_file: Option<PathBuf>,
+    /// Accept key-file tokens shorter than [`crate::keys::MIN_TOKEN_LEN`].
+    pub allow_weak_key: bool,
     pub data_dir: PathBuf,
     pub max_connections: usize,
-    /// Largest WebSocket message and HTTP body, in bytes.
+    /// Largest WebSocket message, in bytes (HTTP bodies: `max_http_body`).
     pub max_message_size: usize,
     pub max_active_sessions: usize,
     pub registration_timeout: Duration,
@@ -71,6 +76,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("platform", &self.platform)
             .field("local_only", &self.local_only)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("keys_file", &self.keys_file)
             .field("data_dir", &self.data_dir)
             .field("max_connections", &self.max_connections)
             .field("max_message_size", &self.max_message_size)
@@ -88,6 +94,8 @@ impl Default for ServerConfig {
             platform: PlatformMode::Auto,
             local_only: false,
             api_key: None,
+            keys_file: None,
+            allow_weak_key: false,
             data_dir: PathBuf::from("./aip-data"),
             max_connections: 1000,
             max_message_size: 100 * 1024 * 1024,

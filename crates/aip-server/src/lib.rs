@@ -14,6 +14,8 @@
 //!   [`conn`]: the bounded outgoing queue of a socket.
 //! - [`storage`]: session records, `SessionState`, `EndReason`, the store trait;
 //!   [`storage::sqlite`] the embedded backend.
+//! - [`keys`]: per-client credentials (`--keys`) and the [`keys::Grant`] a request or
+//!   connection holds; reloaded on SIGHUP.
 //! - [`config`]: every option of `aip serve`; [`state`]: what the web layer shares;
 //!   [`metrics`]: the Prometheus counters every layer bumps (a leaf: it takes values);
 //!   [`limits`]: the open-file limit and the connection cap derived from it.
@@ -32,6 +34,7 @@ use tokio::net::TcpListener;
 
 pub mod config;
 pub mod conn;
+pub mod keys;
 pub mod limits;
 pub mod logsafe;
 pub mod metrics;
@@ -88,6 +91,7 @@ pub async fn run(
         Some(paths) => Some(tls::TlsFiles::load(paths.clone())?),
         None => None,
     };
+    let keys = keys::KeySource::of(&config).load()?;
     let _lock = storage::lock::DataDirLock::acquire(&config.data_dir)?;
     metrics::install();
     let dir = config.data_dir.clone();
@@ -113,8 +117,12 @@ pub async fn run(
             "sessions live at the last stop are now failed (server_restarted)"
         );
     }
-    log_listening(&listener, &config);
+    log_listening(&listener, &config, &keys);
     let state = AppState::new(config, Arc::new(store), drivers);
+    state.keys.install(keys);
+    if state.config.keys_file.is_some() {
+        keys::reload_on_sighup(state.keys.clone(), state.shutdown.clone());
+    }
     serve_with(listener, state, tls, shutdown).await
 }
 
@@ -175,14 +183,15 @@ pub async fn serve_with(
 }
 
 /// The start-up line, once everything is open (server.md §9).
-fn log_listening(listener: &TcpListener, config: &ServerConfig) {
+fn log_listening(listener: &TcpListener, config: &ServerConfig, keys: &keys::KeySet) {
     let Ok(addr) = listener.local_addr() else {
         return;
     };
     tracing::info!(
         address = %addr,
         tls = config.tls.is_some(),
-        auth = config.api_key.is_some(),
+        auth = keys.required(),
+        credentials = keys.len(),
         local_only = config.local_only,
         platform = ?config.platform,
         driver = %match &config.llm {
@@ -192,8 +201,8 @@ fn log_listening(listener: &TcpListener, config: &ServerConfig) {
         data_dir = %config.data_dir.display(),
         "aip server listening"
     );
-    if config.api_key.is_none() && !addr.ip().is_loopback() {
-        tracing::warn!("authentication is off on a non-loopback address: anyone on the network can dispatch commands to devices (set --api-key)");
+    if !keys.required() && !addr.ip().is_loopback() {
+        tracing::warn!("authentication is off on a non-loopback address: anyone on the network can dispatch commands to devices (set --api-key or --keys)");
     }
 }
 

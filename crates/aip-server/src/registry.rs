@@ -16,6 +16,7 @@ use aip_protocol::plan::platform_agent_name;
 use crate::{IdDashMap, IdSet};
 
 use crate::conn::{ConnHandle, SendError};
+use crate::keys::Grant;
 
 /// Most task assignments remembered per device while their echo is outstanding.
 const MAX_PENDING_ECHOES: usize = 1024;
@@ -55,6 +56,8 @@ pub struct ClientEntry {
     pub tools: Option<Arc<Value>>,
     /// Constellations: the device named by `target_id` at registration.
     pub scope: Option<String>,
+    /// What the credential it registered with allows (who may replace it, what it may address).
+    pub grant: Grant,
     pub connected_at: DateTime<Utc>,
     seq: u64,
     /// Live sessions this client requested.
@@ -100,12 +103,19 @@ impl ClientEntry {
             system_info,
             tools,
             scope,
+            grant: Grant::Full,
             connected_at: Utc::now(),
             seq: 0,
             as_requester: Mutex::new(IdSet::default()),
             as_executor: Mutex::new(IdSet::default()),
             pending_echo: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// The same entry, registered under `grant`.
+    pub fn with_grant(mut self, grant: Grant) -> Self {
+        self.grant = grant;
+        self
     }
 
     /// Queues a message on this client's connection.

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
+use crate::keys::{KeySet, KeySource, KeyStore};
 use crate::registry::Registry;
 use crate::session::driver::DriverFactory;
 use crate::session::{SessionManager, SessionSettings};
@@ -17,6 +18,8 @@ use crate::storage::SessionStore;
 /// Everything the server shares: configuration, registry, sessions, storage.
 pub struct AppState {
     pub config: ServerConfig,
+    /// The credentials in force (swapped whole on SIGHUP).
+    pub keys: Arc<KeyStore>,
     pub registry: Arc<Registry>,
     pub sessions: Arc<SessionManager>,
     pub store: Arc<dyn SessionStore>,
@@ -30,6 +33,8 @@ pub struct AppState {
     next_conn_id: AtomicU64,
     /// The last store probe of `/api/ready`.
     pub readiness: Readiness,
+    /// Warnings about peers (refused authentications, refused upgrades), rate-limited.
+    pub peer_warnings: crate::logsafe::PeerThrottle,
 }
 
 /// The outcome of the last write probe, reused for a second so that polling readiness
@@ -72,7 +77,8 @@ impl Readiness {
 
 impl AppState {
     /// State for `config` on `store`; `drivers` plans natural-language requests (`None`:
-    /// they are delegated to the device).
+    /// they are delegated to the device). Authentication starts from `config.api_key`
+    /// alone: a key file is read by [`crate::run`] (or [`KeyStore::reload`]).
     pub fn new(
         config: ServerConfig,
         store: Arc<dyn SessionStore>,
@@ -85,7 +91,12 @@ impl AppState {
             Arc::clone(&store),
             drivers,
         );
+        let keys = KeyStore::new(
+            KeySource::of(&config),
+            KeySet::from_api_key(config.api_key.as_deref()),
+        );
         Arc::new(Self {
+            keys: Arc::new(keys),
             conn_limit: Arc::new(Semaphore::new(config.max_connections)),
             config,
             registry,
@@ -96,6 +107,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             next_conn_id: AtomicU64::new(1),
             readiness: Readiness::default(),
+            peer_warnings: crate::logsafe::PeerThrottle::default(),
         })
     }
 

@@ -6,12 +6,15 @@
 //! - [`peer`]: [`Ws`], a WebSocket peer, and the assertions on what it receives
 //!   (`expect_error`, `expect_ack`, `expect_command`, `expect_task_end`, …).
 //! - [`frames`]: frames and bodies tests send (`results_for`, `commands`).
+//! - [`process`]: the real `aip` binary as child processes (a server, devices, client
+//!   runs with their exit codes), for the tests of `aip-cli`.
 //!
 //! Server logs only when asked: `TEST_LOG=1` (or a filter such as `TEST_LOG=debug`).
 
 pub mod app;
 pub mod frames;
 pub mod peer;
+pub mod process;
 
 use std::time::Duration;
 

@@ -17,6 +17,7 @@ use super::handle::{
     CancelReason, ClientEnd, Parked, ReportedResults, SessionEvent, SessionHandle,
 };
 use super::manager::SessionManager;
+use super::records::store_until_saved;
 use crate::config::fmt_secs;
 use crate::registry::ExecutorInfo;
 use crate::storage::{EndReason, Origin, SessionRecord, SessionState};
@@ -494,28 +495,6 @@ impl Parked for SessionJob {
             None => settings.accept_timeout,
         };
         self.started + limit
-    }
-}
-
-/// Retries writing `record`, backing off up to 5 s, until it lands or is superseded (a
-/// newer write of it, or a new session of its id).
-async fn store_until_saved(manager: &SessionManager, record: Arc<SessionRecord>) {
-    let mut wait = std::time::Duration::from_millis(100);
-    let mut attempts = 1u32;
-    while manager.unsaved.holds(&record) {
-        tokio::time::sleep(wait).await;
-        attempts += 1;
-        match manager.store.upsert(SessionRecord::clone(&record)).await {
-            Ok(()) => {
-                manager.unsaved.saved(&record);
-                tracing::info!(session_id = %record.session_id, attempts, "session stored after retrying");
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(session_id = %record.session_id, cause = %e, attempts, "store still refuses the session");
-            }
-        }
-        wait = (wait * 2).min(std::time::Duration::from_secs(5));
     }
 }
 

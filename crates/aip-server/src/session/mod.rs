@@ -1,5 +1,5 @@
 //! Session manager (server.md §4): creates sessions, runs each as an independent job
-//! ([`job`]), routes device reports to it and cancels it.
+//! (`job.rs`), routes device reports to it and cancels it.
 //!
 //! All state changes of one session happen inside its job, so results, timeouts,
 //! cancellations and completion cannot race into two terminal states. Everybody else
@@ -8,7 +8,7 @@
 //! A session whose `task` was pushed (HTTP dispatch) may wait a long time for the
 //! device's echo, and many may wait at once. Until something happens to it, such a
 //! session has no task and no channel of its own: its job is parked in the handle
-//! ([`Run::Dormant`]) and one shared timer ([`alarm::Alarms`]) wakes it when its accept
+//! (`Run::Dormant`) and one shared timer (`alarm::Alarms`) wakes it when its accept
 //! timeout (or session timeout) is due. The first event, cancellation or alarm spawns
 //! the job, which then runs exactly as if it had been spawned at once. A parked session
 //! holds no task and no channel, and costs nothing to schedule.
@@ -21,7 +21,7 @@
 //! [`driver`] (the driver trait, the plan driver) and [`llm`] (the LLM agent driver).
 //!
 //! Dependencies point one way: `open` → `job` → `manager` → `handle`; the handle holds
-//! its parked job only as a [`handle::Parked`] trait object.
+//! its parked job only as a `Parked` trait object.
 
 mod accept;
 mod alarm;

@@ -1,9 +1,9 @@
 //! Reading session records, the writes the store has not taken yet
-//! ([`super::unsaved`]) first.
+//! ([`super::unsaved`]) first, and retrying those writes.
 //!
 //! A job writes its record at each step; when the store refuses a write (the disk
-//! filled up), the record is kept in [`Unsaved`] and the job retries the write with
-//! backoff until it lands. Reads go through the manager, which answers from `Unsaved`
+//! filled up), the record is kept in `Unsaved` and the job retries the write with
+//! backoff ([`store_until_saved`]) until it lands. Reads go through the manager, which answers from `Unsaved`
 //! first: an ended session never shows as `running` because its final write failed,
 //! and readiness reports the store as behind while anything is unsaved.
 
@@ -88,4 +88,26 @@ fn matches(r: &SessionRecord, filter: &SessionFilter) -> bool {
             .client_id
             .as_deref()
             .is_none_or(|c| r.executor == c || r.requester.as_deref() == Some(c))
+}
+
+/// Retries writing `record`, backing off up to 5 s, until it lands or is superseded (a
+/// newer write of it, or a new session of its id).
+pub(super) async fn store_until_saved(manager: &SessionManager, record: Arc<SessionRecord>) {
+    let mut wait = std::time::Duration::from_millis(100);
+    let mut attempts = 1u32;
+    while manager.unsaved.holds(&record) {
+        tokio::time::sleep(wait).await;
+        attempts += 1;
+        match manager.store.upsert(SessionRecord::clone(&record)).await {
+            Ok(()) => {
+                manager.unsaved.saved(&record);
+                tracing::info!(session_id = %record.session_id, attempts, "session stored after retrying");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(session_id = %record.session_id, cause = %e, attempts, "store still refuses the session");
+            }
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
 }

@@ -1,4 +1,6 @@
-//! `--local` and API-key checks, applied before anything else (http-api.md §1–2).
+//! `--local` and credential checks, applied before anything else (http-api.md §1–2): a
+//! request is authenticated against the key set in force ([`crate::keys`]); only grants
+//! that may use the HTTP API pass (a device key gets 403).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -7,11 +9,11 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
 
 use aip_protocol::errors::http as detail;
 
 use super::error::ApiError;
+use crate::logsafe::Clip;
 use crate::state::AppState;
 
 /// Loopback: 127.0.0.0/8, ::1, and IPv4-mapped loopback.
@@ -22,11 +24,6 @@ pub fn is_loopback(ip: IpAddr) -> bool {
             v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     }
-}
-
-/// Constant-time key comparison.
-pub fn key_matches(expected: &str, given: &str) -> bool {
-    expected.as_bytes().ct_eq(given.as_bytes()).into()
 }
 
 /// The key presented in `X-API-Key` or `Authorization: Bearer`.
@@ -44,12 +41,12 @@ pub fn header_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// True when no key is configured or the request carries the right one in a header.
+/// True when authentication is off or the request carries, in a header, a credential
+/// that may use the HTTP API.
 pub fn header_authorized(app: &AppState, headers: &HeaderMap) -> bool {
-    match &app.config.api_key {
-        None => true,
-        Some(expected) => header_key(headers).is_some_and(|k| key_matches(expected, k)),
-    }
+    app.keys
+        .authenticate(header_key(headers))
+        .is_some_and(|g| g.may_use_api())
 }
 
 /// Middleware: `--local` first (every route), then the API key (all but health and
@@ -61,7 +58,9 @@ pub async fn guard(
     next: Next,
 ) -> Response {
     if app.config.local_only && !is_loopback(peer.ip()) {
-        tracing::warn!(peer = %peer, "non-loopback peer refused (--local)");
+        if let Some(left_out) = app.peer_warnings.allow(peer.ip()) {
+            tracing::warn!(peer = %peer, left_out, "non-loopback peer refused (--local)");
+        }
         return ApiError::new(StatusCode::FORBIDDEN, detail::LOOPBACK_ONLY).into_response();
     }
     let path = req.uri().path();
@@ -72,15 +71,25 @@ pub async fn guard(
     {
         return next.run(req).await;
     }
-    if !header_authorized(&app, req.headers()) {
-        tracing::warn!(peer = %peer, path = %crate::logsafe::Clip(path), "request with a missing or wrong API key refused");
-        let mut resp =
-            ApiError::new(StatusCode::UNAUTHORIZED, detail::INVALID_API_KEY).into_response();
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        return resp;
+    match app.keys.authenticate(header_key(req.headers())) {
+        None => {
+            if let Some(left_out) = app.peer_warnings.allow(peer.ip()) {
+                tracing::warn!(peer = %peer, path = %Clip(path), left_out, "request with a missing or wrong API key refused");
+            }
+            let mut resp =
+                ApiError::new(StatusCode::UNAUTHORIZED, detail::INVALID_API_KEY).into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            resp
+        }
+        Some(grant) if !grant.may_use_api() => {
+            if let Some(left_out) = app.peer_warnings.allow(peer.ip()) {
+                tracing::warn!(peer = %peer, key = %grant.name(), path = %Clip(path), left_out, "request with a credential not for the HTTP API refused");
+            }
+            ApiError::new(StatusCode::FORBIDDEN, detail::API_NOT_PERMITTED).into_response()
+        }
+        Some(_) => next.run(req).await,
     }
-    next.run(req).await
 }

@@ -14,6 +14,7 @@ use aip_protocol::{
 };
 use serde_json::{json, Value};
 
+use crate::logsafe::{Clip, Throttle};
 use crate::registry::ClientEntry;
 use crate::session::{ClientEnd, CreateError, OpenRequest, ReportedResults, SessionEvent};
 use crate::state::AppState;
@@ -26,6 +27,8 @@ pub(super) struct ClientConn {
     announced_binary: u32,
     /// Inside an announced chunked transfer.
     in_transfer: bool,
+    /// This connection's warnings (refusals, its errors, dropped results), rate-limited.
+    warnings: parking_lot::Mutex<Throttle>,
 }
 
 impl ClientConn {
@@ -35,6 +38,7 @@ impl ClientConn {
             entry,
             announced_binary: 0,
             in_transfer: false,
+            warnings: parking_lot::Mutex::new(Throttle::new(std::time::Instant::now())),
         }
     }
 
@@ -46,9 +50,16 @@ impl ClientConn {
         let _ = self.entry.send(&msg);
     }
 
+    /// `Some(n)`: log a warning now, `n` having been left out before it (see [`Throttle`]).
+    fn may_warn(&self) -> Option<u64> {
+        self.warnings.lock().allow(std::time::Instant::now())
+    }
+
     fn refuse(&self, error: impl Into<String>) {
         let error = error.into();
-        tracing::warn!(client_id = %self.entry.client_id, reason = %crate::logsafe::Clip(&error), "message refused");
+        if let Some(left_out) = self.may_warn() {
+            tracing::warn!(client_id = %self.entry.client_id, reason = %Clip(&error), left_out, "message refused");
+        }
         self.reply(ServerMessage::error(error));
     }
 
@@ -110,7 +121,9 @@ impl ClientConn {
             ClientMessageType::DeviceInfoResponse => {}
             ClientMessageType::Error => {
                 let error = msg.error.filter(|e| !e.is_empty());
-                tracing::warn!(client_id = %self.entry.client_id, error = %crate::logsafe::Clip(error.as_deref().unwrap_or("")), "client reported an error");
+                if let Some(left_out) = self.may_warn() {
+                    tracing::warn!(client_id = %self.entry.client_id, error = %Clip(error.as_deref().unwrap_or("")), left_out, "client reported an error");
+                }
                 self.reply(ServerMessage::error(
                     error.unwrap_or_else(|| text::UNKNOWN_ERROR.to_owned()),
                 ));
@@ -197,6 +210,9 @@ impl ClientConn {
         let Some(target) = msg.target_id.as_deref().filter(|t| !t.is_empty()) else {
             return Err(text::CONSTELLATION_NEEDS_TARGET.to_owned());
         };
+        if !self.entry.grant.may_address(target) {
+            return Err(text::target_not_permitted(target));
+        }
         let Some(e) = self.app.registry.get(target) else {
             return Err(text::target_not_connected(target));
         };
@@ -261,7 +277,9 @@ impl ClientConn {
     /// `command_results` (protocol.md §4.4): applied or dropped silently.
     async fn on_command_results(&self, msg: ClientMessage) {
         let drop = |why: &str| {
-            tracing::warn!(client_id = %self.entry.client_id, session_id = %crate::logsafe::Clip(msg.session_id.as_deref().unwrap_or("")), why, "command_results dropped");
+            if let Some(left_out) = self.may_warn() {
+                tracing::warn!(client_id = %self.entry.client_id, session_id = %Clip(msg.session_id.as_deref().unwrap_or("")), why, left_out, "command_results dropped");
+            }
         };
         let Some(sid) = msg.session_id.as_deref() else {
             return drop("no session_id");
@@ -317,7 +335,9 @@ impl ClientConn {
         let Some(target) = msg.target_id.as_deref().filter(|t| !t.is_empty()) else {
             return self.refuse(text::DEVICE_INFO_NEEDS_TARGET);
         };
-        if self.entry.scope.as_deref().is_some_and(|s| s != target) {
+        if self.entry.scope.as_deref().is_some_and(|s| s != target)
+            || !self.entry.grant.may_address(target)
+        {
             return self.refuse(text::DEVICE_INFO_OUT_OF_SCOPE);
         }
         let info = self

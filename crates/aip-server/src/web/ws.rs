@@ -18,12 +18,13 @@ use futures_util::SinkExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use super::auth::{header_key, key_matches};
+use super::auth::header_key;
 use aip_protocol::errors::http as detail;
 
 use super::error::ApiError;
 use super::handlers::ClientConn;
 use crate::conn::{close, ConnHandle, Outgoing, QueueLimits};
+use crate::keys::Grant;
 use crate::registry::ClientEntry;
 use crate::session::CancelReason;
 use crate::state::AppState;
@@ -35,7 +36,8 @@ const WRITE_BUFFER: usize = 4 * 1024;
 /// A writer stuck this long on the socket means the client has stopped reading.
 const STALLED_WRITER: Duration = Duration::from_secs(5);
 
-/// `GET /ws`: checks the token and the connection limit, then upgrades.
+/// `GET /ws`: checks the token (`?token=`, else `X-API-Key` / Bearer) and the connection
+/// limit, then upgrades; the connection keeps the token's grant.
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
@@ -43,22 +45,24 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(expected) = &app.config.api_key {
-        let given = query
-            .get("token")
-            .map(String::as_str)
-            .or_else(|| header_key(&headers));
-        if !given.is_some_and(|k| key_matches(expected, k)) {
-            tracing::warn!(peer = %peer, "WebSocket upgrade with a missing or wrong token refused");
-            return ApiError::new(StatusCode::FORBIDDEN, detail::INVALID_API_KEY).into_response();
+    let given = query
+        .get("token")
+        .map(String::as_str)
+        .or_else(|| header_key(&headers));
+    let Some(grant) = app.keys.authenticate(given) else {
+        if let Some(left_out) = app.peer_warnings.allow(peer.ip()) {
+            tracing::warn!(peer = %peer, left_out, "WebSocket upgrade with a missing or wrong token refused");
         }
-    }
+        return ApiError::new(StatusCode::FORBIDDEN, detail::INVALID_API_KEY).into_response();
+    };
     if app.is_shutting_down() {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail::SHUTTING_DOWN)
             .into_response();
     }
     let Ok(permit) = app.conn_limit.clone().try_acquire_owned() else {
-        tracing::warn!(peer = %peer, "connection limit reached; upgrade refused");
+        if let Some(left_out) = app.peer_warnings.allow(peer.ip()) {
+            tracing::warn!(peer = %peer, left_out, "connection limit reached; upgrade refused");
+        }
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             detail::TOO_MANY_CONNECTIONS,
@@ -70,11 +74,16 @@ pub async fn upgrade(
         .max_frame_size(max)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| connection(app, socket, permit))
+        .on_upgrade(move |socket| connection(app, socket, permit, grant))
 }
 
 /// Runs one WebSocket until it ends, then cleans up exactly once.
-async fn connection(app: Arc<AppState>, socket: WebSocket, _permit: OwnedSemaphorePermit) {
+async fn connection(
+    app: Arc<AppState>,
+    socket: WebSocket,
+    _permit: OwnedSemaphorePermit,
+    grant: Grant,
+) {
     let (mut sink, mut stream) = socket.split();
     let limits = QueueLimits {
         frames: app.config.outgoing_queue,
@@ -124,7 +133,7 @@ async fn connection(app: Arc<AppState>, socket: WebSocket, _permit: OwnedSemapho
         let _ = sink.close().await;
     });
 
-    let code = match register(&app, &conn, &mut stream).await {
+    let code = match register(&app, &conn, &grant, &mut stream).await {
         Err(code) => code,
         Ok(entry) => {
             let client_id = entry.client_id.clone();
@@ -158,16 +167,17 @@ fn is_too_big(e: &axum::Error) -> bool {
     false
 }
 
-/// Waits for the `register` frame and answers it; `Err` carries the close code
-/// (`None`: the peer is already gone).
+/// Waits for the `register` frame and answers it; `grant` decides which roles and ids
+/// it may take. `Err` carries the close code (`None`: the peer is already gone).
 async fn register(
     app: &Arc<AppState>,
     conn: &ConnHandle,
+    grant: &Grant,
     stream: &mut SplitStream<WebSocket>,
 ) -> Result<Arc<ClientEntry>, Option<u16>> {
     let refuse = |error: String| {
         crate::metrics::registration_refused(refusal_code(&error));
-        tracing::warn!(reason = %crate::logsafe::Clip(&error), "registration refused");
+        tracing::warn!(key = %grant.name(), reason = %crate::logsafe::Clip(&error), "registration refused");
         let _ = conn.send(&ServerMessage::error(error));
         Err(Some(close::POLICY))
     };
@@ -204,6 +214,9 @@ async fn register(
         ClientType::Constellation => msg.target_id.clone().filter(|t| !t.is_empty()),
         ClientType::Device => None,
     };
+    if let Some(refusal) = grant.registration_refusal(role, &client_id, scope.as_deref()) {
+        return refuse(refusal);
+    }
     if let Some(target) = &scope {
         if app.registry.device(target).is_none() {
             return refuse(text::target_not_connected(target));
@@ -217,8 +230,9 @@ async fn register(
             msg.metadata.clone(),
             scope.clone(),
         )
+        .with_grant(grant.clone())
     };
-    let entry = match insert(app, &client_id, new).await {
+    let entry = match insert(app, &client_id, grant, new).await {
         Ok(entry) => entry,
         Err(refusal) => return refuse(refusal),
     };
@@ -229,7 +243,7 @@ async fn register(
         return Err(None);
     }
     crate::metrics::registered(role.as_str());
-    tracing::info!(client_id = %client_id, role = role.as_str(), platform = entry.platform.as_deref().unwrap_or(""), "client registered");
+    tracing::info!(client_id = %client_id, role = role.as_str(), key = %grant.name(), platform = entry.platform.as_deref().unwrap_or(""), "client registered");
     Ok(entry)
 }
 
@@ -276,16 +290,22 @@ async fn first_frame(
 
 /// Registers the entry `new()` builds. A holder of the same `client_id` that does not
 /// answer a probe is disconnected and replaced, once; a live one keeps the id (protocol.md
-/// §4.2). `Err`: the refusal text.
+/// §4.2). A holder registered with a device credential is replaced only under a `grant`
+/// allowed for its id, and never probed otherwise. `Err`: the refusal text.
 async fn insert(
     app: &Arc<AppState>,
     client_id: &str,
+    grant: &Grant,
     new: impl Fn() -> ClientEntry,
 ) -> Result<Arc<ClientEntry>, String> {
     let mut attempt = 0;
     loop {
         match app.registry.try_insert(new()) {
             Ok(e) => return Ok(e),
+            Err(existing) if !grant.may_replace(&existing.grant, client_id) => {
+                tracing::warn!(client_id = %client_id, key = %grant.name(), holder_key = %existing.grant.name(), "registration refused: the id is held under a device credential this one does not cover");
+                return Err(text::takeover_refused(client_id));
+            }
             Err(existing) if attempt == 0 => {
                 attempt += 1;
                 if probe_alive(app, &existing).await {
@@ -415,6 +435,8 @@ fn refusal_code(error: &str) -> &'static str {
         "not_register"
     } else if error == text::CLIENT_ID_REQUIRED || error == text::INVALID_CLIENT_ID {
         "client_id"
+    } else if error.starts_with("Not authorized") || error.ends_with("may not replace it)") {
+        "credential"
     } else if error.contains("is already registered") {
         "duplicate"
     } else if error.starts_with("Target device") {

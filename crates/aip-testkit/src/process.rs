@@ -1,8 +1,9 @@
-//! What the CLI tests share: the real `aip` binary as child processes — a server on
-//! port 0 (its address read from its own log line), devices, and one-shot client runs
-//! with their exit code and output.
+//! The real `aip` binary as child processes, for the tests of `aip-cli` (which make cargo
+//! build it): a server on port 0 (its address read from its own log line), devices, and
+//! one-shot client runs with their exit code and output.
 
-#![allow(clippy::unwrap_used, dead_code)]
+// A harness: any failure here is the calling test's failure.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -10,7 +11,22 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_aip");
+/// The `aip` binary beside the running test's own executable (`target/<profile>/aip`; a
+/// test executable lives in `target/<profile>/deps/`).
+pub static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test executable in target/<profile>/deps");
+    let bin = profile_dir.join(format!("aip{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} not built: process tests belong to aip-cli",
+        bin.display()
+    );
+    bin.to_string_lossy().into_owned()
+});
 
 /// A port that was free a moment ago (the kernel's pick for an unbound socket).
 pub fn free_port() -> u16 {
@@ -35,7 +51,7 @@ impl Proc {
 
     /// [`Proc::spawn`] with extra environment variables.
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(&*BIN)
             .args(args)
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
@@ -225,7 +241,7 @@ pub fn run(args: &[&str]) -> Run {
 
 /// [`run`] with extra environment variables.
 pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let child = Command::new(BIN)
+    let child = Command::new(&*BIN)
         .args(args)
         .envs(env.iter().copied())
         .env_remove("RUST_LOG")
