@@ -36,7 +36,7 @@ stop_floor() { kill -TERM "$FP"; wait "$FP" 2>/dev/null || true; }
 
 start_aip() {
   rm -rf "$DATA"/*
-  "$AIP" serve --port 5000 --data-dir "$DATA" --max-connections 19000 \
+  "$AIP" serve --port 5000 --data-dir "$DATA" --max-connections 19000 --max-sockets-per-ip 20000 \
     --max-active-sessions 1000000 --accept-timeout 600 --log-level WARNING >/dev/null 2>&1 &
   SP=$!; pids+=("$SP")
   for _ in $(seq 100); do curl -sf http://127.0.0.1:5000/api/health >/dev/null && return; sleep 0.1; done

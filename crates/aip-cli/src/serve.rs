@@ -72,7 +72,7 @@ pub struct ServeArgs {
     /// (raised to its hard value at start) less 256 kept for everything else.
     #[arg(long, env = "AIP_MAX_CONNECTIONS", value_parser = at_least_one)]
     max_connections: Option<usize>,
-    /// Largest WebSocket message and HTTP body, in bytes.
+    /// Largest WebSocket message, in bytes (HTTP bodies: --max-http-body).
     #[arg(long, env = "AIP_MAX_MESSAGE_SIZE", default_value_t = defaults().max_message_size, value_parser = message_size)]
     max_message_size: usize,
     /// Most sessions in created/running state.
@@ -112,6 +112,31 @@ pub struct ServeArgs {
     /// Serve GET /metrics (Prometheus) without the API key.
     #[arg(long, env = "AIP_METRICS_PUBLIC")]
     metrics_public: bool,
+    /// Time for a request's headers to arrive; slower connections are closed.
+    #[arg(long, env = "AIP_HEADER_TIMEOUT", default_value_t = Secs(defaults().header_timeout), value_parser = positive_secs_arg)]
+    header_timeout: Secs,
+    /// Time for a request's body to arrive once its headers are in; then 408.
+    #[arg(long, env = "AIP_BODY_TIMEOUT", default_value_t = Secs(defaults().body_timeout), value_parser = positive_secs_arg)]
+    body_timeout: Secs,
+    /// An HTTP connection without a request for this long is closed (not a WebSocket).
+    #[arg(long, env = "AIP_IDLE_TIMEOUT", default_value_t = Secs(defaults().idle_timeout), value_parser = positive_secs_arg)]
+    idle_timeout: Secs,
+    /// Most open TCP connections, HTTP and WebSocket together; more are closed at accept.
+    /// Default: --max-connections + 128.
+    #[arg(long, env = "AIP_MAX_SOCKETS", value_parser = at_least_one)]
+    max_sockets: Option<usize>,
+    /// Most open TCP connections from one address (loopback included).
+    #[arg(long, env = "AIP_MAX_SOCKETS_PER_IP", default_value_t = defaults().max_sockets_per_ip, value_parser = at_least_one)]
+    max_sockets_per_ip: usize,
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, env = "AIP_MAX_HTTP_BODY", default_value_t = defaults().max_http_body, value_parser = at_least_one)]
+    max_http_body: usize,
+    /// Bytes queued for one WebSocket before it counts as not reading.
+    #[arg(long, env = "AIP_MAX_QUEUED_BYTES", default_value_t = defaults().outgoing_queue_bytes, value_parser = at_least_one)]
+    max_queued_bytes: usize,
+    /// Bytes of recently ended sessions kept in memory for reads.
+    #[arg(long, env = "AIP_RECENT_CACHE_BYTES", default_value_t = defaults().recent_cache_bytes)]
+    recent_cache_bytes: usize,
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -163,6 +188,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retention: args.retention.0,
         max_results: args.max_results,
         metrics_public: args.metrics_public,
+        header_timeout: args.header_timeout.0,
+        body_timeout: args.body_timeout.0,
+        idle_timeout: args.idle_timeout.0,
+        max_sockets: args.max_sockets,
+        max_sockets_per_ip: args.max_sockets_per_ip,
+        max_http_body: args.max_http_body,
+        outgoing_queue_bytes: args.max_queued_bytes,
+        recent_cache_bytes: args.recent_cache_bytes,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(aip_server::tls::TlsPaths { cert, key }),
             _ => None,

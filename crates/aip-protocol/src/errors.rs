@@ -2,6 +2,25 @@
 //! ends (protocol.md §3.3, §4.7), and in [`http`] the `detail` of every HTTP error
 //! answer (http-api.md). Tests compare them verbatim.
 
+/// Longest `error` text the server sends, in bytes: longer ones echo a client's input.
+pub const MAX_ECHO: usize = 1024;
+/// What follows an `error` text cut at [`MAX_ECHO`].
+pub const CLIPPED: &str = "… (truncated)";
+
+/// `text` cut to at most [`MAX_ECHO`] bytes (at a character boundary), marked as cut.
+pub fn clip_echo(mut text: String) -> String {
+    if text.len() <= MAX_ECHO {
+        return text;
+    }
+    let mut end = MAX_ECHO - CLIPPED.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(CLIPPED);
+    text
+}
+
 pub const REGISTRATION_TIMED_OUT: &str = "Registration timed out";
 pub const FIRST_MESSAGE_NOT_REGISTER: &str = "First message must be a registration message";
 pub const CLIENT_ID_REQUIRED: &str = "Client ID is required for WebSocket registration";
@@ -27,6 +46,8 @@ pub const DEVICE_DISCONNECTED: &str = "Task was cancelled because target device 
 pub const REQUESTER_DISCONNECTED: &str = "Task was cancelled due to client disconnection";
 pub const SHUTTING_DOWN: &str = "Server shutting down";
 pub const SERVER_RESTARTED: &str = "Server restarted while the task was running";
+pub const DEVICE_BUSY: &str =
+    "Device is busy: too many frames are waiting to be sent to it; retry later";
 pub const CANCELLED_OVER_HTTP: &str = "Task was cancelled through the HTTP API";
 
 /// `Invalid registration message: <detail>`
@@ -104,6 +125,11 @@ pub fn command_failed(tool: &str, error: &str) -> String {
     format!("Command '{tool}' failed: {error}")
 }
 
+/// `<field> is too long: at most <max> bytes`
+pub fn field_too_long(field: &str, max: usize) -> String {
+    format!("{field} is too long: at most {max} bytes")
+}
+
 /// The `detail` of HTTP error answers (http-api.md).
 pub mod http {
     pub const NOT_FOUND: &str = "Not Found";
@@ -130,6 +156,10 @@ pub mod http {
     pub const API_NOT_PERMITTED: &str = "This credential may not use the HTTP API";
     pub const LOOPBACK_ONLY: &str = "Only loopback clients are accepted (--local)";
     pub const METRICS_UNAVAILABLE: &str = "Metrics are not available";
+    pub const BODY_TIMEOUT: &str = "Request body not received in time";
+    pub const BODY_TOO_LARGE: &str = "Request body too large";
+    pub const DEVICE_BUSY: &str =
+        "Device is busy: too many frames are waiting to be sent to it; retry later";
     /// The store failed; its own error text stays in the server's log.
     pub const STORAGE_UNAVAILABLE: &str = super::STORAGE_UNAVAILABLE;
 

@@ -360,9 +360,11 @@ impl ServerMessage {
     }
 
     /// `error`/`error` with a text.
+    /// The text is cut to [`crate::errors::MAX_ECHO`] bytes: an error may echo a client's
+    /// input (its own `error`, a target id, a parser's excerpt).
     pub fn error(text: impl Into<String>) -> Self {
         let mut m = Self::new(ServerMessageType::Error, TaskStatus::Error);
-        m.error = Some(text.into());
+        m.error = Some(crate::errors::clip_echo(text.into()));
         m
     }
 

@@ -4,6 +4,13 @@
 pub const MAX_ID_LEN: usize = 256;
 /// Longest stored `task_name`, in characters.
 pub const MAX_TASK_NAME_LEN: usize = 128;
+/// Longest `request` of a task, in bytes (well below any frame limit: it is stored and
+/// kept with the session).
+pub const MAX_REQUEST_LEN: usize = 1024 * 1024;
+/// Longest `error` of a device's `task_end`, in bytes.
+pub const MAX_ERROR_LEN: usize = 64 * 1024;
+/// Largest registration `metadata`, in bytes of JSON.
+pub const MAX_METADATA_LEN: usize = 1024 * 1024;
 
 /// A `client_id` is 1–256 characters without control characters.
 pub fn is_valid_client_id(id: &str) -> bool {

@@ -27,7 +27,7 @@ pub struct ServerConfig {
     pub allow_weak_key: bool,
     pub data_dir: PathBuf,
     pub max_connections: usize,
-    /// Largest WebSocket message and HTTP body, in bytes.
+    /// Largest WebSocket message, in bytes (HTTP bodies: `max_http_body`).
     pub max_message_size: usize,
     pub max_active_sessions: usize,
     pub registration_timeout: Duration,
@@ -43,6 +43,25 @@ pub struct ServerConfig {
     pub duplicate_probe_timeout: Duration,
     /// Outgoing frames queued per connection before the client is dropped as too slow.
     pub outgoing_queue: usize,
+    /// Bytes of outgoing frames queued per connection, likewise (`conn.rs`).
+    pub outgoing_queue_bytes: usize,
+    /// Largest HTTP request body, in bytes (below `max_message_size`).
+    pub max_http_body: usize,
+    /// A request's headers must arrive within this (from its first byte, or from the
+    /// moment the connection is ready for the next request).
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this once its headers are in.
+    pub body_timeout: Duration,
+    /// An HTTP connection with no request for this long is closed (not an upgraded
+    /// WebSocket: those have `ping_interval` and `client_timeout`).
+    pub idle_timeout: Duration,
+    /// Most open TCP connections, HTTP and WebSocket together; `None`: `max_connections`
+    /// plus half of [`crate::limits::RESERVED_FDS`].
+    pub max_sockets: Option<usize>,
+    /// Most open TCP connections from one peer address (loopback included).
+    pub max_sockets_per_ip: usize,
+    /// Bytes of recently ended session records kept in memory for reads.
+    pub recent_cache_bytes: usize,
     /// The model that plans natural-language requests; `None` delegates them to devices.
     pub llm: Option<aip_llm::LlmConfig>,
     /// Certificate and key (PEM) for HTTPS/WSS on the listener; `None`: plain HTTP/WS.
@@ -91,10 +110,29 @@ impl Default for ServerConfig {
             max_results: 1_000_000,
             duplicate_probe_timeout: Duration::from_secs(5),
             outgoing_queue: 256,
+            outgoing_queue_bytes: 16 * 1024 * 1024,
+            max_http_body: 4 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_sockets: None,
+            max_sockets_per_ip: 256,
+            recent_cache_bytes: 64 * 1024 * 1024,
             llm: None,
             tls: None,
             metrics_public: false,
         }
+    }
+}
+
+impl ServerConfig {
+    /// The cap on all open TCP connections: `max_sockets`, else derived from
+    /// `max_connections`.
+    pub fn socket_cap(&self) -> usize {
+        self.max_sockets.unwrap_or_else(|| {
+            let reserve = usize::try_from(crate::limits::RESERVED_FDS / 2).unwrap_or(0);
+            self.max_connections.saturating_add(reserve)
+        })
     }
 }
 

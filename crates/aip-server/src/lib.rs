@@ -19,18 +19,17 @@
 //! - [`config`]: every option of `aip serve`; [`state`]: what the web layer shares;
 //!   [`metrics`]: the Prometheus counters every layer bumps (a leaf: it takes values);
 //!   [`limits`]: the open-file limit and the connection cap derived from it.
-//! - [`tls`]: HTTPS/WSS on the listener, with the certificate reloaded on SIGHUP;
+//! - [`web::serve`]: the one accept loop (plain or TLS): socket caps, header and idle
+//!   timeouts; [`tls`]: the certificate, reloaded on SIGHUP;
 //!   [`build`]: what this binary is (version, commit, target, profile).
 //!
 //! [`run`] serves on a listener it is given until the shutdown future resolves.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub mod config;
@@ -96,9 +95,11 @@ pub async fn run(
     let _lock = storage::lock::DataDirLock::acquire(&config.data_dir)?;
     metrics::install();
     let dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
-        .await?
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let recent_bytes = config.recent_cache_bytes;
+    let store =
+        tokio::task::spawn_blocking(move || SqliteStore::open_with_cache(&dir, recent_bytes))
+            .await?
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let drivers: Option<Arc<dyn session::driver::DriverFactory>> = match &config.llm {
         Some(llm) => Some(Arc::new(
             session::llm::LlmDriverFactory::new(llm.clone()).context("configuring the model")?,
@@ -122,23 +123,37 @@ pub async fn run(
     if state.config.keys_file.is_some() {
         keys::reload_on_sighup(state.keys.clone(), state.shutdown.clone());
     }
-    match tls {
-        Some(files) => serve_tls(listener, state, files, shutdown).await,
-        None => serve(listener, state, shutdown).await,
-    }
+    serve_with(listener, state, tls, shutdown).await
 }
 
-/// Serves `state` over TLS on `listener` until `shutdown`, then shuts down gracefully;
-/// the certificate is reloaded on SIGHUP.
-pub async fn serve_tls(
+/// Serves `state` on `listener` (plain HTTP/WS) until `shutdown`, then shuts down
+/// gracefully.
+pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
-    files: Arc<tls::TlsFiles>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let purger = tokio::spawn(purge_loop(state.clone()));
+    serve_with(listener, state, None, shutdown).await
+}
+
+/// Serves `state` on `listener` until `shutdown`, over TLS when `tls` is given (the
+/// certificate is then reloaded on SIGHUP), then shuts down gracefully.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<Arc<tls::TlsFiles>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
-    tls::reload_on_sighup(files.clone(), stop.clone());
+    let acceptor = match tls {
+        Some(files) => {
+            let acceptor = files.acceptor()?;
+            tls::reload_on_sighup(files, stop.clone());
+            Some(acceptor)
+        }
+        None => None,
+    };
+    let purger = tokio::spawn(purge_loop(state.clone()));
     let graceful_state = state.clone();
     let stopper = stop.clone();
     tokio::spawn(async move {
@@ -146,8 +161,23 @@ pub async fn serve_tls(
         begin_shutdown(&graceful_state).await;
         stopper.cancel();
     });
+    let cfg = &state.config;
+    let limits = web::serve::ConnLimits {
+        header_timeout: cfg.header_timeout,
+        idle_timeout: cfg.idle_timeout,
+    };
+    let slots = web::serve::Slots::new(cfg.socket_cap(), cfg.max_sockets_per_ip);
     let app = web::router(state.clone());
-    let result = tls::serve_tls(listener, files, app, stop, Duration::from_secs(5)).await;
+    let result = web::serve::serve(
+        listener,
+        app,
+        acceptor,
+        limits,
+        slots,
+        stop,
+        Duration::from_secs(5),
+    )
+    .await;
     purger.abort();
     result
 }
@@ -174,35 +204,6 @@ fn log_listening(listener: &TcpListener, config: &ServerConfig, keys: &keys::Key
     if !keys.required() && !addr.ip().is_loopback() {
         tracing::warn!("authentication is off on a non-loopback address: anyone on the network can dispatch commands to devices (set --api-key or --keys)");
     }
-}
-
-/// Serves `state` on `listener` until `shutdown`, then shuts down gracefully.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let purger = tokio::spawn(purge_loop(state.clone()));
-    let app = web::router(state.clone());
-    let graceful_state = state.clone();
-    // Small frames go out at once: without TCP_NODELAY, an acknowledgement followed by a
-    // command waits for the peer's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(cause = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        begin_shutdown(&graceful_state).await;
-    })
-    .await;
-    purger.abort();
-    result.context("serving")
 }
 
 /// Graceful shutdown (server.md §9): refuse new work, cancel live sessions with their

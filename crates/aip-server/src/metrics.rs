@@ -132,6 +132,14 @@ fn describe() {
         "Connections closed because their outgoing queue was full."
     );
     describe_counter!(
+        "aip_sockets_refused_total",
+        "TCP connections closed at accept: over --max-sockets or --max-sockets-per-ip."
+    );
+    describe_counter!(
+        "aip_dispatch_busy_total",
+        "Tasks refused because the target device's outgoing queue was above its high-water mark (HTTP 503, or a busy error to a constellation)."
+    );
+    describe_counter!(
         "aip_llm_calls_total",
         "Calls to the model, by outcome (ok or error)."
     );
@@ -238,4 +246,14 @@ pub fn store_commit(writes: usize, took: Duration) {
 /// A connection closed for a full outgoing queue.
 pub fn queue_overflow() {
     counter!("aip_outgoing_queue_overflows_total").increment(1);
+}
+
+/// A socket closed at accept for being over a connection cap.
+pub fn socket_refused() {
+    counter!("aip_sockets_refused_total").increment(1);
+}
+
+/// A task refused because its device's outgoing queue was above the high-water mark.
+pub fn dispatch_busy() {
+    counter!("aip_dispatch_busy_total").increment(1);
 }

@@ -45,6 +45,7 @@ pub struct ClientEntry {
     pub client_id: String,
     pub role: ClientType,
     pub conn: ConnHandle,
+    /// The registration `metadata` but for `system_info` and `tools`, kept below.
     pub metadata: Option<Map<String, Value>>,
     pub platform: Option<String>,
     /// The reference agent for `platform`, worked out once at registration.
@@ -75,23 +76,23 @@ impl ClientEntry {
         metadata: Option<Map<String, Value>>,
         scope: Option<String>,
     ) -> Self {
+        // Kept once: `system_info` and `tools` are moved out of the map into the `Arc`s
+        // every session shares, not copied.
+        let mut metadata = metadata;
         let platform = metadata
             .as_ref()
             .and_then(|m| m.get("platform"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let system_info = match role {
-            ClientType::Device => metadata
-                .as_ref()
-                .and_then(|m| m.get("system_info"))
-                .filter(|v| v.is_object())
-                .map(|v| Arc::new(v.clone())),
-            ClientType::Constellation => None,
-        };
+        let system_info = metadata
+            .as_mut()
+            .and_then(|m| m.remove("system_info"))
+            .filter(|v| role == ClientType::Device && v.is_object())
+            .map(Arc::new);
         let tools = metadata
-            .as_ref()
-            .and_then(|m| m.get("tools"))
-            .map(|v| Arc::new(v.clone()));
+            .as_mut()
+            .and_then(|m| m.remove("tools"))
+            .map(Arc::new);
         Self {
             client_id,
             role,
@@ -256,6 +257,39 @@ mod tests {
 
     fn taken(e: &ClientEntry, sid: Option<&str>, name: Option<&str>) -> Option<String> {
         e.take_pending_echo(sid, name).map(|p| p.session_id)
+    }
+
+    #[test]
+    fn registration_metadata_is_kept_once() {
+        let metadata = serde_json::json!({
+            "platform": "linux",
+            "system_info": {"hostname": "h"},
+            "tools": [{"name": "t"}],
+            "tags": {"rack": "4"},
+        });
+        let Value::Object(map) = metadata else {
+            unreachable!()
+        };
+        let e = ClientEntry::new(
+            "dev".into(),
+            ClientType::Device,
+            ConnHandle::new(1, tokio::sync::mpsc::channel(1).0),
+            Some(map),
+            None,
+        );
+        let rest = e.metadata.as_ref().unwrap();
+        assert!(!rest.contains_key("system_info") && !rest.contains_key("tools"));
+        assert_eq!(rest["tags"]["rack"], "4");
+        assert_eq!(e.platform.as_deref(), Some("linux"));
+        let info = e.executor_info();
+        assert!(Arc::ptr_eq(
+            info.system_info.as_ref().unwrap(),
+            e.system_info.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            info.tools.as_ref().unwrap(),
+            e.tools.as_ref().unwrap()
+        ));
     }
 
     #[test]

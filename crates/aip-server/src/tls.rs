@@ -1,28 +1,21 @@
-//! TLS on the listener (`--tls-cert`, `--tls-key`): HTTPS and WSS on the one port.
+//! TLS on the listener (`--tls-cert`, `--tls-key`): HTTPS and WSS on the one port, served
+//! by the one accept loop (`web/serve.rs`).
 //!
 //! The certificate is read from PEM files at start (an unreadable or mismatched file is an
 //! error naming it) and again on [`TlsFiles::reload`] (SIGHUP): connections already open
 //! keep the session they negotiated, new handshakes get the new certificate, and a reload
 //! that fails keeps the old one.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::ConnectInfo;
-use axum::Router;
 use parking_lot::RwLock;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// A handshake that has not finished by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the certificate chain and its private key are (PEM).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,79 +126,4 @@ pub fn reload_on_sighup(files: Arc<TlsFiles>, stop: CancellationToken) {
     });
     #[cfg(not(unix))]
     let _ = (files, stop);
-}
-
-/// Serves `app` over TLS on `listener` until `stop`, then lets open connections finish
-/// for `drain` (WebSockets are closed by the server's own shutdown first).
-pub async fn serve_tls(
-    listener: TcpListener,
-    files: Arc<TlsFiles>,
-    app: Router,
-    stop: CancellationToken,
-    drain: Duration,
-) -> anyhow::Result<()> {
-    let acceptor = files.acceptor()?;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::error!(cause = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %peer, cause = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            serve_connection(tls, peer, app, watcher).await;
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::debug!("connections still open after the drain period");
-    }
-    Ok(())
-}
-
-async fn serve_connection<IO>(
-    io: IO,
-    peer: SocketAddr,
-    app: Router,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tower::ServiceExt;
-    let service =
-        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req.map(axum::body::Body::new))
-        });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(peer = %peer, cause = %e, "connection ended with an error");
-    }
 }

@@ -11,6 +11,8 @@ use aip_testkit::*;
 use serde_json::{json, Value};
 
 const KEY: &str = "openapi-test-key-0123456789";
+/// `--max-http-body` of the servers here: small, so a 413 is cheap to provoke.
+const MAX_BODY: usize = 16 * 1024;
 
 /// The router's source: the routes it declares are compared with the document's paths.
 const ROUTER_SOURCE: &str = include_str!("../src/web/mod.rs");
@@ -98,7 +100,11 @@ struct Checked {
 
 impl Checked {
     async fn start() -> Checked {
-        let app = spawn_app_with(|c| c.api_key = Some(KEY.into())).await;
+        let app = spawn_app_with(|c| {
+            c.api_key = Some(KEY.into());
+            c.max_http_body = MAX_BODY;
+        })
+        .await;
         let resp = reqwest::get(app.url("/api/openapi.json"))
             .await
             .expect("GET");
@@ -387,6 +393,11 @@ async fn real_answers_of_every_route_match_the_documented_schemas() {
     ] {
         assert_eq!(c.dispatch(body).await.0, status, "{body}");
     }
+    let too_large = format!(
+        r#"{{"target_id": "dev-1", "request": "{}"}}"#,
+        "x".repeat(MAX_BODY)
+    );
+    assert_eq!(c.dispatch(&too_large).await.0, 413);
     let sessions = "/api/sessions";
     assert_eq!(c.get(sessions, "/api/sessions?state=bogus").await.0, 400);
     assert_eq!(c.get(sessions, "/api/sessions?limit=0").await.0, 400);
@@ -416,7 +427,7 @@ async fn real_answers_of_every_route_match_the_documented_schemas() {
         .collect();
     assert_eq!(exercised, operations(&c.doc));
     let statuses: BTreeSet<u16> = c.seen.iter().map(|s| s.2).collect();
-    for status in [200, 400, 401, 404, 409, 422] {
+    for status in [200, 400, 401, 404, 409, 413, 422] {
         assert!(
             statuses.contains(&status),
             "{status} not seen: {statuses:?}"

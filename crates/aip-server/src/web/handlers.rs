@@ -6,7 +6,9 @@ use std::sync::Arc;
 use aip_protocol::errors as text;
 use aip_protocol::plan::parse_commands;
 use aip_protocol::transfer::{transfer_kind, TransferKind};
-use aip_protocol::validate::{is_valid_session_id, sanitize_task_name};
+use aip_protocol::validate::{
+    is_valid_session_id, sanitize_task_name, MAX_ERROR_LEN, MAX_REQUEST_LEN,
+};
 use aip_protocol::{
     parse_client_message, ClientMessage, ClientMessageType, ClientType, ServerMessage, TaskStatus,
 };
@@ -160,6 +162,10 @@ impl ClientConn {
                 self.entry.clone()
             }
             ClientType::Constellation => match self.constellation_target(&msg) {
+                Ok(e) if e.conn.is_busy() => {
+                    crate::metrics::dispatch_busy();
+                    return self.refuse(text::DEVICE_BUSY);
+                }
                 Ok(e) => e,
                 Err(refusal) => return self.refuse(refusal),
             },
@@ -167,6 +173,9 @@ impl ClientConn {
         let Some(request) = msg.request.clone().filter(|r| !r.trim().is_empty()) else {
             return self.refuse(text::EMPTY_REQUEST);
         };
+        if request.len() > MAX_REQUEST_LEN {
+            return self.refuse(text::field_too_long("request", MAX_REQUEST_LEN));
+        }
         let (session_id, generated_id) = match msg.session_id.as_deref() {
             None | Some("") => (uuid::Uuid::new_v4().to_string(), true),
             Some(s) if !is_valid_session_id(s) => return self.refuse(text::INVALID_SESSION_ID),
@@ -303,6 +312,9 @@ impl ClientConn {
         let Some(h) = h else {
             return self.refuse(text::UNSUPPORTED_TASK_END);
         };
+        if msg.error.as_ref().is_some_and(|e| e.len() > MAX_ERROR_LEN) {
+            return self.refuse(text::field_too_long("error", MAX_ERROR_LEN));
+        }
         if !h.admit_client_end() {
             return self.refuse(text::UNSUPPORTED_TASK_END);
         }

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aip_protocol::errors::field_too_long;
 use aip_protocol::plan::{non_empty_commands, parse_commands};
 use aip_protocol::push_json_str;
 use aip_protocol::time::http_timestamp;
-use aip_protocol::validate::{is_valid_http_task_name, MAX_ID_LEN};
+use aip_protocol::validate::{is_valid_http_task_name, MAX_ID_LEN, MAX_REQUEST_LEN};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -166,6 +167,19 @@ impl<'a> DispatchFields<'a> {
     }
 }
 
+/// 503 with `Retry-After`: the device's outgoing queue is above its high-water mark, so
+/// the task is not queued (and no session is created) rather than have the device
+/// disconnected for not reading fast enough.
+fn device_busy() -> Response {
+    crate::metrics::dispatch_busy();
+    let mut response =
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail::DEVICE_BUSY).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// `POST /api/dispatch` (http-api.md §3): checks in the normative order.
 #[utoipa::path(post, path = "/api/dispatch", tag = "tasks", request_body = DispatchRequest,
     responses(DispatchResponses, Guarded))]
@@ -200,6 +214,9 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
             detail::SHUTTING_DOWN,
         ));
     }
+    if device.conn.is_busy() {
+        return Ok(device_busy());
+    }
     let handle = app
         .sessions
         .open(OpenRequest {
@@ -233,6 +250,12 @@ impl DispatchFields<'_> {
     /// The checks that need nothing but the body, in the normative order.
     fn validate(self) -> Result<ValidDispatch, ApiError> {
         let request = match &self.request {
+            Field::Given(r) if r.len() > MAX_REQUEST_LEN => {
+                return Err(ApiError::bad_request(field_too_long(
+                    "request",
+                    MAX_REQUEST_LEN,
+                )))
+            }
             Field::Given(r) if !r.trim().is_empty() => r.to_string(),
             _ => return Err(ApiError::bad_request(detail::EMPTY_TASK)),
         };

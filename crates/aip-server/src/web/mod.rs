@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
+use aip_protocol::errors::http as detail;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
 use axum::routing::get;
 use axum::{middleware, Router};
 
@@ -14,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod openapi;
 pub mod ops;
+pub mod serve;
 pub mod ws;
 
 mod handlers;
@@ -38,10 +41,47 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(openapi::routes())
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
-        .layer(DefaultBodyLimit::max(state.config.max_message_size))
+        .layer(DefaultBodyLimit::max(state.config.max_http_body))
         .layer(middleware::from_fn(access_log))
         .with_state(state)
+}
+
+/// Reads a request's body (after the guard) within `--body-timeout` and
+/// `--max-http-body`: 408 or 413 otherwise, and the connection is closed. `/ws` has no
+/// body and is left alone.
+async fn read_body(
+    State(app): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    if request.uri().path() == "/ws" {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let limit = app.config.max_http_body;
+    let refusal = match tokio::time::timeout(
+        app.config.body_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => {
+            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            return next.run(request).await;
+        }
+        Err(_) => error::ApiError::new(StatusCode::REQUEST_TIMEOUT, detail::BODY_TIMEOUT),
+        // Over the limit (or a peer that went away: nobody reads this answer).
+        Ok(Err(_)) => error::ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, detail::BODY_TOO_LARGE),
+    };
+    let mut response = refusal.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The access log: one line per HTTP request (target `aip_access`, INFO) with method, path

@@ -8,7 +8,8 @@ use utoipa::IntoResponses;
 
 use super::schema::{ClientList, Dispatched, ErrorBody, Health, Ready, Session, SessionList};
 
-/// What the `--local` and API-key guard answers before any route that needs the key.
+/// What the `--local` and API-key guard, then the body reader (`--body-timeout`,
+/// `--max-http-body`), answer before any route that needs the key.
 #[derive(IntoResponses)]
 pub enum Guarded {
     /// A missing or wrong API key (only when the server has one).
@@ -23,14 +24,26 @@ pub enum Guarded {
         ("loopback_only" = (value = json!({"detail": detail::LOOPBACK_ONLY}))),
     ))]
     Forbidden(ErrorBody),
+    /// The request's body did not arrive within `--body-timeout` (the connection is closed).
+    #[response(status = 408, example = json!({"detail": detail::BODY_TIMEOUT}))]
+    BodyTimeout(ErrorBody),
+    /// The request's body is larger than `--max-http-body` (the connection is closed).
+    #[response(status = 413, example = json!({"detail": detail::BODY_TOO_LARGE}))]
+    BodyTooLarge(ErrorBody),
 }
 
-/// What the `--local` guard answers before a public route.
+/// What the `--local` guard and the body reader answer before a public route.
 #[derive(IntoResponses)]
 pub enum LocalOnly {
     /// A peer that is not on loopback, when the server runs with `--local`.
     #[response(status = 403, example = json!({"detail": detail::LOOPBACK_ONLY}))]
     Forbidden(ErrorBody),
+    /// The request's body did not arrive within `--body-timeout` (the connection is closed).
+    #[response(status = 408, example = json!({"detail": detail::BODY_TIMEOUT}))]
+    BodyTimeout(ErrorBody),
+    /// The request's body is larger than `--max-http-body` (the connection is closed).
+    #[response(status = 413, example = json!({"detail": detail::BODY_TOO_LARGE}))]
+    BodyTooLarge(ErrorBody),
 }
 
 /// A storage failure: the store's own text goes to the log only.
@@ -58,6 +71,8 @@ pub enum DispatchResponses {
         ("invalid_commands" = (value = json!({"detail":
             detail::invalid_commands("the list of commands is empty")}))),
         ("not_a_device" = (value = json!({"detail": detail::TARGET_NOT_DEVICE}))),
+        ("request_too_long" = (value = json!({"detail": aip_protocol::errors::field_too_long(
+            "request", aip_protocol::validate::MAX_REQUEST_LEN)}))),
     ))]
     BadRequest(ErrorBody),
     /// The target is not connected (or went away while the task was queued).
@@ -69,8 +84,13 @@ pub enum DispatchResponses {
     /// The body is not a JSON object.
     #[response(status = 422, example = json!({"detail": detail::BODY_NOT_OBJECT}))]
     NotAnObject(ErrorBody),
-    /// Too many active sessions, shutting down, or the store refused the write.
-    #[response(status = 503, examples(
+    /// Too many active sessions, shutting down, the store refused the write, or the
+    /// device is busy (its outgoing queue is full: no session was created; retry after
+    /// `Retry-After` seconds).
+    #[response(status = 503,
+        headers(("Retry-After" = String, description = "Seconds to wait; when the device is busy")),
+        examples(
+        ("device_busy" = (value = json!({"detail": detail::DEVICE_BUSY}))),
         ("too_many_sessions" = (value = json!({"detail": detail::TOO_MANY_SESSIONS}))),
         ("shutting_down" = (value = json!({"detail": detail::SHUTTING_DOWN}))),
         ("storage" = (value = json!({"detail": detail::STORAGE_UNAVAILABLE}))),

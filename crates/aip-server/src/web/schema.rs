@@ -121,8 +121,8 @@ pub enum ToolType {
                           "request": "Open Notepad and type Hello World",
                           "task_name": "notepad_hello"}))]
 pub struct DispatchRequest {
-    /// Task text, not empty nor only spaces; a natural-language request unless
-    /// `commands` is given or it is a JSON plan (server.md §5).
+    /// Task text, not empty nor only spaces, at most 1 MiB; a natural-language request
+    /// unless `commands` is given or it is a JSON plan (server.md §5).
     request: String,
     /// Target device id (seed name).
     target_id: Option<String>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aip_protocol::errors as text;
 use aip_protocol::features::ServerInfo;
-use aip_protocol::validate::is_valid_client_id;
+use aip_protocol::validate::{is_valid_client_id, MAX_METADATA_LEN};
 use aip_protocol::{parse_client_message, ClientMessageType, ClientType, ServerMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -23,7 +23,7 @@ use aip_protocol::errors::http as detail;
 
 use super::error::ApiError;
 use super::handlers::ClientConn;
-use crate::conn::{close, ConnHandle, Outgoing};
+use crate::conn::{close, ConnHandle, Outgoing, QueueLimits};
 use crate::keys::Grant;
 use crate::registry::ClientEntry;
 use crate::session::CancelReason;
@@ -33,6 +33,8 @@ use crate::state::AppState;
 const READ_BUFFER: usize = 4 * 1024;
 /// Write buffer per connection before a flush.
 const WRITE_BUFFER: usize = 4 * 1024;
+/// A writer stuck this long on the socket means the client has stopped reading.
+const STALLED_WRITER: Duration = Duration::from_secs(5);
 
 /// `GET /ws`: checks the token (`?token=`, else `X-API-Key` / Bearer) and the connection
 /// limit, then upgrades; the connection keeps the token's grant.
@@ -86,13 +88,24 @@ async fn connection(
     grant: Grant,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(app.config.outgoing_queue);
-    let conn = ConnHandle::new(app.next_conn_id(), tx);
+    let limits = QueueLimits {
+        frames: app.config.outgoing_queue,
+        bytes: app.config.outgoing_queue_bytes,
+        stall: STALLED_WRITER,
+    };
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(limits.channel_capacity());
+    let conn = ConnHandle::with_limits(app.next_conn_id(), tx, limits);
+    let meter = conn.meter();
 
     let mut writer = tokio::spawn(async move {
         // Everything already queued is written before one flush: fewer syscalls under load.
-        'outer: while let Some(mut frame) = rx.recv().await {
+        'outer: loop {
+            meter.idle();
+            let Some(mut frame) = rx.recv().await else {
+                break;
+            };
             loop {
+                meter.took(&frame);
                 let (msg, last) = match frame {
                     Outgoing::Text(s) => (Message::Text(s.into()), false),
                     Outgoing::Ping => (Message::Ping(Default::default()), false),
@@ -188,6 +201,16 @@ async fn register(
     };
     if !is_valid_client_id(&client_id) {
         return refuse(text::INVALID_CLIENT_ID.to_owned());
+    }
+    // Only a frame that large can hold that much metadata: measured only then.
+    if text.len() > MAX_METADATA_LEN
+        && msg
+            .metadata
+            .as_ref()
+            .and_then(|m| serde_json::to_vec(m).ok())
+            .is_some_and(|v| v.len() > MAX_METADATA_LEN)
+    {
+        return refuse(text::field_too_long("metadata", MAX_METADATA_LEN));
     }
     let role = msg.role();
     let scope = match role {

@@ -26,29 +26,48 @@ pub(super) struct Memory {
     pub(super) recent: Recent,
 }
 
-/// The committed records of the sessions that ended last, at most `capacity`, oldest
-/// forgotten first. A result is typically read right after its session ends (the
-/// requester polls or is told); such a read is then answered from memory instead of a
-/// query on the blocking pool. Kept exact: every write that changes or removes an ended
-/// record updates or drops its entry in the same step as the live map.
+/// The committed records of the sessions that ended last, at most `capacity` of them and
+/// `max_bytes` of their text (see [`weight`]), oldest forgotten first. A result is
+/// typically read right after its session ends (the requester polls or is told); such a
+/// read is then answered from memory instead of a query on the blocking pool. Kept exact:
+/// every write that changes or removes an ended record updates or drops its entry in the
+/// same step as the live map.
 #[derive(Default)]
 pub(super) struct Recent {
     capacity: usize,
-    rows: IdMap<String, (u64, Arc<SessionRecord>)>,
+    max_bytes: usize,
+    bytes: usize,
+    rows: IdMap<String, (u64, Arc<SessionRecord>, usize)>,
     /// Insertion order; an entry whose generation no longer matches `rows` is stale.
     order: VecDeque<(u64, String)>,
     generation: u64,
 }
 
+/// What a record kept in memory costs, roughly: its fixed part, its texts, and its result
+/// as the JSON text it was stored as.
+pub(super) fn weight(record: &SessionRecord, result_json: Option<&str>) -> usize {
+    std::mem::size_of::<SessionRecord>()
+        + record.session_id.len()
+        + record.task_name.len()
+        + record.request.len()
+        + record.requester.as_ref().map_or(0, String::len)
+        + record.executor.len()
+        + record.platform.len()
+        + record.error.as_ref().map_or(0, String::len)
+        + result_json.map_or(0, str::len)
+}
+
 impl Recent {
-    pub(super) fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             capacity,
+            max_bytes,
             ..Self::default()
         }
     }
 
-    pub(super) fn put(&mut self, record: Arc<SessionRecord>) {
+    /// Keeps `record`, which weighs `weight` bytes.
+    pub(super) fn put(&mut self, record: Arc<SessionRecord>, weight: usize) {
         if self.capacity == 0 {
             return;
         }
@@ -56,13 +75,23 @@ impl Recent {
         let generation = self.generation;
         self.order
             .push_back((generation, record.session_id.clone()));
-        self.rows
-            .insert(record.session_id.clone(), (generation, record));
-        while self.order.len() > self.capacity {
-            if let Some((g, id)) = self.order.pop_front() {
-                if self.rows.get(&id).is_some_and(|(current, _)| *current == g) {
-                    self.rows.remove(&id);
-                }
+        self.bytes += weight;
+        if let Some((_, _, old)) = self
+            .rows
+            .insert(record.session_id.clone(), (generation, record, weight))
+        {
+            self.bytes -= old;
+        }
+        while self.order.len() > self.capacity || self.bytes > self.max_bytes {
+            let Some((g, id)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .rows
+                .get(&id)
+                .is_some_and(|(current, ..)| *current == g)
+            {
+                self.remove(&id);
             }
         }
     }
@@ -70,16 +99,19 @@ impl Recent {
     pub(super) fn get(&self, session_id: &str) -> Option<Arc<SessionRecord>> {
         self.rows
             .get(session_id)
-            .map(|(_, record)| Arc::clone(record))
+            .map(|(_, record, _)| Arc::clone(record))
     }
 
     fn remove(&mut self, session_id: &str) {
-        self.rows.remove(session_id);
+        if let Some((_, _, weight)) = self.rows.remove(session_id) {
+            self.bytes -= weight;
+        }
     }
 
     fn clear(&mut self) {
         self.rows.clear();
         self.order.clear();
+        self.bytes = 0;
     }
 }
 
@@ -90,9 +122,13 @@ pub(super) struct LiveEntry {
 }
 
 impl Memory {
-    pub(super) fn load(conn: &Connection, recent_capacity: usize) -> Result<Memory, StoreError> {
+    pub(super) fn load(
+        conn: &Connection,
+        recent_capacity: usize,
+        recent_bytes: usize,
+    ) -> Result<Memory, StoreError> {
         let mut index = Memory {
-            recent: Recent::new(recent_capacity),
+            recent: Recent::new(recent_capacity, recent_bytes),
             ..Memory::default()
         };
         let mut stmt = conn
@@ -232,5 +268,75 @@ impl<'a> LiveView<'a> {
                 IndexChange::ForgetEnded => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::storage::{Origin, SessionState};
+
+    fn ended(id: &str, request_len: usize) -> Arc<SessionRecord> {
+        Arc::new(SessionRecord {
+            session_id: id.into(),
+            task_name: "t".into(),
+            request: "r".repeat(request_len),
+            origin: Origin::Http,
+            requester: None,
+            executor: "d".into(),
+            platform: "linux".into(),
+            state: SessionState::Completed,
+            reason: None,
+            error: None,
+            result: None,
+            created_at: chrono::Utc::now(),
+            started_at: None,
+            finished_at: None,
+            echo_received: true,
+        })
+    }
+
+    fn put(recent: &mut Recent, id: &str, request_len: usize) {
+        let r = ended(id, request_len);
+        let w = weight(&r, Some("{\"ok\":true}"));
+        recent.put(r, w);
+    }
+
+    #[test]
+    fn the_recent_records_are_bounded_in_bytes_oldest_forgotten_first() {
+        let one = weight(&ended("s0", 10_000), Some("{\"ok\":true}"));
+        let mut recent = Recent::new(100, 3 * one);
+        for i in 0..5 {
+            put(&mut recent, &format!("s{i}"), 10_000);
+            assert!(recent.bytes <= 3 * one);
+        }
+        let kept: Vec<bool> = (0..5)
+            .map(|i| recent.get(&format!("s{i}")).is_some())
+            .collect();
+        assert_eq!(kept, [false, false, true, true, true]);
+        // One large record pushes out as many small ones as it needs.
+        put(&mut recent, "big", 25_000);
+        assert!(recent.get("big").is_some());
+        assert!(recent.get("s2").is_none() && recent.get("s3").is_none());
+        assert!(recent.bytes <= 3 * one);
+        // A record over the whole budget is not kept at all.
+        put(&mut recent, "huge", 40_000);
+        assert!(recent.get("huge").is_none());
+        assert_eq!(recent.bytes, 0);
+    }
+
+    #[test]
+    fn replacing_or_removing_a_record_gives_back_its_bytes() {
+        let mut recent = Recent::new(100, usize::MAX);
+        put(&mut recent, "a", 1000);
+        let after_one = recent.bytes;
+        put(&mut recent, "a", 1000);
+        assert_eq!(recent.bytes, after_one, "replaced, not added");
+        recent.remove("a");
+        assert_eq!(recent.bytes, 0);
+        put(&mut recent, "b", 10);
+        recent.clear();
+        assert_eq!(recent.bytes, 0);
     }
 }

@@ -29,7 +29,8 @@
 //!   row). The map holds
 //!   live sessions only (bounded by the active-session limit); it is rebuilt from the
 //!   table at start-up, and is updated after a commit, before its waiters are answered.
-//! * **Recently ended records are also kept in memory** (the last [`RECENT_CAPACITY`],
+//! * **Recently ended records are also kept in memory** (the last [`RECENT_CAPACITY`], at
+//!   most `--recent-cache-bytes` of them,
 //!   as committed, oldest forgotten first), because a result is typically read right
 //!   after its session ends: that read is answered without a query on the blocking pool.
 //!   Every write that replaces, deletes or purges an ended record updates this memory in
@@ -108,11 +109,26 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`: the directory, the database file
     /// `dir/aip.sqlite3` and its schema. Starts the writer thread.
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
-        Self::open_with(dir, RECENT_CAPACITY)
+        Self::open_with_limits(dir, RECENT_CAPACITY, usize::MAX)
+    }
+
+    /// [`SqliteStore::open`] keeping at most `recent_bytes` of ended records in memory
+    /// (`--recent-cache-bytes`).
+    pub fn open_with_cache(dir: &Path, recent_bytes: usize) -> Result<SqliteStore, StoreError> {
+        Self::open_with_limits(dir, RECENT_CAPACITY, recent_bytes)
     }
 
     /// [`SqliteStore::open`] keeping at most `recent_capacity` ended records in memory.
+    #[cfg(test)]
     fn open_with(dir: &Path, recent_capacity: usize) -> Result<SqliteStore, StoreError> {
+        Self::open_with_limits(dir, recent_capacity, usize::MAX)
+    }
+
+    fn open_with_limits(
+        dir: &Path,
+        recent_capacity: usize,
+        recent_bytes: usize,
+    ) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE_NAME);
@@ -135,6 +151,7 @@ impl SqliteStore {
         let live = Arc::new(parking_lot::Mutex::new(Memory::load(
             &writer,
             recent_capacity,
+            recent_bytes,
         )?));
 
         let mut readers = Vec::with_capacity(READERS);

@@ -82,7 +82,8 @@ fn run_batch(
             for (WriteRequest { op, reply }, result) in batch.drain(..).zip(results) {
                 if let (Ok(_), WriteOp::Upsert(row)) = (&result, op) {
                     if !row.live() {
-                        ended.push(row.record);
+                        let weight = super::memory::weight(&row.record, row.result.as_deref());
+                        ended.push((row.record, weight));
                     }
                 }
                 replies.push((reply, result));
@@ -92,8 +93,8 @@ fn run_batch(
                 for change in changes {
                     index.apply(change);
                 }
-                for row in ended {
-                    index.recent.put(row);
+                for (record, weight) in ended {
+                    index.recent.put(record, weight);
                 }
             }
             for (reply, result) in replies {
