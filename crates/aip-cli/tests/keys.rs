@@ -197,3 +197,14 @@ async fn a_key_added_to_the_file_works_after_sighup_without_a_restart() {
     );
     drop(device);
 }
+
+/// With nothing to reload (no key file, no certificate), SIGHUP is logged and ignored: its
+/// default action would end the server an operator meant to reload.
+#[test]
+fn sighup_without_anything_to_reload_leaves_the_server_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    hup_and_wait(&mut server, "nothing to reload", 1);
+    hup_and_wait(&mut server, "nothing to reload", 2);
+    server.aip(&["health"]).expect_code(0);
+}

@@ -122,8 +122,32 @@ pub async fn run(
     state.keys.install(keys);
     if state.config.keys_file.is_some() {
         keys::reload_on_sighup(state.keys.clone(), state.shutdown.clone());
+    } else if tls.is_none() {
+        // SIGHUP's default action ends the process: an operator's "reload" must not.
+        ignore_sighup(state.shutdown.clone());
     }
     serve_with(listener, state, tls, shutdown).await
+}
+
+/// Catches SIGHUP when there is nothing to reload (no key file, no certificate), saying
+/// so in the log, until `stop` (Unix; elsewhere nothing).
+fn ignore_sighup(stop: tokio_util::sync::CancellationToken) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGHUP: nothing to reload (no --keys, no --tls-cert); still serving");
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = stop;
 }
 
 /// Serves `state` on `listener` (plain HTTP/WS) until `shutdown`, then shuts down
