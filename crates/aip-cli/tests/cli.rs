@@ -347,7 +347,7 @@ fn on_a_terminal_waiting_shows_a_live_line_and_ctrl_c_asks_before_cancelling() {
 
     // "y": cancelled, and how it ended is printed.
     let mut term = Terminal::run(&wait("tty-yes"));
-    term.wait_for("running on dev");
+    term.wait_for("running on dev · step 1: execute_command");
     term.type_keys(b"\x03");
     term.wait_for("[y/N]");
     assert!(term.text().contains("Cancel session "), "{}", term.text());

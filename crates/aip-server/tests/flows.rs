@@ -110,6 +110,15 @@ async fn http_dispatch_with_echo_runs_exactly_one_session() {
     assert_eq!(cmd["session_id"], sid.as_str());
     let (_, live) = app.get(&format!("/api/task_result/{sid}")).await;
     assert_eq!(live["state"], "running", "{live}");
+    assert_eq!(
+        live["step"],
+        json!({"round": 1, "tools": ["get_info"]}),
+        "{live}"
+    );
+    assert!(
+        pending.get("step").is_none(),
+        "no step before a command went out"
+    );
     d.send(results_for(&cmd, "dev1")).await;
     let end = d.recv().await;
     assert_eq!(end["status"], "completed");
@@ -119,6 +128,7 @@ async fn http_dispatch_with_echo_runs_exactly_one_session() {
     assert_eq!(done["state"], "completed");
     assert!(done["error"].is_null());
     assert!(done["finished_at"].is_string());
+    assert!(done.get("step").is_none(), "{done}");
     let (_, list) = app.get("/api/sessions").await;
     assert_eq!(list["sessions"].as_array().map(Vec::len), Some(1), "{list}");
 }

@@ -164,7 +164,16 @@ impl Progress {
         let device = view["client_id"].as_str().unwrap_or("?");
         let doing = match view["state"].as_str() {
             Some("created") => format!("waiting for {device} to accept the task"),
-            Some("running") => format!("running on {device}"),
+            Some("running") => match (
+                view["step"]["round"].as_u64(),
+                view["step"]["tools"].as_array(),
+            ) {
+                (Some(round), Some(tools)) => {
+                    let tools: Vec<&str> = tools.iter().filter_map(Value::as_str).collect();
+                    format!("running on {device} · step {round}: {}", tools.join(", "))
+                }
+                _ => format!("running on {device}"),
+            },
             Some(other) => other.to_owned(),
             None => "…".to_owned(),
         };

@@ -129,6 +129,15 @@ pub struct SessionHandle {
     pub(super) cancel: Flag,
     pub(super) cancel_reason: Mutex<Option<CancelReason>>,
     pub(super) done: Flag,
+    /// The round in progress, while the server drives the session.
+    step: Mutex<Option<Arc<CurrentStep>>>,
+}
+
+/// The round a driven session is in: its number (1-based) and the tools it called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentStep {
+    pub round: u32,
+    pub tools: Vec<String>,
 }
 
 impl SessionHandle {
@@ -153,6 +162,7 @@ impl SessionHandle {
             cancel: Flag::default(),
             cancel_reason: Mutex::new(None),
             done: Flag::default(),
+            step: Mutex::new(None),
         }
     }
 
@@ -225,6 +235,16 @@ impl SessionHandle {
         // Called under `run`'s lock, once per session: the cell is empty.
         let _ = self.events.set(tx);
         rx
+    }
+
+    /// The round in progress (driven sessions, once the first command went out).
+    pub fn step(&self) -> Option<Arc<CurrentStep>> {
+        self.step.lock().clone()
+    }
+
+    /// Records that round `round` went out with these tools.
+    pub(super) fn set_step(&self, round: u32, tools: Vec<String>) {
+        *self.step.lock() = Some(Arc::new(CurrentStep { round, tools }));
     }
 
     /// Resolves once the job has stored its final state.

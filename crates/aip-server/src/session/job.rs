@@ -352,6 +352,9 @@ impl SessionJob {
             msg.session_id = Some(self.record.session_id.clone());
             msg.task_name = Some(self.record.task_name.clone());
             let rid = msg.response_id.clone().unwrap_or_default();
+            let round = u32::try_from(self.rounds.len() + 1).unwrap_or(u32::MAX);
+            let tools = actions.iter().map(|a| a.tool_name.clone()).collect();
+            self.handle.set_step(round, tools);
             if let Some(device) = self
                 .manager
                 .registry

@@ -40,7 +40,7 @@ mod unsaved;
 
 pub use driver::Driving;
 pub use handle::{
-    Acceptance, CancelReason, ClientEnd, ReportedResults, SessionEvent, SessionHandle,
+    Acceptance, CancelReason, ClientEnd, CurrentStep, ReportedResults, SessionEvent, SessionHandle,
 };
 pub use manager::{CreateError, SessionManager, SessionSettings};
 pub use open::OpenRequest;

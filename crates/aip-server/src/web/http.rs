@@ -25,6 +25,7 @@ use super::responses::{
     StoreFailed,
 };
 use super::schema::{DispatchRequest, SessionQuery};
+use super::view::SessionView;
 use crate::session::{CancelReason, OpenRequest};
 use crate::state::AppState;
 use crate::storage::{SessionFilter, SessionRecord, SessionState};
@@ -339,39 +340,14 @@ impl Dispatched<'_> {
     }
 }
 
-/// How a session record is shown over HTTP (http-api.md §4.2): serialised straight from the
-/// record, without building a `serde_json::Value` first (the result read after every
-/// session is a hot path). Keys in this order; an ended session adds `result`, `error` and
-/// `reason`, `finished_at` is present once set.
-pub struct SessionView<'a>(pub &'a SessionRecord);
-
-impl serde::Serialize for SessionView<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let r = self.0;
-        let done = r.state.is_terminal();
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("status", if done { "done" } else { "pending" })?;
-        if done {
-            map.serialize_entry("result", &r.result)?;
-        }
-        map.serialize_entry("state", r.state.as_str())?;
-        if done {
-            map.serialize_entry("error", &r.error)?;
-            map.serialize_entry("reason", &r.reason)?;
-        }
-        map.serialize_entry("session_id", &r.session_id)?;
-        map.serialize_entry("task_name", &r.task_name)?;
-        map.serialize_entry("client_id", &r.executor)?;
-        map.serialize_entry("created_at", &http_timestamp(r.created_at))?;
-        if let Some(f) = r.finished_at {
-            map.serialize_entry("finished_at", &http_timestamp(f))?;
-        }
-        map.serialize_entry("origin", r.origin.as_str())?;
-        map.serialize_entry("requester", &r.requester)?;
-        map.serialize_entry("started_at", &r.started_at.map(http_timestamp))?;
-        map.end()
-    }
+/// One session's view; while it runs, with the step in progress.
+fn shown(app: &AppState, record: &SessionRecord) -> Response {
+    let step = if record.state.is_terminal() {
+        None
+    } else {
+        app.sessions.get(&record.session_id).and_then(|h| h.step())
+    };
+    Json(SessionView(record, step.as_deref())).into_response()
 }
 
 /// `GET /api/task_result/{id}`: by session id, else the newest with that task name.
@@ -390,7 +366,7 @@ pub async fn task_result(
             .await?
             .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?,
     };
-    Ok(Json(SessionView(&record)).into_response())
+    Ok(shown(&app, &record))
 }
 
 /// `GET /api/sessions?state=&client_id=&limit=`: newest first.
@@ -426,7 +402,7 @@ pub async fn list_sessions(
     };
     let records = app.sessions.records(&filter).await?;
     Ok(Json(json!({
-        "sessions": records.iter().map(SessionView).collect::<Vec<_>>(),
+        "sessions": records.iter().map(|r| SessionView(r, None)).collect::<Vec<_>>(),
     })))
 }
 
@@ -443,7 +419,7 @@ pub async fn get_session(
         .record(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?;
-    Ok(Json(SessionView(&record)).into_response())
+    Ok(shown(&app, &record))
 }
 
 /// `DELETE /api/sessions/{id}`: cancels a live session and returns its final view.
@@ -479,15 +455,12 @@ pub async fn cancel_session(
         .await?
         .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?;
     tracing::info!(session_id = %id, "session cancelled over HTTP");
-    Ok(Json(SessionView(&record)).into_response())
+    Ok(Json(SessionView(&record, None)).into_response())
 }
 
 #[cfg(test)]
 mod tests {
-    use chrono::{TimeZone, Utc};
-
     use super::*;
-    use crate::storage::Origin;
 
     /// What the handler reads of a body, printed.
     fn summary(f: &DispatchFields<'_>) -> String {
@@ -563,32 +536,6 @@ mod tests {
         assert!(matches!(f.commands, Some(Err(_))));
     }
 
-    fn record(state: SessionState) -> SessionRecord {
-        let at = |s: i64| {
-            Utc.timestamp_opt(1_700_000_000 + s, 0)
-                .single()
-                .expect("time")
-        };
-        let ended = state.is_terminal();
-        SessionRecord {
-            session_id: "s-1".into(),
-            task_name: "t\"1".into(),
-            request: "open notepad".into(),
-            origin: Origin::Http,
-            requester: None,
-            executor: "dev-1".into(),
-            platform: "windows".into(),
-            state,
-            reason: None,
-            error: ended.then(|| "boom".into()),
-            result: ended.then(|| Box::new(json!({"results": [1, "two"]}))),
-            created_at: at(0),
-            started_at: Some(at(1)),
-            finished_at: ended.then(|| at(2)),
-            echo_received: true,
-        }
-    }
-
     #[test]
     fn the_dispatch_answer_is_written_as_serde_writes_it() {
         for id in ["s-1", "with \"quotes\" and \\", "ctl\u{1}\n", "é✓"] {
@@ -600,22 +547,5 @@ mod tests {
             };
             assert_eq!(answer.to_json(), serde_json::to_string(&answer).unwrap());
         }
-    }
-
-    /// The view's keys, their order and their nulls, as the HTTP API has always shown them.
-    #[test]
-    fn session_view_is_serialised_in_order() {
-        let pending =
-            serde_json::to_string(&SessionView(&record(SessionState::Running))).expect("serialise");
-        assert_eq!(
-            pending,
-            r#"{"status":"pending","state":"running","session_id":"s-1","task_name":"t\"1","client_id":"dev-1","created_at":"2023-11-14T22:13:20.000000Z","origin":"http","requester":null,"started_at":"2023-11-14T22:13:21.000000Z"}"#
-        );
-        let done =
-            serde_json::to_string(&SessionView(&record(SessionState::Failed))).expect("serialise");
-        assert_eq!(
-            done,
-            r#"{"status":"done","result":{"results":[1,"two"]},"state":"failed","error":"boom","reason":null,"session_id":"s-1","task_name":"t\"1","client_id":"dev-1","created_at":"2023-11-14T22:13:20.000000Z","finished_at":"2023-11-14T22:13:22.000000Z","origin":"http","requester":null,"started_at":"2023-11-14T22:13:21.000000Z"}"#
-        );
     }
 }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod openapi;
 pub mod ops;
 pub mod serve;
+pub mod view;
 pub mod ws;
 
 mod handlers;

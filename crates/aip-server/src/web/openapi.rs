@@ -14,7 +14,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use super::schema::{
     Build, Client, ClientList, Dispatched, ErrorBody, Health, Ready, ReadyChecks, Session,
-    SessionList,
+    SessionList, Step,
 };
 use super::{http, ops, ws};
 
@@ -61,7 +61,7 @@ pub fn is_public(path: &str) -> bool {
     ),
     // The bodies the responses of `responses.rs` name (those are not collected by themselves).
     components(schemas(ErrorBody, Dispatched, Session, SessionList, Client, ClientList, Health,
-        Build, Ready, ReadyChecks)),
+        Build, Ready, ReadyChecks, Step)),
     modifiers(&Security),
     security(("api_key" = []), ("bearer" = [])),
     tags(

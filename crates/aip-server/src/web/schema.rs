@@ -202,6 +202,21 @@ pub struct Session {
     /// When the device accepted the task, or `null`.
     #[schema(format = DateTime, required = true)]
     started_at: Option<String>,
+    /// While the server drives the session (`task_result` and `GET /api/sessions/{id}`
+    /// only): the round in progress.
+    #[schema(required = false)]
+    step: Step,
+}
+
+/// The round a running session is in.
+#[derive(ToSchema)]
+#[schema(example = json!({"round": 2, "tools": ["execute_command"]}))]
+pub struct Step {
+    /// 1-based.
+    #[schema(minimum = 1)]
+    round: u32,
+    /// The tools the round's commands call, in order.
+    tools: Vec<String>,
 }
 
 fn session_status() -> RefOr<Schema> {
