@@ -164,41 +164,36 @@ fn version_names_the_build() {
     );
 }
 
+/// A device `client_id` registered on the server at `port` with `key` (a raw peer: what it
+/// sends is the test's).
+async fn registered(port: u16, key: &str, client_id: &str) -> aip_testkit::Ws {
+    let url = format!("ws://127.0.0.1:{port}/ws?token={key}");
+    let mut ws = aip_testkit::Ws::connect(&url).await;
+    ws.send(serde_json::json!({"type": "register", "status": "ok",
+        "client_type": "device", "client_id": client_id}))
+        .await;
+    ws
+}
+
 #[tokio::test]
 async fn client_supplied_text_cannot_forge_flood_or_escape_the_text_log() {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
     let dir = tempfile::tempdir().unwrap();
     let key = "log-test-key-0123456789abcdef";
     let srv = start(dir.path(), &["--api-key", key], None).await;
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?token={key}", srv.port))
-            .await
-            .unwrap();
-    let frame = |v: serde_json::Value| Message::Text(v.to_string().into());
-    ws.send(frame(
-        serde_json::json!({"type": "register", "status": "ok",
-        "client_type": "device", "client_id": "liar"}),
-    ))
-    .await
-    .unwrap();
+    let mut ws = registered(srv.port, key, "liar").await;
     let forged = format!(
         "boom\n2026-12-01T00:00:00.000000Z  INFO aip_server: forged line\u{1b}[2J{}",
         "y".repeat(100_000)
     );
-    ws.send(frame(
-        serde_json::json!({"type": "error", "status": "error",
-        "client_id": "liar", "error": forged}),
-    ))
-    .await
-    .unwrap();
+    ws.send(serde_json::json!({"type": "error", "status": "error",
+        "client_id": "liar", "error": forged}))
+        .await;
     // A refusal that echoes a client value (an unknown target) and a long unauthenticated path.
-    ws.send(frame(
+    ws.send(
         serde_json::json!({"type": "task", "status": "continue", "client_id": "liar",
         "target_id": format!("t\u{1b}[31m{}", "z".repeat(50_000)), "request": "x"}),
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let long_path = format!("http://127.0.0.1:{}/api/{}", srv.port, "p".repeat(60_000));
     assert_eq!(reqwest::get(&long_path).await.unwrap().status(), 401);
     let refused =
@@ -235,8 +230,6 @@ async fn client_supplied_text_cannot_forge_flood_or_escape_the_text_log() {
 /// keys) writes a few lines a minute, not one per frame; it still gets every answer.
 #[tokio::test]
 async fn repeated_warnings_about_one_client_are_rate_limited() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let dir = tempfile::tempdir().unwrap();
     let key = "flood-test-key-0123456789abcdef";
     let srv = start(dir.path(), &["--api-key", key], None).await;
@@ -251,41 +244,20 @@ async fn repeated_warnings_about_one_client_are_rate_limited() {
             .unwrap();
         assert_eq!(r.status(), 401);
     }
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?token={key}", srv.port))
-            .await
-            .unwrap();
-    let frame = |v: serde_json::Value| Message::Text(v.to_string().into());
-    ws.send(frame(
-        serde_json::json!({"type": "register", "status": "ok",
-        "client_type": "device", "client_id": "noisy"}),
-    ))
-    .await
-    .unwrap();
-    let _ack = ws.next().await;
+    let mut ws = registered(srv.port, key, "noisy").await;
+    ws.recv().await;
     // In rounds of 50 pairs, each answered before the next (a client that reads).
     for round in 0..4 {
         for i in 0..50 {
-            ws.send(frame(
-                serde_json::json!({"type": "error", "status": "error",
-                "client_id": "noisy", "error": format!("flood {round}.{i}")}),
-            ))
-            .await
-            .unwrap();
-            ws.send(frame(
-                serde_json::json!({"type": "task", "status": "continue",
-                "client_id": "noisy", "target_id": "nobody", "request": "x"}),
-            ))
-            .await
-            .unwrap();
+            ws.send(serde_json::json!({"type": "error", "status": "error",
+                "client_id": "noisy", "error": format!("flood {round}.{i}")}))
+                .await;
+            ws.send(serde_json::json!({"type": "task", "status": "continue",
+                "client_id": "noisy", "target_id": "nobody", "request": "x"}))
+                .await;
         }
-        let mut answers = 0;
-        while answers < 100 {
-            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-                Ok(Some(Ok(Message::Text(_)))) => answers += 1,
-                Ok(Some(Ok(_))) => {}
-                other => panic!("round {round}, after {answers} answers: {other:?}"),
-            }
+        for _ in 0..100 {
+            ws.recv().await;
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -20,7 +20,8 @@
 //!   [`metrics`]: the Prometheus counters every layer bumps (a leaf: it takes values);
 //!   [`limits`]: the open-file limit and the connection cap derived from it.
 //! - [`web::serve`]: the one accept loop (plain or TLS): socket caps, header and idle
-//!   timeouts; [`tls`]: the certificate, reloaded on SIGHUP;
+//!   timeouts; [`tls`]: the certificate, reloaded on SIGHUP ([`hangup`]: the one listener
+//!   loop for the signal);
 //!   [`build`]: what this binary is (version, commit, target, profile).
 //!
 //! [`run`] serves on a listener it is given until the shutdown future resolves.
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 
 pub mod config;
 pub mod conn;
+pub mod hangup;
 pub mod keys;
 pub mod limits;
 pub mod logsafe;
@@ -130,24 +132,11 @@ pub async fn run(
 }
 
 /// Catches SIGHUP when there is nothing to reload (no key file, no certificate), saying
-/// so in the log, until `stop` (Unix; elsewhere nothing).
+/// so in the log, until `stop`.
 fn ignore_sighup(stop: tokio_util::sync::CancellationToken) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                got = hup.recv() => if got.is_none() { return },
-            }
-            tracing::info!("SIGHUP: nothing to reload (no --keys, no --tls-cert); still serving");
-        }
+    hangup::on_sighup("nothing", stop, || {
+        tracing::info!("SIGHUP: nothing to reload (no --keys, no --tls-cert); still serving");
     });
-    #[cfg(not(unix))]
-    let _ = stop;
 }
 
 /// Serves `state` on `listener` (plain HTTP/WS) until `shutdown`, then shuts down

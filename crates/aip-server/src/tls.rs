@@ -102,28 +102,10 @@ fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 /// Reloads the certificate on every SIGHUP until `stop` (Unix; elsewhere nothing).
 pub fn reload_on_sighup(files: Arc<TlsFiles>, stop: CancellationToken) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: the TLS certificate will not be reloaded");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                got = hup.recv() => if got.is_none() { return },
-            }
-            match files.reload() {
-                Ok(()) => {
-                    tracing::info!(cert = %files.paths.cert.display(), "TLS certificate reloaded")
-                }
-                Err(e) => {
-                    tracing::error!(cause = %format!("{e:#}"), "TLS certificate reload failed; the previous one stays in use")
-                }
-            }
+    crate::hangup::on_sighup("the TLS certificate", stop, move || match files.reload() {
+        Ok(()) => tracing::info!(cert = %files.paths.cert.display(), "TLS certificate reloaded"),
+        Err(e) => {
+            tracing::error!(cause = %format!("{e:#}"), "TLS certificate reload failed; the previous one stays in use")
         }
     });
-    #[cfg(not(unix))]
-    let _ = (files, stop);
 }

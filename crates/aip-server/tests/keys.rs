@@ -16,36 +16,10 @@ const LAPTOP: &str = "laptop-token-0123456789abcdef";
 const LAB: &str = "lab-token-0123456789abcdef";
 const ORCH: &str = "orch-token-0123456789abcdef";
 
+/// The tests' key file (shared with the unit tests in `src/keys/tests.rs`), written to `dir`.
 fn key_file(dir: &tempfile::TempDir) -> PathBuf {
     let path = dir.path().join("keys.toml");
-    let text = format!(
-        r#"
-[[key]]
-name = "ops"
-role = "operator"
-token = "{OPS}"
-
-[[key]]
-name = "laptop"
-role = "device"
-token_sha256 = "{}"
-client_ids = ["laptop"]
-
-[[key]]
-name = "lab"
-role = "device"
-token = "{LAB}"
-client_ids = ["lab-*"]
-
-[[key]]
-name = "orchestrator"
-role = "constellation"
-token = "{ORCH}"
-targets = ["lab-*"]
-"#,
-        to_hex(&sha256(LAPTOP))
-    );
-    std::fs::write(&path, text).expect("write keys");
+    std::fs::write(&path, include_str!("fixtures/keys.toml")).expect("write keys");
     path
 }
 

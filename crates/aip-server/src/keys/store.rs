@@ -86,31 +86,15 @@ impl KeyStore {
 /// Reloads `keys` on every SIGHUP until `stop` (Unix; elsewhere nothing); a reload that
 /// fails is logged and keeps the set in force.
 pub fn reload_on_sighup(keys: Arc<KeyStore>, stop: CancellationToken) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: the key file will not be reloaded");
-            return;
-        };
-        let file = keys
-            .source
-            .file()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                got = hup.recv() => if got.is_none() { return },
-            }
-            match keys.reload() {
-                Ok(n) => tracing::info!(keys = %file, credentials = n, "key file reloaded"),
-                Err(e) => {
-                    tracing::error!(cause = %format!("{e:#}"), "key file reload failed; the previous keys stay in force")
-                }
-            }
+    let file = keys
+        .source
+        .file()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    crate::hangup::on_sighup("the key file", stop, move || match keys.reload() {
+        Ok(n) => tracing::info!(keys = %file, credentials = n, "key file reloaded"),
+        Err(e) => {
+            tracing::error!(cause = %format!("{e:#}"), "key file reload failed; the previous keys stay in force")
         }
     });
-    #[cfg(not(unix))]
-    let _ = (keys, stop);
 }

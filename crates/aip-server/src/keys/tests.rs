@@ -12,34 +12,9 @@ const LAPTOP: &str = "laptop-token-0123456789abcdef";
 const LAB: &str = "lab-token-0123456789abcdef";
 const ORCH: &str = "orch-token-0123456789abcdef";
 
+/// The tests' key file, shared with `tests/keys.rs`.
 fn file() -> String {
-    format!(
-        r#"
-[[key]]
-name = "ops"
-role = "operator"
-token = "{OPS}"
-
-[[key]]
-name = "laptop"
-role = "device"
-token_sha256 = "{}"
-client_ids = ["laptop"]
-
-[[key]]
-name = "lab"
-role = "device"
-token = "{LAB}"
-client_ids = ["lab-*"]
-
-[[key]]
-name = "orchestrator"
-role = "constellation"
-token = "{ORCH}"
-targets = ["lab-*"]
-"#,
-        to_hex(&sha256(LAPTOP))
-    )
+    include_str!("../../tests/fixtures/keys.toml").to_owned()
 }
 
 fn set() -> KeySet {
