@@ -40,6 +40,8 @@ pub struct Target {
     host_header: HeaderValue,
     key_header: Option<HeaderValue>,
     pub timeout: Duration,
+    /// `wss://`: the WebSocket scenarios run over TLS; the HTTP ones refuse.
+    pub tls: bool,
 }
 
 impl Target {
@@ -47,14 +49,12 @@ impl Target {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| anyhow::anyhow!("--url must look like ws://host:port/ws: {url}"))?;
-        match scheme {
-            "ws" => {}
-            "wss" => anyhow::bail!(
-                "aip bench speaks plain ws:// and http:// only (TLS would measure the TLS \
-                 library); point it at the server's plain listener: {url}"
-            ),
-            other => anyhow::bail!("--url must be a ws:// URL, not {other}://"),
-        }
+        let tls = match scheme {
+            "ws" => false,
+            // The WebSocket scenarios only; the roots are the system's (or `SSL_CERT_FILE`).
+            "wss" => true,
+            other => anyhow::bail!("--url must be a ws:// or wss:// URL, not {other}://"),
+        };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         anyhow::ensure!(!authority.is_empty(), "--url has no host: {url}");
         let ws_url = match api_key {
@@ -64,9 +64,9 @@ impl Target {
             }
             None => url.to_owned(),
         };
-        // ws:// without a port means port 80.
+        // ws:// without a port means port 80, wss:// 443.
         let authority = if authority.ends_with(']') || !authority.contains(':') {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         } else {
             authority.to_owned()
         };
@@ -85,7 +85,19 @@ impl Target {
             host_header,
             key_header,
             timeout,
+            tls,
         })
+    }
+
+    /// Refuses a `wss://` target for a scenario that also speaks HTTP (plain only).
+    pub fn require_plain(&self, scenario: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.tls,
+            "aip bench {scenario} speaks plain http:// for its dispatches; only the \
+             WebSocket scenarios (hold, heartbeat, churn) run over wss://: {}",
+            self.url
+        );
+        Ok(())
     }
 
     /// `host:port` of the server.
@@ -429,7 +441,9 @@ mod tests {
         let t = Target::new("ws://h?x=1", None, Duration::from_secs(1)).expect("target");
         assert_eq!(t.authority(), "h:80");
         assert_eq!(t.ws_url, "ws://h?x=1");
-        assert!(Target::new("wss://h:1/ws", None, Duration::from_secs(1)).is_err());
+        let t = Target::new("wss://h/ws", None, Duration::from_secs(1)).expect("target");
+        assert_eq!((t.authority(), t.tls), ("h:443", true));
+        assert!(t.require_plain("dispatch").is_err());
         assert!(Target::new("http://h/ws", None, Duration::from_secs(1)).is_err());
     }
 }

@@ -229,8 +229,14 @@ async fn run_one(scenario: &Scenario, ctx: &Ctx) -> anyhow::Result<RunResult> {
     match scenario {
         Scenario::Hold(a) => hold::run(ctx, a).await,
         Scenario::Heartbeat(a) => heartbeat::run(ctx, a).await,
-        Scenario::Dispatch(a) => dispatch::run(ctx, a).await,
-        Scenario::Session(a) => session::run(ctx, a).await,
+        Scenario::Dispatch(a) => {
+            ctx.target.require_plain("dispatch")?;
+            dispatch::run(ctx, a).await
+        }
+        Scenario::Session(a) => {
+            ctx.target.require_plain("session")?;
+            session::run(ctx, a).await
+        }
         Scenario::Churn(a) => churn::run(ctx, a).await,
     }
 }
