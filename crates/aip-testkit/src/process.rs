@@ -28,6 +28,21 @@ pub static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     bin.to_string_lossy().into_owned()
 });
 
+/// `aip <args>` with `env`, none of the caller's AIP settings or log filter, stdin closed
+/// and both outputs piped.
+fn aip(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(&*BIN);
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .env_remove("AIP_URL")
+        .env_remove("AIP_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// A port that was free a moment ago (the kernel's pick for an unbound socket).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -51,17 +66,7 @@ impl Proc {
 
     /// [`Proc::spawn`] with extra environment variables.
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(&*BIN)
-            .args(args)
-            .envs(env.iter().copied())
-            .env_remove("RUST_LOG")
-            .env_remove("AIP_URL")
-            .env_remove("AIP_API_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = aip(args, env).spawn().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         for out in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -241,17 +246,7 @@ pub fn run(args: &[&str]) -> Run {
 
 /// [`run`] with extra environment variables.
 pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let child = Command::new(&*BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .env_remove("RUST_LOG")
-        .env_remove("AIP_URL")
-        .env_remove("AIP_API_KEY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = aip(args, env).spawn().unwrap();
     // Output is read while the child runs (a full pipe would block it).
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();

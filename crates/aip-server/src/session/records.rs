@@ -36,9 +36,11 @@ impl SessionManager {
             .into_iter()
             .filter(|r| r.task_name == task_name)
             .max_by_key(|r| r.created_at);
+        // An unsaved record with this name is the newer state of its session, and wins
+        // unless the stored one is a newer session.
         Ok(match (stored, newest_unsaved) {
             (Some(s), Some(u)) if s.created_at > u.created_at => Some(Arc::new(s)),
-            (Some(s), None) => Some(self.unsaved.get(&s.session_id).unwrap_or(Arc::new(s))),
+            (s, None) => s.map(Arc::new),
             (_, u) => u,
         })
     }
