@@ -167,4 +167,43 @@ pub mod http {
     pub fn invalid_commands(detail: &str) -> String {
         format!("Invalid commands: {detail}")
     }
+
+    // Fleet jobs (`/api/jobs`) and device selectors (`/api/clients?tag=…`).
+    pub const JOB_NOT_FOUND: &str = "Job not found";
+    pub const JOB_ALREADY_FINISHED: &str = "Job already finished";
+    pub const JOBS_UNAVAILABLE: &str =
+        "Fleet jobs are not available: this server's store does not keep them";
+    pub const SELECTOR_REQUIRED: &str =
+        "Invalid selector: expected an object with client_ids, platform or tags";
+    pub const INVALID_BATCH: &str =
+        "Invalid batch: expected a number of devices (at least 1) or a percentage such as \"25%\"";
+    pub const INVALID_MAX_FAILURES: &str = "Invalid max_failures: expected a number of at least 1";
+    pub const INVALID_TIMEOUT: &str =
+        "Invalid timeout: expected seconds (a positive number) or a duration such as \"90s\"";
+    pub const INVALID_MEMBER_STATE: &str = "Invalid state: expected pending, running, completed, failed, cancelled or skipped";
+    /// `Invalid selector: <detail>`
+    pub fn invalid_selector(detail: &str) -> String {
+        format!("Invalid selector: {detail}")
+    }
+    /// `No connected device matches the selector <selector>`
+    pub fn no_device_matches(selector: &str) -> String {
+        format!("No connected device matches the selector {selector}")
+    }
+}
+
+/// Why a member of a fleet job did not run or did not finish (shown as its `error`).
+pub mod job {
+    pub const DEVICE_OFFLINE: &str = "Device was not connected at its turn";
+    pub const MAX_FAILURES: &str = "Not started: max_failures was reached";
+    pub const CANCELLED: &str = "Not started: the job was cancelled";
+    pub const SHUTDOWN: &str = "Not started: the server was shutting down";
+    pub const SERVER_RESTARTED: &str = "The server restarted during the job";
+    /// `Did not finish within the job's timeout of <n> s`
+    pub fn timed_out(secs: impl std::fmt::Display) -> String {
+        format!("Did not finish within the job's timeout of {secs} s")
+    }
+    /// `Could not start: <detail>`
+    pub fn not_started(detail: &str) -> String {
+        format!("Could not start: {detail}")
+    }
 }

@@ -10,6 +10,8 @@
 //!   (`session/open.rs`), the acceptance transitions (`session/accept.rs`), each session's
 //!   job (`session/job.rs`), the timer of parked sessions (`session/alarm.rs`), drivers
 //!   ([`session::driver`]: the plan driver; [`session::llm`]: the LLM agent driver).
+//! - [`fleet`]: fleet jobs (one request to the devices a selector picks, rolled out in
+//!   batches): the [`fleet::JobManager`], one rollout task per job.
 //! - [`registry`]: who is connected and what a session keeps of its executor;
 //!   [`conn`]: the bounded outgoing queue of a socket.
 //! - [`storage`]: session records, `SessionState`, `EndReason`, the store trait;
@@ -35,6 +37,7 @@ use tokio::net::TcpListener;
 
 pub mod config;
 pub mod conn;
+pub mod fleet;
 pub mod hangup;
 pub mod keys;
 pub mod limits;
@@ -80,7 +83,7 @@ pub(crate) type IdDashMap<K, V> = dashmap::DashMap<K, V, IdHasher>;
 
 use session::CancelReason;
 use storage::sqlite::SqliteStore;
-use storage::SessionStore;
+use storage::{JobStore, SessionStore};
 
 /// Opens the embedded store under `config.data_dir` and serves until `shutdown`.
 pub async fn run(
@@ -119,8 +122,20 @@ pub async fn run(
             "sessions live at the last stop are now failed (server_restarted)"
         );
     }
+    let jobs = store
+        .interrupt_jobs(chrono::Utc::now())
+        .await
+        .with_context(|| format!("writing the store in {}", config.data_dir.display()))?;
+    if jobs > 0 {
+        tracing::warn!(
+            jobs,
+            "jobs running at the last stop are now failed (server_restarted)"
+        );
+    }
     log_listening(&listener, &config, &keys);
-    let state = AppState::new(config, Arc::new(store), drivers);
+    let store = Arc::new(store);
+    let job_store: Arc<dyn JobStore> = store.clone();
+    let state = AppState::with_jobs(config, store, Some(job_store), drivers);
     state.keys.install(keys);
     if state.config.keys_file.is_some() {
         keys::reload_on_sighup(state.keys.clone(), state.shutdown.clone());
@@ -224,11 +239,16 @@ fn log_listening(listener: &TcpListener, config: &ServerConfig, keys: &keys::Key
 async fn begin_shutdown(state: &Arc<AppState>) {
     tracing::info!("shutting down");
     state.begin_shutdown();
+    // Jobs first, so that they start no member while the sessions are cancelled; each
+    // ends once its running sessions have (cancelled below).
+    let jobs = state.jobs.clone();
+    let stopping = tokio::spawn(async move { jobs.shutdown(Duration::from_secs(6)).await });
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
         state.sessions.cancel_all(CancelReason::Shutdown),
     )
     .await;
+    let _ = stopping.await;
     let unsaved = state.sessions.wait_saved(Duration::from_secs(5)).await;
     if unsaved > 0 {
         tracing::error!(

@@ -9,11 +9,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
+use crate::fleet::JobManager;
 use crate::keys::{KeySet, KeySource, KeyStore};
 use crate::registry::Registry;
 use crate::session::driver::DriverFactory;
 use crate::session::{SessionManager, SessionSettings};
-use crate::storage::SessionStore;
+use crate::storage::{JobStore, SessionStore};
 
 /// Everything the server shares: configuration, registry, sessions, storage.
 pub struct AppState {
@@ -22,6 +23,8 @@ pub struct AppState {
     pub keys: Arc<KeyStore>,
     pub registry: Arc<Registry>,
     pub sessions: Arc<SessionManager>,
+    /// Fleet jobs (`/api/jobs`).
+    pub jobs: Arc<JobManager>,
     pub store: Arc<dyn SessionStore>,
     pub started: std::time::Instant,
     /// Set when graceful shutdown begins.
@@ -84,6 +87,16 @@ impl AppState {
         store: Arc<dyn SessionStore>,
         drivers: Option<Arc<dyn DriverFactory>>,
     ) -> Arc<Self> {
+        Self::with_jobs(config, store, None, drivers)
+    }
+
+    /// [`AppState::new`] with fleet jobs kept in `jobs` (`None`: job routes answer 503).
+    pub fn with_jobs(
+        config: ServerConfig,
+        store: Arc<dyn SessionStore>,
+        jobs: Option<Arc<dyn JobStore>>,
+        drivers: Option<Arc<dyn DriverFactory>>,
+    ) -> Arc<Self> {
         let registry = Arc::new(Registry::default());
         let sessions = SessionManager::new(
             SessionSettings::of(&config),
@@ -91,6 +104,7 @@ impl AppState {
             Arc::clone(&store),
             drivers,
         );
+        let jobs = JobManager::new(Arc::clone(&sessions), Arc::clone(&registry), jobs);
         let keys = KeyStore::new(
             KeySource::of(&config),
             KeySet::from_api_key(config.api_key.as_deref()),
@@ -101,6 +115,7 @@ impl AppState {
             config,
             registry,
             sessions,
+            jobs,
             store,
             started: std::time::Instant::now(),
             shutting_down: AtomicBool::new(false),

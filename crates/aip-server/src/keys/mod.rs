@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-mod glob;
+pub mod glob;
 mod store;
 
 pub use store::{reload_on_sighup, KeySource, KeyStore};

@@ -36,6 +36,8 @@ pub struct OpenRequest {
     pub executor: Arc<ClientEntry>,
     /// Explicit commands (HTTP `commands`, `metadata.commands`).
     pub commands: Option<Vec<Command>>,
+    /// The fleet job that opens it, stored on its record.
+    pub job_id: Option<String>,
 }
 
 impl SessionManager {
@@ -117,6 +119,7 @@ impl SessionManager {
             started_at,
             finished_at: None,
             echo_received: false,
+            job_id: req.job_id.clone(),
         }
     }
 

@@ -155,6 +155,7 @@ impl Core {
                 requester: None,
                 executor: self.device.entry.clone(),
                 commands,
+                job_id: None,
             })
             .await
             .expect("opened")
@@ -444,6 +445,7 @@ async fn a_live_session_id_and_a_full_house_are_refused() {
         requester: None,
         executor: c.device.entry.clone(),
         commands: None,
+        job_id: None,
     };
     assert!(matches!(
         c.manager.open(again("s2")).await,
@@ -480,6 +482,7 @@ async fn a_dispatch_to_a_device_that_left_is_undone() {
         requester: None,
         executor: gone,
         commands: None,
+        job_id: None,
     };
     assert!(matches!(
         c.manager.open(open).await,

@@ -9,8 +9,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+pub mod jobs;
 pub mod lock;
 pub mod sqlite;
+
+pub use jobs::{JobReason, JobRecord, JobState, JobStore, MemberRecord, MemberState};
 
 /// Lifecycle state of a session (server.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -157,6 +160,8 @@ pub struct SessionRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// HTTP / delegated sessions: the device's echo (or first report) arrived.
     pub echo_received: bool,
+    /// The fleet job this session is a member of (`None`: not part of a job).
+    pub job_id: Option<String>,
 }
 
 /// Selection for [`SessionStore::list`].

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::fleet::JobError;
 use crate::session::CreateError;
 use crate::storage::StoreError;
 
@@ -59,6 +60,27 @@ impl From<CreateError> for ApiError {
             CreateError::Live { .. } => Self::new(StatusCode::CONFLICT, detail::SESSION_ID_IN_USE),
             CreateError::ExecutorGone => Self::not_found(detail::CLIENT_NOT_ONLINE),
             CreateError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::Unavailable => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, detail::JOBS_UNAVAILABLE)
+            }
+            JobError::NoMatch(selector) => {
+                Self::new(StatusCode::NOT_FOUND, detail::no_device_matches(&selector))
+            }
+            JobError::NotFound => Self::not_found(detail::JOB_NOT_FOUND),
+            JobError::AlreadyFinished => {
+                Self::new(StatusCode::CONFLICT, detail::JOB_ALREADY_FINISHED)
+            }
+            JobError::ShuttingDown => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, detail::SHUTTING_DOWN)
+            }
+            JobError::Store(e) => e.into(),
         }
     }
 }

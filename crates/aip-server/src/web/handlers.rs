@@ -196,6 +196,7 @@ impl ClientConn {
             requester: Some(Arc::clone(&self.entry)),
             executor,
             commands,
+            job_id: None,
         };
         match self.app.sessions.open(open).await {
             Ok(h) => {

@@ -24,8 +24,10 @@ use super::responses::{
     CancelResponses, ClientsResponses, DispatchResponses, Guarded, ListResponses, SessionResponses,
     StoreFailed,
 };
+use super::job_schema::ClientQuery;
 use super::schema::{DispatchRequest, SessionQuery};
 use super::view::SessionView;
+use crate::fleet::Selector;
 use crate::session::{CancelReason, OpenRequest};
 use crate::state::AppState;
 use crate::storage::{SessionFilter, SessionRecord, SessionState};
@@ -40,16 +42,41 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, detail::METHOD_NOT_ALLOWED)
 }
 
-/// `GET /api/clients`.
+/// `GET /api/clients?client_id=&platform=&tag=k=v`: every client, or the devices a
+/// selector picks (`fleet::selector`; none matching is a 404 naming the selector).
 #[utoipa::path(
     get,
     path = "/api/clients",
     tag = "clients",
+    params(ClientQuery),
     responses(ClientsResponses, Guarded)
 )]
-pub async fn clients(State(app): State<Arc<AppState>>) -> Json<Value> {
-    let all = app.registry.list();
-    Json(json!({
+pub async fn clients(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let selecting = q
+        .iter()
+        .any(|(k, _)| matches!(k.as_str(), "client_id" | "platform" | "tag"));
+    let all = if selecting {
+        let selector = Selector::from_query(q.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| ApiError::bad_request(detail::invalid_selector(&e)))?;
+        let picked: Vec<_> = app
+            .registry
+            .list()
+            .into_iter()
+            .filter(|e| selector.matches(e))
+            .collect();
+        if picked.is_empty() {
+            return Err(ApiError::not_found(&detail::no_device_matches(
+                &selector.to_string(),
+            )));
+        }
+        picked
+    } else {
+        app.registry.list()
+    };
+    Ok(Json(json!({
         "online_clients": all.iter().map(|c| c.client_id.clone()).collect::<Vec<_>>(),
         "clients": all.iter().map(|c| json!({
             "client_id": c.client_id,
@@ -58,8 +85,9 @@ pub async fn clients(State(app): State<Arc<AppState>>) -> Json<Value> {
             "last_seen": http_timestamp(c.conn.last_seen()),
             "platform": c.platform,
             "target_id": c.scope,
+            "tags": c.metadata.as_ref().and_then(|m| m.get("tags")).filter(|t| t.is_object()),
         })).collect::<Vec<_>>(),
-    }))
+    })))
 }
 
 /// A field of a dispatch body as given: absent (or `null`), of the wrong JSON type, or a
@@ -228,6 +256,7 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
             requester: None,
             executor: Arc::clone(&device),
             commands: valid.commands,
+            job_id: None,
         })
         .await?;
     tracing::info!(session_id = %handle.session_id, client_id = %device.client_id, "task dispatched over HTTP");

@@ -14,6 +14,7 @@ use crate::state::AppState;
 pub mod auth;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod openapi;
 pub mod ops;
 pub mod serve;
@@ -21,6 +22,7 @@ pub mod view;
 pub mod ws;
 
 mod handlers;
+mod job_schema;
 mod responses;
 mod schema;
 
@@ -39,6 +41,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/sessions/{id}",
             get(http::get_session).delete(http::cancel_session),
         )
+        .route("/api/jobs", get(jobs::list_jobs).post(jobs::create_job))
+        .route("/api/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
         .merge(openapi::routes())
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)

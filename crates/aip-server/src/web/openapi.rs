@@ -16,7 +16,10 @@ use super::schema::{
     Build, Client, ClientList, Dispatched, ErrorBody, Health, Ready, ReadyChecks, Session,
     SessionList, Step,
 };
-use super::{http, ops, ws};
+use super::job_schema::{
+    CreateJobRequest, Job, JobCounts, JobList, JobMember, JobSelector,
+};
+use super::{http, jobs, ops, ws};
 
 /// Where the document is served.
 pub const DOCUMENT_PATH: &str = "/api/openapi.json";
@@ -38,7 +41,7 @@ pub fn is_public(path: &str) -> bool {
         title = "aip",
         description = "The HTTP API of aip, the Agent Interaction Protocol server \
             (http-api.md): dispatch tasks to connected devices, fetch their results, \
-            list clients and sessions, and the operator's health, readiness and metrics \
+            list clients and sessions, run fleet jobs over many devices, and the operator's health, readiness and metrics \
             endpoints. When the server runs with an API key, every endpoint except \
             `/api/health`, `/api/ready`, this document and `/docs` needs it, as \
             `X-API-Key: <key>` or `Authorization: Bearer <key>`; without a key configured \
@@ -54,6 +57,10 @@ pub fn is_public(path: &str) -> bool {
         http::list_sessions,
         http::get_session,
         http::cancel_session,
+        jobs::create_job,
+        jobs::list_jobs,
+        jobs::get_job,
+        jobs::cancel_job,
         ops::health,
         ops::ready,
         ops::metrics,
@@ -61,12 +68,14 @@ pub fn is_public(path: &str) -> bool {
     ),
     // The bodies the responses of `responses.rs` name (those are not collected by themselves).
     components(schemas(ErrorBody, Dispatched, Session, SessionList, Client, ClientList, Health,
-        Build, Ready, ReadyChecks, Step)),
+        Build, Ready, ReadyChecks, Step, Job, JobList, JobMember, JobCounts, JobSelector,
+        CreateJobRequest)),
     modifiers(&Security),
     security(("api_key" = []), ("bearer" = [])),
     tags(
         (name = "tasks", description = "Dispatch tasks and read their sessions"),
         (name = "clients", description = "Who is connected"),
+        (name = "jobs", description = "Fleet jobs: one request to every device a selector picks, rolled out in batches"),
         (name = "operations", description = "Liveness, readiness and metrics"),
         (name = "aip", description = "The AIP WebSocket endpoint (protocol.md)"),
     )

@@ -6,6 +6,7 @@
 use aip_protocol::errors::http as detail;
 use utoipa::IntoResponses;
 
+use super::job_schema::{Job, JobList};
 use super::schema::{ClientList, Dispatched, ErrorBody, Health, Ready, Session, SessionList};
 
 /// What the `--local` and API-key guard, then the body reader (`--body-timeout`,
@@ -143,9 +144,89 @@ pub enum ListResponses {
 /// `GET /api/clients`.
 #[derive(IntoResponses)]
 pub enum ClientsResponses {
-    /// The registered WebSocket clients, oldest first.
+    /// The registered WebSocket clients, oldest first (with a selector: the devices it
+    /// picks).
     #[response(status = 200)]
     Clients(ClientList),
+    /// A selector that cannot be read (a `tag` that is not `key=value`, an empty value).
+    #[response(status = 400, example = json!({"detail": detail::invalid_selector("tag 'role' is not key=value")}))]
+    BadSelector(ErrorBody),
+    /// No connected device matches the selector.
+    #[response(status = 404, example = json!({"detail": detail::no_device_matches("platform=linux tag=role=web")}))]
+    NoMatch(ErrorBody),
+}
+
+/// `POST /api/jobs`.
+#[derive(IntoResponses)]
+pub enum CreateJobResponses {
+    /// The job is stored and its rollout started: the job without its members.
+    #[response(status = 200)]
+    Created(Job),
+    /// A field is missing or invalid.
+    #[response(status = 400, examples(
+        ("selector_required" = (value = json!({"detail": detail::SELECTOR_REQUIRED}))),
+        ("invalid_selector" = (value = json!({"detail": detail::invalid_selector("unknown field 'tag'")}))),
+        ("empty_task" = (value = json!({"detail": detail::EMPTY_TASK}))),
+        ("invalid_commands" = (value = json!({"detail":
+            detail::invalid_commands("the list of commands is empty")}))),
+        ("invalid_task_name" = (value = json!({"detail": detail::INVALID_TASK_NAME}))),
+        ("invalid_batch" = (value = json!({"detail": detail::INVALID_BATCH}))),
+        ("invalid_max_failures" = (value = json!({"detail": detail::INVALID_MAX_FAILURES}))),
+        ("invalid_timeout" = (value = json!({"detail": detail::INVALID_TIMEOUT}))),
+    ))]
+    BadRequest(ErrorBody),
+    /// No connected device matches the selector.
+    #[response(status = 404, example = json!({"detail": detail::no_device_matches("platform=linux tag=role=web")}))]
+    NoMatch(ErrorBody),
+    /// The body is not a JSON object.
+    #[response(status = 422, example = json!({"detail": detail::BODY_NOT_OBJECT}))]
+    NotAnObject(ErrorBody),
+    /// Shutting down, the store refused the write, or this server's store keeps no jobs.
+    #[response(status = 503, examples(
+        ("shutting_down" = (value = json!({"detail": detail::SHUTTING_DOWN}))),
+        ("storage" = (value = json!({"detail": detail::STORAGE_UNAVAILABLE}))),
+        ("unavailable" = (value = json!({"detail": detail::JOBS_UNAVAILABLE}))),
+    ))]
+    Unavailable(ErrorBody),
+}
+
+/// `GET /api/jobs/{id}`.
+#[derive(IntoResponses)]
+pub enum JobResponses {
+    /// The job and the members asked for.
+    #[response(status = 200)]
+    Found(Job),
+    /// A `members` filter that is not `all`, `none` or a member state.
+    #[response(status = 400, example = json!({"detail": detail::INVALID_MEMBER_STATE}))]
+    BadRequest(ErrorBody),
+    /// No such job.
+    #[response(status = 404, example = json!({"detail": detail::JOB_NOT_FOUND}))]
+    NotFound(ErrorBody),
+}
+
+/// `DELETE /api/jobs/{id}`.
+#[derive(IntoResponses)]
+pub enum JobCancelResponses {
+    /// The job, now `cancelled`: running members' sessions cancelled, pending ones skipped.
+    #[response(status = 200)]
+    Cancelled(Job),
+    /// No such job.
+    #[response(status = 404, example = json!({"detail": detail::JOB_NOT_FOUND}))]
+    NotFound(ErrorBody),
+    /// The job had already ended.
+    #[response(status = 409, example = json!({"detail": detail::JOB_ALREADY_FINISHED}))]
+    Finished(ErrorBody),
+}
+
+/// `GET /api/jobs`.
+#[derive(IntoResponses)]
+pub enum JobListResponses {
+    /// Jobs, newest first, without their members.
+    #[response(status = 200)]
+    Jobs(JobList),
+    /// A `limit` out of range.
+    #[response(status = 400, example = json!({"detail": detail::INVALID_LIMIT}))]
+    BadRequest(ErrorBody),
 }
 
 /// `GET /api/health`.

@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::storage::{EndReason, Origin, SessionState};
 
 /// A string schema with these allowed values, `null` too when `nullable`.
-fn one_of_strings(values: &[&str], nullable: bool) -> RefOr<Schema> {
+pub(super) fn one_of_strings(values: &[&str], nullable: bool) -> RefOr<Schema> {
     let mut values: Vec<Value> = values.iter().map(|v| json!(v)).collect();
     let ty = if nullable {
         values.push(Value::Null);
@@ -206,6 +206,9 @@ pub struct Session {
     /// only): the round in progress.
     #[schema(required = false)]
     step: Step,
+    /// The fleet job that opened it (`GET /api/jobs/{id}`), when one did.
+    #[schema(required = false)]
+    job_id: String,
 }
 
 /// The round a running session is in.
@@ -270,6 +273,9 @@ pub struct Client {
     /// A constellation's scope, or `null`.
     #[schema(required = true)]
     target_id: Option<String>,
+    /// The `metadata.tags` it registered with (`aip device --tag k=v`), or `null`.
+    #[schema(required = true)]
+    tags: Option<BTreeMap<String, Value>>,
 }
 
 fn client_type() -> RefOr<Schema> {
@@ -281,7 +287,7 @@ fn client_type() -> RefOr<Schema> {
 #[schema(example = json!({"online_clients": ["device_win_001"],
     "clients": [{"client_id": "device_win_001", "type": "device",
         "connected_at": "2025-01-01T10:00:00.118230Z", "last_seen": "2025-01-01T10:05:12.004100Z",
-        "platform": "windows", "target_id": null}]}))]
+        "platform": "windows", "target_id": null, "tags": {"role": "desktop"}}]}))]
 pub struct ClientList {
     /// Ids only (reference format).
     online_clients: Vec<String>,

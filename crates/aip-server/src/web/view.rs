@@ -36,6 +36,9 @@ impl serde::Serialize for SessionView<'_> {
         map.serialize_entry("origin", r.origin.as_str())?;
         map.serialize_entry("requester", &r.requester)?;
         map.serialize_entry("started_at", &r.started_at.map(http_timestamp))?;
+        if let Some(job_id) = &r.job_id {
+            map.serialize_entry("job_id", job_id)?;
+        }
         if let (false, Some(step)) = (done, self.1) {
             map.serialize_entry("step", &StepView(step))?;
         }
@@ -87,6 +90,7 @@ mod tests {
             started_at: Some(at(1)),
             finished_at: ended.then(|| at(2)),
             echo_received: true,
+            job_id: None,
         }
     }
 

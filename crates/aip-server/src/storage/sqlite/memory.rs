@@ -294,6 +294,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             echo_received: true,
+            job_id: None,
         })
     }
 

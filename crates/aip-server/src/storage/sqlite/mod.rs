@@ -35,14 +35,16 @@
 //!   after its session ends: that read is answered without a query on the blocking pool.
 //!   Every write that replaces, deletes or purges an ended record updates this memory in
 //!   the same step as the live map, so a read never sees anything but the committed state.
-//! * Schema version is kept in `PRAGMA user_version` (currently 2; version 1 had no
-//!   `live` table). Times are stored as microseconds since the Unix epoch, `result` as
+//! * Schema version is kept in `PRAGMA user_version` (currently 3; version 1 had no
+//!   `live` table, version 2 no `job_id` column and no job tables). Times are stored as microseconds since the Unix epoch, `result` as
 //!   JSON text.
 //!
 //! Files: [`sql`] (schema and statements), [`memory`] (live index, recent records),
 //! [`writer`] (the writer thread and each write), [`rows`] (record ⇄ row),
-//! [`migrate`] (schema version, version 1), this file (opening, reads, the trait).
+//! [`migrate`] (schema version, older versions), [`jobs`] (the job store), this file
+//! (opening, reads, the session store trait).
 
+mod jobs;
 mod memory;
 mod migrate;
 mod rows;

@@ -60,6 +60,7 @@ pub(super) struct RawRow {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     echo_received: bool,
+    job_id: Option<String>,
 }
 
 pub(super) fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -79,6 +80,7 @@ pub(super) fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         started_at: row.get(12)?,
         finished_at: row.get(13)?,
         echo_received: row.get(14)?,
+        job_id: row.get(15)?,
     })
 }
 
@@ -124,6 +126,7 @@ impl TryFrom<RawRow> for SessionRecord {
             started_at: r.started_at.map(micros).transpose()?,
             finished_at: r.finished_at.map(micros).transpose()?,
             echo_received: r.echo_received,
+            job_id: r.job_id,
         })
     }
 }

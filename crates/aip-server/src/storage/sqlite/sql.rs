@@ -22,21 +22,22 @@ macro_rules! record_columns_ddl {
     created_at    INTEGER NOT NULL,
     started_at    INTEGER NULL,
     finished_at   INTEGER NULL,
-    echo_received INTEGER NOT NULL"
+    echo_received INTEGER NOT NULL,
+    job_id        TEXT NULL"
     };
 }
 
 macro_rules! columns {
     () => {
         "session_id, task_name, request, origin, owner, executor, platform, \
-         state, reason, error, result, created_at, started_at, finished_at, echo_received"
+         state, reason, error, result, created_at, started_at, finished_at, echo_received, job_id"
     };
 }
 
-/// `?1` … `?15`, in [`COLUMNS`] order.
+/// `?1` … `?16`, in [`COLUMNS`] order.
 macro_rules! values {
     () => {
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
     };
 }
 
@@ -49,7 +50,7 @@ macro_rules! on_conflict_replace {
     state = excluded.state, reason = excluded.reason, error = excluded.error,
     result = excluded.result, created_at = excluded.created_at,
     started_at = excluded.started_at, finished_at = excluded.finished_at,
-    echo_received = excluded.echo_received"
+    echo_received = excluded.echo_received, job_id = excluded.job_id"
     };
 }
 
@@ -91,8 +92,8 @@ pub(super) const UPDATE_LIVE_SQL: &str = "
 UPDATE live SET session_id = ?1, task_name = ?2, request = ?3, origin = ?4, owner = ?5,
                 executor = ?6, platform = ?7, state = ?8, reason = ?9, error = ?10,
                 result = ?11, created_at = ?12, started_at = ?13, finished_at = ?14,
-                echo_received = ?15
-WHERE id = ?16";
+                echo_received = ?15, job_id = ?16
+WHERE id = ?17";
 
 /// Start-up: every live record moves to `sessions` as failed / server_restarted (`?1` the
 /// time, `?2`–`?4` state, reason and error: `writer::interrupted_params`).
@@ -102,7 +103,7 @@ pub(super) const INTERRUPT_LIVE_SQL: &str = concat!(
     ")
 SELECT session_id, task_name, request, origin, owner, executor, platform,
        ?2, ?3, ?4, result,
-       created_at, started_at, ?1, echo_received
+       created_at, started_at, ?1, echo_received, job_id
 FROM live WHERE true ",
     on_conflict_replace!()
 );

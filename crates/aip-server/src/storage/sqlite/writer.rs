@@ -31,6 +31,8 @@ pub(super) enum WriteOp {
     Probe {
         now: i64,
     },
+    /// A write of the job store (`jobs.rs`).
+    Job(Box<super::jobs::JobWrite>),
 }
 
 pub(super) struct WriteRequest {
@@ -181,6 +183,7 @@ fn apply(conn: &Connection, op: &WriteOp, live: &LiveView<'_>) -> rusqlite::Resu
             "INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
             [now],
         )?,
+        WriteOp::Job(w) => super::jobs::apply(conn, w)?,
     };
     Ok((u64::try_from(n).unwrap_or(u64::MAX), changes))
 }
@@ -216,6 +219,7 @@ fn upsert(
         rec.started_at.map(|t| t.timestamp_micros()),
         rec.finished_at.map(|t| t.timestamp_micros()),
         rec.echo_received,
+        rec.job_id,
     ];
     if !r.live() {
         let n = conn.prepare_cached(UPSERT_SQL)?.execute(values)?;

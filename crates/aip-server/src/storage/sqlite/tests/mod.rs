@@ -34,6 +34,7 @@ fn rec(id: &str, task: &str, state: SessionState, created: i64) -> SessionRecord
             None
         },
         echo_received: false,
+        job_id: None,
     }
 }
 
@@ -69,6 +70,7 @@ async fn upsert_get_round_trip() {
         started_at: Some(t(1_700_000_000_000_001)),
         finished_at: Some(t(1_700_000_000_999_999)),
         echo_received: true,
+        job_id: None,
     };
     store.upsert(full.clone()).await.unwrap();
     let got = store.get("s1").await.unwrap().unwrap();

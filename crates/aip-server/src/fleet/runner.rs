@@ -1,0 +1,273 @@
+//! The one task that drives a job's rollout: it starts members in order, at most
+//! `batch` at a time, and is woken by the end of each member's session (its handle's
+//! end, awaited in one `FuturesUnordered`), by the job's cancellation or shutdown, and
+//! by a flush tick that writes the changed members to the store.
+//!
+//! No task per member: a waiting member is a row in [`Progress`]; a running one is one
+//! future in the set. Sessions are opened through [`SessionManager::open`] like any HTTP
+//! dispatch, so results, cancellation and durability are those of every session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aip_protocol::errors::{http as detail, job as text};
+use crate::config::fmt_secs;
+use chrono::Utc;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use super::outcome::Outcome;
+use super::spec::JobSpec;
+use super::LiveJob;
+use crate::registry::Registry;
+use crate::session::{CancelReason, CreateError, OpenRequest, SessionHandle, SessionManager};
+use crate::storage::{JobReason, JobState, JobStore, MemberState};
+
+/// How often changed members are written while the job runs.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// Wait before trying again when the server has no room for another session.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// A running member's session, resolved when it ends: `(seq, handle, timed out)`.
+type Running = BoxFuture<'static, (u32, Arc<SessionHandle>, bool)>;
+
+/// What starting one member did.
+enum Started {
+    Running(Running),
+    /// Not started, with this state, reason and text.
+    Not(MemberState, JobReason, String),
+    /// No room for another session now: try it again later.
+    Later,
+}
+
+/// Everything the rollout uses.
+pub(super) struct Runner {
+    pub(super) job: Arc<LiveJob>,
+    pub(super) spec: JobSpec,
+    pub(super) sessions: Arc<SessionManager>,
+    pub(super) registry: Arc<Registry>,
+    pub(super) store: Arc<dyn JobStore>,
+    pub(super) shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Runner {
+    /// Runs the rollout to its end, then writes the job's final state.
+    pub(super) async fn run(self) {
+        let total = self.job.progress.lock().members.len();
+        let batch = self.spec.batch.size(total);
+        let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+        let mut next = 0usize;
+        let mut stop: Option<JobReason> = None;
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        loop {
+            let mut blocked = false;
+            while stop.is_none() && running.len() < batch && next < total {
+                match self.start(next).await {
+                    Started::Running(f) => running.push(f),
+                    Started::Not(state, reason, why) => self.not_started(next, state, reason, why),
+                    Started::Later => {
+                        blocked = true;
+                        break;
+                    }
+                }
+                next += 1;
+            }
+            if running.is_empty() && (next >= total || stop.is_some()) {
+                break;
+            }
+            tokio::select! {
+                Some((seq, handle, timed_out)) = running.next() => {
+                    self.ended(seq, &handle, timed_out).await;
+                    if stop.is_none() && self.max_failures_reached() {
+                        stop = Some(JobReason::MaxFailures);
+                    }
+                }
+                _ = self.job.cancel.cancelled(), if stop.is_none() => {
+                    stop = Some(JobReason::Cancelled);
+                    self.cancel_running(CancelReason::Api);
+                }
+                _ = self.shutdown.cancelled(), if stop.is_none() => {
+                    stop = Some(JobReason::Shutdown);
+                    self.cancel_running(CancelReason::Shutdown);
+                }
+                _ = tokio::time::sleep(RETRY_AFTER), if blocked => {}
+                _ = flush.tick() => self.flush().await,
+            }
+        }
+        self.finish(stop, next, total).await;
+    }
+
+    /// Opens member `seq`'s session, unless its device is gone.
+    async fn start(&self, seq: usize) -> Started {
+        let client_id = {
+            let p = self.job.progress.lock();
+            match p.members.get(seq) {
+                Some(m) => m.client_id.clone(),
+                None => return Started::Later,
+            }
+        };
+        let Some(device) = self.registry.device(&client_id) else {
+            let why = text::DEVICE_OFFLINE.to_owned();
+            return Started::Not(MemberState::Skipped, JobReason::DeviceOffline, why);
+        };
+        if device.conn.is_busy() {
+            let why = text::not_started(detail::DEVICE_BUSY);
+            return Started::Not(MemberState::Failed, JobReason::NotStarted, why);
+        }
+        let open = self.sessions.open(OpenRequest {
+            session_id: uuid::Uuid::new_v4().to_string(),
+            generated_id: true,
+            task_name: self
+                .spec
+                .task_name
+                .clone()
+                .unwrap_or_else(|| self.job.id.to_string()),
+            request: self.spec.request.clone(),
+            requester: None,
+            executor: device,
+            commands: self.spec.commands.clone(),
+            job_id: Some(self.job.id.to_string()),
+        });
+        let handle = match open.await {
+            Ok(h) => h,
+            Err(CreateError::TooMany) => return Started::Later,
+            Err(CreateError::ExecutorGone) => {
+                let why = text::DEVICE_OFFLINE.to_owned();
+                return Started::Not(MemberState::Skipped, JobReason::DeviceOffline, why);
+            }
+            Err(e) => {
+                let why = text::not_started(&e.to_string());
+                return Started::Not(MemberState::Failed, JobReason::NotStarted, why);
+            }
+        };
+        let seq = u32::try_from(seq).unwrap_or(u32::MAX);
+        self.job.progress.lock().set(seq, |m| {
+            m.state = MemberState::Running;
+            m.session_id = Some(handle.session_id.to_string());
+            m.started_at = Some(Utc::now());
+        });
+        let timeout = self.spec.timeout;
+        Started::Running(Box::pin(async move {
+            let timed_out = match timeout {
+                Some(t) => tokio::time::timeout(t, handle.finished()).await.is_err(),
+                None => {
+                    handle.finished().await;
+                    false
+                }
+            };
+            if timed_out {
+                handle.cancel(CancelReason::Api);
+                handle.finished().await;
+            }
+            (seq, handle, timed_out)
+        }))
+    }
+
+    /// Records a member that was not started.
+    fn not_started(&self, seq: usize, state: MemberState, reason: JobReason, why: String) {
+        let seq = u32::try_from(seq).unwrap_or(u32::MAX);
+        self.job.progress.lock().set(seq, |m| {
+            m.state = state;
+            m.reason = Some(reason);
+            m.output = Some(why);
+            m.finished_at = Some(Utc::now());
+        });
+    }
+
+    /// Records the end of member `seq`'s session from its final record.
+    async fn ended(&self, seq: u32, handle: &SessionHandle, timed_out: bool) {
+        let record = self.sessions.record(&handle.session_id).await;
+        let mut outcome = match record {
+            Ok(Some(r)) => Outcome::of(&r),
+            _ => Outcome {
+                state: MemberState::Failed,
+                reason: None,
+                exit_code: None,
+                output: Some(detail::STORAGE_UNAVAILABLE.to_owned()),
+            },
+        };
+        if timed_out {
+            outcome.state = MemberState::Failed;
+            outcome.reason = Some(JobReason::Timeout);
+            let secs = fmt_secs(self.spec.timeout.unwrap_or_default());
+            outcome.output = Some(text::timed_out(secs));
+        }
+        self.job.progress.lock().set(seq, |m| {
+            m.state = outcome.state;
+            m.reason = outcome.reason;
+            m.exit_code = outcome.exit_code;
+            m.output = outcome.output;
+            m.finished_at = Some(Utc::now());
+        });
+    }
+
+    fn max_failures_reached(&self) -> bool {
+        let failures = self.job.progress.lock().failures();
+        self.spec.max_failures.is_some_and(|max| failures >= max)
+    }
+
+    /// Cancels the sessions of the running members (their ends arrive as usual).
+    fn cancel_running(&self, reason: CancelReason) {
+        let ids: Vec<String> = {
+            let p = self.job.progress.lock();
+            p.members
+                .iter()
+                .filter(|m| m.state == MemberState::Running)
+                .filter_map(|m| m.session_id.clone())
+                .collect()
+        };
+        for id in ids {
+            if let Some(h) = self.sessions.get(&id) {
+                h.cancel(reason);
+            }
+        }
+    }
+
+    /// Writes the members changed since the last flush; a refused write is retried at
+    /// the next one (the changes stay in memory, newest state wins).
+    async fn flush(&self) {
+        let Some((job, changed)) = self.job.progress.lock().take_changed() else {
+            return;
+        };
+        if let Err(e) = self.store.update_job(job, changed.clone()).await {
+            tracing::error!(job_id = %self.job.id, cause = %e, "could not store a job's progress");
+            let mut p = self.job.progress.lock();
+            for m in changed {
+                let seq = m.seq;
+                p.set(seq, |_| {});
+            }
+        }
+    }
+
+    /// Skips the members never started, ends the job and writes it.
+    async fn finish(&self, stop: Option<JobReason>, next: usize, total: usize) {
+        {
+            let mut p = self.job.progress.lock();
+            if let Some(reason) = stop {
+                let why = match reason {
+                    JobReason::Cancelled => text::CANCELLED,
+                    JobReason::Shutdown => text::SHUTDOWN,
+                    _ => text::MAX_FAILURES,
+                };
+                for seq in next..total {
+                    let seq = u32::try_from(seq).unwrap_or(u32::MAX);
+                    p.set(seq, |m| {
+                        m.state = MemberState::Skipped;
+                        m.reason = Some(reason);
+                        m.output = Some(why.to_owned());
+                    });
+                }
+            }
+            let all_done = p.count(MemberState::Completed) as usize == total;
+            let state = match stop {
+                Some(JobReason::Cancelled) => JobState::Cancelled,
+                _ if all_done => JobState::Completed,
+                _ => JobState::Failed,
+            };
+            p.end(state, stop);
+        }
+        self.flush().await;
+        tracing::info!(job_id = %self.job.id, "job ended");
+        self.job.done.cancel();
+    }
+}
