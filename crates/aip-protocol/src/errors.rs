@@ -180,7 +180,8 @@ pub mod http {
     pub const INVALID_MAX_FAILURES: &str = "Invalid max_failures: expected a number of at least 1";
     pub const INVALID_TIMEOUT: &str =
         "Invalid timeout: expected seconds (a positive number) or a duration such as \"90s\"";
-    pub const INVALID_MEMBER_STATE: &str = "Invalid state: expected pending, running, completed, failed, cancelled or skipped";
+    pub const INVALID_MEMBER_STATE: &str =
+        "Invalid state: expected pending, running, completed, failed, cancelled or skipped";
     /// `Invalid selector: <detail>`
     pub fn invalid_selector(detail: &str) -> String {
         format!("Invalid selector: {detail}")

@@ -419,6 +419,70 @@ async fn real_answers_of_every_route_match_the_documented_schemas() {
         404
     );
 
+    // Fleet jobs, and the selectors of /api/clients.
+    let jobs = "/api/jobs";
+    let job = r#"{"selector": {"client_ids": "dev-*", "platform": "linux"}, "batch": "50%",
+        "commands": [{"tool_name": "t", "tool_type": "action"}], "max_failures": 1,
+        "timeout": "60s"}"#;
+    let (status, created) = c.call("post", jobs, jobs, Some(job), true).await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["job_id"].as_str().expect("job_id").to_owned();
+    let one = "/api/jobs/{id}";
+    let (_, live) = c.get(one, &format!("/api/jobs/{id}")).await;
+    let member_session = live["members"][0]["session_id"].clone();
+    if let Some(sid) = member_session.as_str() {
+        let (_, s) = c
+            .get("/api/sessions/{id}", &format!("/api/sessions/{sid}"))
+            .await;
+        assert_eq!(s["job_id"], id.as_str(), "{s}");
+    }
+    assert_eq!(
+        c.get(one, &format!("/api/jobs/{id}?members=bogus")).await.0,
+        400
+    );
+    assert_eq!(
+        c.get(one, &format!("/api/jobs/{id}?members=none")).await.0,
+        200
+    );
+    assert_eq!(c.get(jobs, jobs).await.0, 200);
+    assert_eq!(c.get(jobs, "/api/jobs?limit=0").await.0, 400);
+    let path = format!("/api/jobs/{id}");
+    let (status, cancelled) = c.call("delete", one, &path, None, true).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(c.call("delete", one, &path, None, true).await.0, 409);
+    assert_eq!(
+        c.call("delete", one, "/api/jobs/nope", None, true).await.0,
+        404
+    );
+    assert_eq!(c.get(one, "/api/jobs/nope").await.0, 404);
+    for (body, status) in [
+        (
+            r#"{"selector": {"platform": "plan9"}, "request": "x"}"#,
+            404,
+        ),
+        (r#"{"selector": {}, "request": "x"}"#, 400),
+        (
+            r#"{"selector": {"platform": "linux"}, "request": "x", "batch": "0%"}"#,
+            400,
+        ),
+        (r#"["x"]"#, 422),
+    ] {
+        assert_eq!(
+            c.call("post", jobs, jobs, Some(body), true).await.0,
+            status,
+            "{body}"
+        );
+    }
+    let clients = "/api/clients";
+    assert_eq!(
+        c.get(clients, "/api/clients?platform=linux&tag=x=*")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(c.get(clients, "/api/clients?client_id=dev-1").await.0, 200);
+    assert_eq!(c.get(clients, "/api/clients?tag=role").await.0, 400);
+
     // Every operation was exercised, and every status the issue names.
     let exercised: BTreeSet<_> = c
         .seen

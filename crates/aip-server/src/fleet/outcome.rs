@@ -25,7 +25,9 @@ impl Outcome {
             _ => MemberState::Failed,
         };
         let last = r.result.as_deref().and_then(last_command_result);
-        let exit_code = last.and_then(|v| v.get("exit_code")).and_then(Value::as_i64);
+        let exit_code = last
+            .and_then(|v| v.get("exit_code"))
+            .and_then(Value::as_i64);
         let said = last.and_then(|v| {
             ["stdout", "stderr"]
                 .into_iter()
@@ -85,8 +87,14 @@ mod tests {
             last_command_result(&rounds).and_then(|v| v.get("exit_code")),
             Some(&json!(0))
         );
-        assert_eq!(first_line("\n  up 3 days \nmore").as_deref(), Some("up 3 days"));
-        assert_eq!(first_line(&"x".repeat(300)).map(|l| l.chars().count()), Some(201));
+        assert_eq!(
+            first_line("\n  up 3 days \nmore").as_deref(),
+            Some("up 3 days")
+        );
+        assert_eq!(
+            first_line(&"x".repeat(300)).map(|l| l.chars().count()),
+            Some(201)
+        );
         assert_eq!(first_line(" \n "), None);
     }
 }

@@ -149,7 +149,12 @@ mod tests {
 
     #[test]
     fn counts_follow_every_state_change_and_changed_members_are_listed_once() {
-        let mut p = Progress::new("j".into(), Value::Null, Utc::now(), (0..4).map(member).collect());
+        let mut p = Progress::new(
+            "j".into(),
+            Value::Null,
+            Utc::now(),
+            (0..4).map(member).collect(),
+        );
         assert_eq!(p.counts(), [4, 0, 0, 0, 0, 0]);
         p.set(1, |m| m.state = MemberState::Running);
         p.set(1, |m| m.state = MemberState::Failed);

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aip_protocol::errors::{http as detail, job as text};
 use crate::config::fmt_secs;
+use aip_protocol::errors::{http as detail, job as text};
 use chrono::Utc;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};

@@ -76,7 +76,10 @@ impl Selector {
                     let (k, v) = value
                         .split_once('=')
                         .ok_or_else(|| format!("tag '{}' is not key=value", clip(value)))?;
-                    s.tags.entry(k.to_owned()).or_default().extend(split_list(v));
+                    s.tags
+                        .entry(k.to_owned())
+                        .or_default()
+                        .extend(split_list(v));
                 }
                 _ => {}
             }
@@ -116,7 +119,10 @@ impl Selector {
             return false;
         }
         if !self.client_ids.is_empty()
-            && !self.client_ids.iter().any(|p| glob::matches(p, &e.client_id))
+            && !self
+                .client_ids
+                .iter()
+                .any(|p| glob::matches(p, &e.client_id))
         {
             return false;
         }
@@ -252,11 +258,20 @@ mod tests {
             (json!({"tags": {"role": "web"}}), [true, false, true]),
             (json!({"tags": {"role": ["web", "db"]}}), [true, true, true]),
             (json!({"tags": {"role": "w*"}}), [true, false, true]),
-            (json!({"tags": {"role": "web", "rack": "4"}}), [true, false, false]),
+            (
+                json!({"tags": {"role": "web", "rack": "4"}}),
+                [true, false, false],
+            ),
             (json!({"platform": "linux"}), [true, true, false]),
-            (json!({"platform": "linux", "tags": {"role": "web"}}), [true, false, false]),
+            (
+                json!({"platform": "linux", "tags": {"role": "web"}}),
+                [true, false, false],
+            ),
             (json!({"client_ids": "web-*"}), [true, false, true]),
-            (json!({"client_ids": ["db-1", "web-win"]}), [false, true, true]),
+            (
+                json!({"client_ids": ["db-1", "web-win"]}),
+                [false, true, true],
+            ),
             (json!({"client_ids": "web"}), [false, false, false]),
         ];
         for (json, expected) in table {
@@ -280,7 +295,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(q, j);
-        assert_eq!(q.to_string(), "client_id=web* platform=linux tag=role=web,db");
+        assert_eq!(
+            q.to_string(),
+            "client_id=web* platform=linux tag=role=web,db"
+        );
         assert_eq!(Selector::from_json(&q.to_json()).unwrap(), q);
     }
 

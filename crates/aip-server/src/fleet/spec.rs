@@ -39,7 +39,12 @@ impl Batch {
                     .ok()
                     .filter(|p| (1..=100).contains(p))
                     .map(Batch::Percent),
-                None => s.trim().parse::<u32>().ok().filter(|n| *n >= 1).map(Batch::Count),
+                None => s
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .map(Batch::Count),
             },
             _ => None,
         }
@@ -212,7 +217,14 @@ mod tests {
         ] {
             assert_eq!(Batch::parse(&v).unwrap().size(total), size, "{v}");
         }
-        for bad in [json!(0), json!("0%"), json!("101%"), json!(-1), json!("x"), json!(1.5)] {
+        for bad in [
+            json!(0),
+            json!("0%"),
+            json!("101%"),
+            json!(-1),
+            json!("x"),
+            json!(1.5),
+        ] {
             assert!(Batch::parse(&bad).is_none(), "{bad}");
         }
     }
@@ -227,9 +239,18 @@ mod tests {
         assert_eq!(spec.request, "uptime");
         assert_eq!(spec.timeout, Some(Duration::from_secs(90)));
         for (body, text) in [
-            (json!({"request": "x"}), detail::SELECTOR_REQUIRED.to_owned()),
-            (json!({"selector": {}, "request": "x"}), detail::SELECTOR_REQUIRED.to_owned()),
-            (json!({"selector": {"platform": "linux"}}), detail::EMPTY_TASK.to_owned()),
+            (
+                json!({"request": "x"}),
+                detail::SELECTOR_REQUIRED.to_owned(),
+            ),
+            (
+                json!({"selector": {}, "request": "x"}),
+                detail::SELECTOR_REQUIRED.to_owned(),
+            ),
+            (
+                json!({"selector": {"platform": "linux"}}),
+                detail::EMPTY_TASK.to_owned(),
+            ),
             (
                 json!({"selector": {"platform": "linux"}, "request": "x", "batch": 0}),
                 detail::INVALID_BATCH.to_owned(),

@@ -216,11 +216,16 @@ pub trait JobStore: Send + Sync + 'static {
         members: Vec<MemberRecord>,
     ) -> Result<(), StoreError>;
     /// Stores the job's new state and counts with the members that changed, in one write.
-    async fn update_job(&self, job: JobRecord, changed: Vec<MemberRecord>)
-        -> Result<(), StoreError>;
+    async fn update_job(
+        &self,
+        job: JobRecord,
+        changed: Vec<MemberRecord>,
+    ) -> Result<(), StoreError>;
     /// The job and its members (in rollout order).
-    async fn get_job(&self, job_id: &str)
-        -> Result<Option<(JobRecord, Vec<MemberRecord>)>, StoreError>;
+    async fn get_job(
+        &self,
+        job_id: &str,
+    ) -> Result<Option<(JobRecord, Vec<MemberRecord>)>, StoreError>;
     /// At most `limit` jobs, newest first, without their members.
     async fn list_jobs(&self, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
     /// At start-up: every running job becomes failed / `server_restarted`, its pending

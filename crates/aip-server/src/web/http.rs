@@ -20,11 +20,11 @@ use serde_json::{json, Value};
 use aip_protocol::errors::http as detail;
 
 use super::error::ApiError;
+use super::job_schema::ClientQuery;
 use super::responses::{
     CancelResponses, ClientsResponses, DispatchResponses, Guarded, ListResponses, SessionResponses,
     StoreFailed,
 };
-use super::job_schema::ClientQuery;
 use super::schema::{DispatchRequest, SessionQuery};
 use super::view::SessionView;
 use crate::fleet::Selector;

@@ -55,7 +55,15 @@ fn job_reason() -> RefOr<Schema> {
         DeviceOffline | MaxFailures | Cancelled | Timeout | ServerRestarted | Shutdown
         | NotStarted | Session(_) => r.as_str(),
     };
-    let own = [DeviceOffline, MaxFailures, Cancelled, Timeout, ServerRestarted, Shutdown, NotStarted];
+    let own = [
+        DeviceOffline,
+        MaxFailures,
+        Cancelled,
+        Timeout,
+        ServerRestarted,
+        Shutdown,
+        NotStarted,
+    ];
     let sessions = [
         EndReason::NotAccepted,
         EndReason::DeviceDisconnected,
@@ -69,14 +77,22 @@ fn job_reason() -> RefOr<Schema> {
 /// `batch`: a number of devices, or a string `"N"` / `"N%"`.
 fn batch() -> RefOr<Schema> {
     ObjectBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::Integer, Type::String, Type::Null]))
+        .schema_type(SchemaType::from_iter([
+            Type::Integer,
+            Type::String,
+            Type::Null,
+        ]))
         .into()
 }
 
 /// `timeout`: seconds, or a string such as `"90s"`, `"15m"`.
 fn timeout() -> RefOr<Schema> {
     ObjectBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::Number, Type::String, Type::Null]))
+        .schema_type(SchemaType::from_iter([
+            Type::Number,
+            Type::String,
+            Type::Null,
+        ]))
         .into()
 }
 
@@ -210,6 +226,12 @@ pub struct Job {
 
 /// `GET /api/jobs` answer: newest first, without members.
 #[derive(ToSchema)]
+#[schema(example = json!({"jobs": [{"job_id": "5b0f6f2e-1c1d-4c1e-9a55-2f7f3c1d9e01",
+    "state": "completed", "reason": null, "created_at": "2025-01-01T10:00:00.000000Z",
+    "finished_at": "2025-01-01T10:00:04.210000Z", "total": 2, "counts": {"pending": 0,
+    "running": 0, "completed": 2, "failed": 0, "cancelled": 0, "skipped": 0},
+    "selector": {"platform": "linux"}, "request": "uptime", "commands": null,
+    "task_name": null, "batch": "50%", "max_failures": 1, "timeout": 60.0}]}))]
 pub struct JobList {
     jobs: Vec<Job>,
 }

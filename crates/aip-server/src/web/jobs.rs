@@ -12,10 +12,10 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
+use super::job_schema::{CreateJobRequest, JobListQuery, JobQuery};
 use super::responses::{
     CreateJobResponses, Guarded, JobCancelResponses, JobListResponses, JobResponses, StoreFailed,
 };
-use super::job_schema::{CreateJobRequest, JobListQuery, JobQuery};
 use crate::fleet::{JobSpec, Members};
 use crate::state::AppState;
 use crate::storage::{JobRecord, MemberRecord, MemberState};
@@ -44,8 +44,13 @@ pub async fn create_job(
 }
 
 /// `GET /api/jobs?limit=`: newest first, without members.
-#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(JobListQuery),
-    responses(JobListResponses, Guarded, StoreFailed))]
+#[utoipa::path(
+    get,
+    path = "/api/jobs",
+    tag = "jobs",
+    params(JobListQuery),
+    responses(JobListResponses, Guarded, StoreFailed)
+)]
 pub async fn list_jobs(
     State(app): State<Arc<AppState>>,
     Query(q): Query<Vec<(String, String)>>,

@@ -42,7 +42,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(http::get_session).delete(http::cancel_session),
         )
         .route("/api/jobs", get(jobs::list_jobs).post(jobs::create_job))
-        .route("/api/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
+        .route(
+            "/api/jobs/{id}",
+            get(jobs::get_job).delete(jobs::cancel_job),
+        )
         .merge(openapi::routes())
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)

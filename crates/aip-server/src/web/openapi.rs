@@ -12,12 +12,10 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
+use super::job_schema::{CreateJobRequest, Job, JobCounts, JobList, JobMember, JobSelector};
 use super::schema::{
     Build, Client, ClientList, Dispatched, ErrorBody, Health, Ready, ReadyChecks, Session,
     SessionList, Step,
-};
-use super::job_schema::{
-    CreateJobRequest, Job, JobCounts, JobList, JobMember, JobSelector,
 };
 use super::{http, jobs, ops, ws};
 

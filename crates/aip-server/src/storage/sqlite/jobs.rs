@@ -159,9 +159,12 @@ fn interrupt(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
         .collect::<rusqlite::Result<_>>()?;
     for id in &ids {
         let mut counts = [0u32; 6];
-        let mut stmt =
-            conn.prepare_cached("SELECT state, COUNT(*) FROM job_members WHERE job_id = ?1 GROUP BY state")?;
-        let rows = stmt.query_map([id], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?)))?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT state, COUNT(*) FROM job_members WHERE job_id = ?1 GROUP BY state",
+        )?;
+        let rows = stmt.query_map([id], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?))
+        })?;
         for row in rows {
             let (state, n) = row?;
             if let Some(s) = MemberState::parse(&state) {
@@ -202,7 +205,8 @@ struct RawJob {
 
 fn reason_of(text: Option<String>) -> Result<Option<JobReason>, StoreError> {
     text.map(|t| {
-        JobReason::parse(&t).ok_or_else(|| StoreError::Database(format!("unknown job reason {t:?}")))
+        JobReason::parse(&t)
+            .ok_or_else(|| StoreError::Database(format!("unknown job reason {t:?}")))
     })
     .transpose()
 }
