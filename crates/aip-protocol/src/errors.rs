@@ -194,6 +194,8 @@ pub mod http {
 
 /// Why a member of a fleet job did not run or did not finish (shown as its `error`).
 pub mod job {
+    /// The `error` of a member's session ended by `DELETE /api/jobs/{id}`.
+    pub const CANCELLED_WITH_JOB: &str = "Task was cancelled with its fleet job";
     pub const DEVICE_OFFLINE: &str = "Device was not connected at its turn";
     pub const MAX_FAILURES: &str = "Not started: max_failures was reached";
     pub const CANCELLED: &str = "Not started: the job was cancelled";

@@ -265,7 +265,7 @@ async fn begin_shutdown(state: &Arc<AppState>) {
     }
 }
 
-/// Removes expired results every minute (server.md §6).
+/// Removes expired results and jobs every minute (server.md §6).
 async fn purge_loop(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -279,6 +279,11 @@ async fn purge_loop(state: Arc<AppState>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "expired session results removed"),
             Err(e) => tracing::error!(cause = %e, "purging results failed"),
+        }
+        match state.jobs.purge(cutoff).await {
+            Ok(0) | Err(fleet::JobError::Unavailable) => {}
+            Ok(n) => tracing::info!(purged = n, "expired jobs removed"),
+            Err(e) => tracing::error!(cause = %e, "purging jobs failed"),
         }
     }
 }

@@ -344,6 +344,12 @@ async fn a_member_still_running_at_the_job_timeout_fails_with_reason_timeout() {
         "Did not finish within the job's timeout of 0.3 s"
     );
     expect_task_end(&mut d[0], &sid, "failed").await;
+    let (_, session) = app.get(&format!("/api/sessions/{sid}")).await;
+    assert_eq!(
+        (&session["state"], &session["reason"]),
+        (&json!("failed"), &json!("timeout")),
+        "{session}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -381,6 +387,7 @@ async fn cancelling_a_job_cancels_its_running_sessions_and_skips_the_pending_one
     d[1].expect_silence(Duration::from_millis(200)).await;
     let (_, session) = app.get(&format!("/api/sessions/{s1}")).await;
     assert_eq!(session["state"], "cancelled", "{session}");
+    assert_eq!(session["error"], "Task was cancelled with its fleet job");
 
     let (code, again) = app.delete(&format!("/api/jobs/{job}")).await;
     assert_eq!(

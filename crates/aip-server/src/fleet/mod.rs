@@ -231,6 +231,11 @@ impl JobManager {
         Ok(())
     }
 
+    /// Deletes the ended jobs finished before `cutoff` (`--retention`); how many.
+    pub async fn purge(&self, cutoff: chrono::DateTime<Utc>) -> Result<u64, JobError> {
+        Ok(self.store()?.purge_jobs(cutoff).await?)
+    }
+
     /// Graceful shutdown: no new job; running ones stop starting members, and end once
     /// their running sessions have (waits at most `limit`).
     pub async fn shutdown(&self, limit: Duration) {

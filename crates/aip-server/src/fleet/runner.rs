@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::fmt_secs;
 use aip_protocol::errors::{http as detail, job as text};
 use chrono::Utc;
 use futures_util::future::BoxFuture;
@@ -28,8 +27,9 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// Wait before trying again when the server has no room for another session.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
-/// A running member's session, resolved when it ends: `(seq, handle, timed out)`.
-type Running = BoxFuture<'static, (u32, Arc<SessionHandle>, bool)>;
+/// A running member's session, resolved when it ends (its job's `timeout` cancels it
+/// as failed / `timeout`): `(seq, handle)`.
+type Running = BoxFuture<'static, (u32, Arc<SessionHandle>)>;
 
 /// What starting one member did.
 enum Started {
@@ -76,15 +76,15 @@ impl Runner {
                 break;
             }
             tokio::select! {
-                Some((seq, handle, timed_out)) = running.next() => {
-                    self.ended(seq, &handle, timed_out).await;
+                Some((seq, handle)) = running.next() => {
+                    self.ended(seq, &handle).await;
                     if stop.is_none() && self.max_failures_reached() {
                         stop = Some(JobReason::MaxFailures);
                     }
                 }
                 _ = self.job.cancel.cancelled(), if stop.is_none() => {
                     stop = Some(JobReason::Cancelled);
-                    self.cancel_running(CancelReason::Api);
+                    self.cancel_running(CancelReason::Job);
                 }
                 _ = self.shutdown.cancelled(), if stop.is_none() => {
                     stop = Some(JobReason::Shutdown);
@@ -155,11 +155,11 @@ impl Runner {
                     false
                 }
             };
-            if timed_out {
-                handle.cancel(CancelReason::Api);
+            if let (true, Some(limit)) = (timed_out, timeout) {
+                handle.cancel(CancelReason::JobTimeout(limit));
                 handle.finished().await;
             }
-            (seq, handle, timed_out)
+            (seq, handle)
         }))
     }
 
@@ -175,9 +175,9 @@ impl Runner {
     }
 
     /// Records the end of member `seq`'s session from its final record.
-    async fn ended(&self, seq: u32, handle: &SessionHandle, timed_out: bool) {
+    async fn ended(&self, seq: u32, handle: &SessionHandle) {
         let record = self.sessions.record(&handle.session_id).await;
-        let mut outcome = match record {
+        let outcome = match record {
             Ok(Some(r)) => Outcome::of(&r),
             _ => Outcome {
                 state: MemberState::Failed,
@@ -186,12 +186,6 @@ impl Runner {
                 output: Some(detail::STORAGE_UNAVAILABLE.to_owned()),
             },
         };
-        if timed_out {
-            outcome.state = MemberState::Failed;
-            outcome.reason = Some(JobReason::Timeout);
-            let secs = fmt_secs(self.spec.timeout.unwrap_or_default());
-            outcome.output = Some(text::timed_out(secs));
-        }
         self.job.progress.lock().set(seq, |m| {
             m.state = outcome.state;
             m.reason = outcome.reason;

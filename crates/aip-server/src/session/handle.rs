@@ -26,6 +26,11 @@ pub enum CancelReason {
     Shutdown,
     /// `DELETE /api/sessions/{id}`.
     Api,
+    /// `DELETE /api/jobs/{id}` of the fleet job it belongs to.
+    Job,
+    /// The fleet job's `timeout` (this long) passed while it ran: it ends `failed`,
+    /// reason `timeout`.
+    JobTimeout(std::time::Duration),
 }
 
 /// Something that happened to a session, delivered to its job.

@@ -121,6 +121,10 @@ impl SessionJob {
 
     fn cancelled(&self) -> Outcome {
         let reason = (*self.handle.cancel_reason.lock()).unwrap_or(CancelReason::Shutdown);
+        if let CancelReason::JobTimeout(limit) = reason {
+            let error = text::job::timed_out(fmt_secs(limit));
+            return Outcome::failed(Some(EndReason::Timeout), error, None);
+        }
         let (code, error, notify_requester, notify_executor) = match reason {
             CancelReason::DeviceDisconnected => (
                 EndReason::DeviceDisconnected,
@@ -138,6 +142,12 @@ impl SessionJob {
             ),
             CancelReason::Shutdown => (EndReason::Shutdown, text::SHUTTING_DOWN, true, true),
             CancelReason::Api => (EndReason::Cancelled, text::CANCELLED_OVER_HTTP, true, true),
+            CancelReason::Job | CancelReason::JobTimeout(_) => (
+                EndReason::Cancelled,
+                text::job::CANCELLED_WITH_JOB,
+                true,
+                true,
+            ),
         };
         Outcome {
             state: SessionState::Cancelled,

@@ -232,4 +232,6 @@ pub trait JobStore: Send + Sync + 'static {
     /// members skipped and its running ones failed, with that reason. Returns how many
     /// jobs were running.
     async fn interrupt_jobs(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Deletes ended jobs (and their members) finished before `finished_before`.
+    async fn purge_jobs(&self, finished_before: DateTime<Utc>) -> Result<u64, StoreError>;
 }

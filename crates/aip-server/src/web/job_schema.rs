@@ -9,8 +9,8 @@ use utoipa::openapi::schema::{Array, ObjectBuilder, OneOfBuilder, SchemaType};
 use utoipa::openapi::{Object, RefOr, Schema, Type};
 use utoipa::{IntoParams, ToSchema};
 
-use super::schema::{one_of_strings, Command};
-use crate::storage::{EndReason, JobReason, JobState, MemberState};
+use super::schema::{end_reason_schema, one_of_strings, Command};
+use crate::storage::{JobReason, JobState, MemberState};
 
 fn string() -> Object {
     Object::with_type(Type::String)
@@ -48,7 +48,8 @@ fn member_state() -> RefOr<Schema> {
     one_of_strings(&MemberState::ALL.map(listed), false)
 }
 
-/// Every [`JobReason`] (its own and the sessions' end reasons), or `null`.
+/// Every [`JobReason`]: its own, and every session end reason as `schema.rs` lists them
+/// (exhaustively), or `null`.
 fn job_reason() -> RefOr<Schema> {
     use JobReason::*;
     let listed = |r: JobReason| match r {
@@ -64,13 +65,14 @@ fn job_reason() -> RefOr<Schema> {
         Shutdown,
         NotStarted,
     ];
-    let sessions = [
-        EndReason::NotAccepted,
-        EndReason::DeviceDisconnected,
-        EndReason::RequesterDisconnected,
-    ];
-    let mut all: Vec<&str> = own.map(listed).to_vec();
-    all.extend(sessions.map(|r| listed(Session(r))));
+    let mut all: Vec<String> = own.map(|r| listed(r).to_owned()).to_vec();
+    let sessions = serde_json::to_value(end_reason_schema()).unwrap_or_default();
+    for r in sessions["enum"].as_array().into_iter().flatten() {
+        if let Some(r) = r.as_str().filter(|r| !all.iter().any(|a| a == r)) {
+            all.push(r.to_owned());
+        }
+    }
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
     one_of_strings(&all, true)
 }
 

@@ -47,7 +47,7 @@ fn session_state_schema() -> RefOr<Schema> {
     one_of_strings(&session_states(), false)
 }
 
-fn end_reason_schema() -> RefOr<Schema> {
+pub(super) fn end_reason_schema() -> RefOr<Schema> {
     use EndReason::*;
     let listed = |r: EndReason| match r {
         Timeout

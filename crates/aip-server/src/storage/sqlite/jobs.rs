@@ -49,6 +49,7 @@ pub(super) enum JobWrite {
     Create(JobRecord, Vec<MemberRecord>),
     Update(JobRecord, Vec<MemberRecord>),
     Interrupt { now: i64 },
+    Purge { finished_before: i64 },
 }
 
 /// Runs `w` inside the writer's transaction; returns the rows it changed.
@@ -69,6 +70,15 @@ pub(super) fn apply(conn: &Connection, w: &JobWrite) -> rusqlite::Result<usize> 
             Ok(n)
         }
         JobWrite::Interrupt { now } => interrupt(conn, *now),
+        JobWrite::Purge { finished_before } => {
+            let ended = "SELECT job_id FROM jobs WHERE state != 'running' AND finished_at < ?1";
+            conn.prepare_cached(&format!(
+                "DELETE FROM job_members WHERE job_id IN ({ended})"
+            ))?
+            .execute([finished_before])?;
+            conn.prepare_cached("DELETE FROM jobs WHERE state != 'running' AND finished_at < ?1")?
+                .execute([finished_before])
+        }
     }
 }
 
@@ -350,6 +360,13 @@ impl JobStore for SqliteStore {
     async fn interrupt_jobs(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.write(WriteOp::Job(Box::new(JobWrite::Interrupt {
             now: now.timestamp_micros(),
+        })))
+        .await
+    }
+
+    async fn purge_jobs(&self, finished_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write(WriteOp::Job(Box::new(JobWrite::Purge {
+            finished_before: finished_before.timestamp_micros(),
         })))
         .await
     }

@@ -1,6 +1,7 @@
 //! The store against a real database file: the trait's operations here; the live and
 //! recent-record indexes, faults, migration and batching in `memory.rs`.
 
+mod jobs;
 mod memory;
 
 use super::migrate::SCHEMA_VERSION;
@@ -70,7 +71,7 @@ async fn upsert_get_round_trip() {
         started_at: Some(t(1_700_000_000_000_001)),
         finished_at: Some(t(1_700_000_000_999_999)),
         echo_received: true,
-        job_id: None,
+        job_id: Some("job-1".into()),
     };
     store.upsert(full.clone()).await.unwrap();
     let got = store.get("s1").await.unwrap().unwrap();
