@@ -6,14 +6,15 @@ use std::process::ExitCode;
 /// The outcome of a command, as an exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
-    /// 0: done; for a session, it `completed`.
+    /// 0: done; for a session, it `completed`; for a fleet job, every device completed.
     Success,
-    /// 1: the session `failed` (other than by its time limit), or the command itself failed
+    /// 1: the session `failed` (other than by its time limit), a fleet job had a device
+    /// that did not complete, or the command itself failed
     /// (server unreachable, unknown session, refused request).
     Failed,
     /// 2: the command line was wrong (clap, or a value only checked later, e.g. `--ca-cert`).
     Usage,
-    /// 3: the session was `cancelled`, failed by its time limit (reason `timeout`), or
+    /// 3: the session (or fleet job) was `cancelled`, failed by its time limit (reason `timeout`), or
     /// `--timeout` ran out while waiting for it (it keeps running then).
     Stopped,
     /// 4: `aip result` on a session that has not finished.
@@ -41,6 +42,18 @@ impl Exit {
             ("completed", _) => Exit::Success,
             ("cancelled", _) | ("failed", Some("timeout")) => Exit::Stopped,
             ("failed", _) => Exit::Failed,
+            _ => Exit::Pending,
+        }
+    }
+}
+
+impl Exit {
+    /// The outcome of a fleet job from its `state`: 0 only when every device completed.
+    pub fn of_job(state: &str) -> Exit {
+        match state {
+            "completed" => Exit::Success,
+            "cancelled" => Exit::Stopped,
+            "failed" => Exit::Failed,
             _ => Exit::Pending,
         }
     }

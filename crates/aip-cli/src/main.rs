@@ -1,7 +1,8 @@
 //! `aip`: the command line of the aip agent server and its device agent.
 //!
 //! `serve` and `device` run the two long-lived processes; `dispatch`, `result`,
-//! `sessions`, `cancel`, `clients` and `health` are HTTP clients of a server (`client/`); `bench`
+//! `sessions`, `cancel`, `clients`, `health`, `run` and `job` are HTTP clients of a
+//! server (`client/`); `bench`
 //! is the load generator; `keys new` makes a credential for `serve --keys`; `completions` and `man` describe the command line itself.
 //! How every command ends is one of the exit codes in `exit.rs`.
 
@@ -56,6 +57,10 @@ enum Command {
     Cancel(client::CancelArgs),
     /// List the connected clients.
     Clients(client::ClientsArgs),
+    /// Run one request on many devices (a fleet job): --select role=web --batch 10 -- uptime.
+    Run(client::RunArgs),
+    /// Show a fleet job (following it while it runs), or cancel it (--cancel).
+    Job(client::JobArgs),
     /// Check that the server is up and healthy (exit 0), e.g. as a container health check.
     Health(client::HealthArgs),
     /// Make credentials for `aip serve --keys` (`aip keys new --role device --client-id ID`).
@@ -115,6 +120,8 @@ fn main() -> std::process::ExitCode {
             Command::Cancel(args) => client::cancel(args).await,
             Command::Clients(args) => client::clients(args).await,
             Command::Health(args) => client::health(args).await,
+            Command::Run(args) => client::run(args).await,
+            Command::Job(args) => client::job(args).await,
             Command::Keys(args) => done(keys::keys(args)),
             Command::Bench(args) => done(aip_bench::run(args).await),
             Command::Completions(args) => {

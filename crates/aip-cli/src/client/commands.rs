@@ -115,11 +115,13 @@ pub struct HealthArgs {
     api: ApiArgs,
 }
 
-/// `aip clients`: list connected clients.
+/// `aip clients`: list connected clients (with a selector: the devices it picks).
 #[derive(Args)]
 pub struct ClientsArgs {
     #[command(flatten)]
     api: ApiArgs,
+    #[command(flatten)]
+    selector: super::jobs::SelectArgs,
 }
 
 /// Runs `aip dispatch`.
@@ -289,14 +291,20 @@ fn is_conflict(e: &anyhow::Error) -> bool {
 /// Runs `aip clients`.
 pub async fn clients(args: ClientsArgs) -> anyhow::Result<Exit> {
     let api = args.api.connect()?;
-    let r = api.get("/api/clients").await?;
+    let query = args.selector.to_query();
+    let path = if query.is_empty() {
+        "/api/clients".to_owned()
+    } else {
+        format!("/api/clients?{query}")
+    };
+    let r = api.get(&path).await?;
     if args.api.json {
         println!("{r}");
         return Ok(Exit::Success);
     }
     for c in r["clients"].as_array().into_iter().flatten() {
         println!(
-            "{:<32} {:<13} platform={:<8} since {}  last seen {}{}",
+            "{:<32} {:<13} platform={:<8} since {}  last seen {}{}{}",
             c["client_id"].as_str().unwrap_or(""),
             c["type"].as_str().unwrap_or(""),
             c["platform"].as_str().unwrap_or("-"),
@@ -306,9 +314,27 @@ pub async fn clients(args: ClientsArgs) -> anyhow::Result<Exit> {
                 .as_str()
                 .map(|t| format!("  target={t}"))
                 .unwrap_or_default(),
+            tags_of(c),
         );
     }
     Ok(Exit::Success)
+}
+
+/// `  tags role=web,rack=4`, or nothing.
+fn tags_of(c: &Value) -> String {
+    let Some(tags) = c["tags"].as_object().filter(|t| !t.is_empty()) else {
+        return String::new();
+    };
+    let pairs: Vec<String> = tags
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+            )
+        })
+        .collect();
+    format!("  tags {}", pairs.join(","))
 }
 
 /// Runs `aip health`: exit 0 when the server answers healthy (container health checks).

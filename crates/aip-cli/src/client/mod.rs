@@ -1,7 +1,9 @@
 //! HTTP clients of the server's API: `aip dispatch`, `result`, `sessions`, `cancel`,
-//! `clients`, `health`. This file holds the connection options and the one request path; `commands`
-//! the subcommands, `render` the text they print, `wait` how a session is followed to
-//! its end. Every command returns the [`Exit`] its outcome maps to.
+//! `clients`, `health`, and fleet jobs (`run`, `job`). This file holds the connection
+//! options and the one request path; `commands` the subcommands, `render` the text they
+//! print, `wait` how a session is followed to its end; `jobs` the fleet job commands and
+//! `job_view` their live display and summary. Every command returns the [`Exit`] its
+//! outcome maps to.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +16,8 @@ use serde_json::Value;
 use crate::exit::Usage;
 
 mod commands;
+mod job_view;
+mod jobs;
 mod render;
 mod wait;
 
@@ -21,6 +25,7 @@ pub use commands::{
     cancel, clients, dispatch, health, result, sessions, CancelArgs, ClientsArgs, DispatchArgs,
     HealthArgs, ResultArgs, SessionsArgs,
 };
+pub use jobs::{job, run, JobArgs, RunArgs};
 
 /// Where the server's HTTP API is and how to talk to it.
 #[derive(Args)]

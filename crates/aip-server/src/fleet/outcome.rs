@@ -28,12 +28,11 @@ impl Outcome {
         let exit_code = last
             .and_then(|v| v.get("exit_code"))
             .and_then(Value::as_i64);
-        let said = last.and_then(|v| {
-            ["stdout", "stderr"]
-                .into_iter()
-                .filter_map(|k| v.get(k).and_then(Value::as_str))
-                .find_map(first_line)
-        });
+        let stream = |k: &str| {
+            last.and_then(|v| v.get(k))
+                .and_then(Value::as_str)
+                .and_then(first_line)
+        };
         let delegated = r
             .result
             .as_deref()
@@ -41,9 +40,17 @@ impl Outcome {
             .and_then(Value::as_str)
             .and_then(first_line);
         let error = r.error.as_deref().and_then(first_line);
+        // What a person scanning the table wants: the output of a success, the command's
+        // own complaint (stderr) for a failure, then the session's error.
         let output = match state {
-            MemberState::Completed => said.or(delegated).or(error),
-            _ => error.or(said).or(delegated),
+            MemberState::Completed => stream("stdout")
+                .or_else(|| stream("stderr"))
+                .or(delegated)
+                .or(error),
+            _ => stream("stderr")
+                .or(error)
+                .or_else(|| stream("stdout"))
+                .or(delegated),
         };
         Outcome {
             state,
