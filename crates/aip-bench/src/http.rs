@@ -56,6 +56,11 @@ impl Http {
         self.request(Method::GET, path, Bytes::new(), what).await
     }
 
+    /// `DELETE path`; the whole response body.
+    pub async fn delete(&mut self, path: &str, what: &str) -> Result<Bytes, Fail> {
+        self.request(Method::DELETE, path, Bytes::new(), what).await
+    }
+
     /// Sends one request and reads a `200` body, all within the per-await timeout; other
     /// statuses are failures by code. A failed connection is dropped (the next request
     /// opens a new one); a request is never retried, since a dispatch is not idempotent.

@@ -14,7 +14,8 @@
 //!   periodic heartbeats: RTT, RSS per connection, CPU), `heartbeat` (closed-loop round
 //!   trips), `dispatch` (HTTP dispatch to the `task` frame on the device), `session` (the
 //!   full one-command session up to a readable result), `churn` (connect, register, one
-//!   round trip, close).
+//!   round trip, close), `job` (fleet jobs over every device: fan-out rate, memory per
+//!   waiting member).
 //! - `run`: the orchestration scenarios share: `dispatch` and `session`'s devices and HTTP
 //!   workers around a measured window, and the end of a run on ramped clients.
 //! - `report`: latency histograms (hdrhistogram, microseconds) and failure counters, the
@@ -40,6 +41,7 @@ pub mod floor;
 mod heartbeat;
 mod hold;
 mod http;
+mod job;
 mod procstat;
 mod report;
 mod run;
@@ -54,6 +56,7 @@ pub use churn::ChurnArgs;
 pub use dispatch::DispatchArgs;
 pub use heartbeat::HeartbeatArgs;
 pub use hold::HoldArgs;
+pub use job::JobArgs;
 pub use procstat::Limit as NofileLimit;
 pub use report::{Latency, ProcUsage, Ratio, Report, RunResult};
 pub use session::SessionArgs;
@@ -83,6 +86,9 @@ pub enum Scenario {
     Session(SessionArgs),
     /// Connect, register, one heartbeat round trip, close; over and over.
     Churn(ChurnArgs),
+    /// Fleet jobs over every device (POST /api/jobs, one session per device) until each ends:
+    /// fan-out rate, and with --server-pid the server memory per waiting member.
+    Job(JobArgs),
 }
 
 impl Scenario {
@@ -93,6 +99,7 @@ impl Scenario {
             Scenario::Dispatch(_) => "dispatch",
             Scenario::Session(_) => "session",
             Scenario::Churn(_) => "churn",
+            Scenario::Job(_) => "job",
         }
     }
 
@@ -103,6 +110,7 @@ impl Scenario {
             Scenario::Dispatch(a) => serde_json::to_value(a),
             Scenario::Session(a) => serde_json::to_value(a),
             Scenario::Churn(a) => serde_json::to_value(a),
+            Scenario::Job(a) => serde_json::to_value(a),
         };
         value.unwrap_or(serde_json::Value::Null)
     }
@@ -238,6 +246,10 @@ async fn run_one(scenario: &Scenario, ctx: &Ctx) -> anyhow::Result<RunResult> {
             session::run(ctx, a).await
         }
         Scenario::Churn(a) => churn::run(ctx, a).await,
+        Scenario::Job(a) => {
+            ctx.target.require_plain("job")?;
+            job::run(ctx, a).await
+        }
     }
 }
 

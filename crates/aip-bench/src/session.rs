@@ -32,7 +32,7 @@ pub struct SessionArgs {
 }
 
 /// A `task_end` as a device saw it.
-struct End {
+pub(crate) struct End {
     device: usize,
     completed: bool,
 }
@@ -135,7 +135,7 @@ struct Success<'a> {
 }
 
 /// Plays a cooperative device until told to stop; returns the connection if still open.
-async fn device(mut conn: Conn, mut d: Device<End>) -> Option<Conn> {
+pub(crate) async fn device(mut conn: Conn, mut d: Device<End>) -> Option<Conn> {
     // session id -> task name, from the task assignment to its task_end.
     let mut names: HashMap<String, String> = HashMap::new();
     loop {

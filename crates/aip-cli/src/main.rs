@@ -65,7 +65,7 @@ enum Command {
     Health(client::HealthArgs),
     /// Make credentials for `aip serve --keys` (`aip keys new --role device --client-id ID`).
     Keys(keys::KeysArgs),
-    /// Load-test any AIP server over the wire protocol (hold, heartbeat, dispatch, session, churn).
+    /// Load-test any AIP server over the wire protocol (hold, heartbeat, dispatch, session, churn, job).
     Bench(aip_bench::BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(docs::CompletionsArgs),
