@@ -248,6 +248,10 @@ async fn run_one(scenario: &Scenario, ctx: &Ctx) -> anyhow::Result<RunResult> {
         Scenario::Churn(a) => churn::run(ctx, a).await,
         Scenario::Job(a) => {
             ctx.target.require_plain("job")?;
+            anyhow::ensure!(
+                ctx.label != "floor",
+                "job: the floor server has no fleet jobs; run it without --floor-url"
+            );
             job::run(ctx, a).await
         }
     }

@@ -184,6 +184,33 @@ async fn session() {
     assert!(report["ratio"]["p50"].is_number(), "{report:#}");
 }
 
+/// Fleet jobs (the floor has none: aip alone), two devices at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job() {
+    let server = aip_server().await;
+    let report = bench(&[
+        "job",
+        "--devices",
+        "5",
+        "--batch",
+        "2",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0",
+        "--url",
+        &server.url,
+    ])
+    .await;
+    assert_clean(&report["target"]);
+    let details = &report["target"]["details"];
+    assert!(
+        details["sessions_per_second"].as_f64() > Some(0.0),
+        "{report:#}"
+    );
+    assert_eq!(details["devices"], 5, "{report:#}");
+}
+
 /// With an API key, the devices authenticate with `?token=` and the HTTP calls with
 /// `X-API-Key`; without the key every call is refused (and counted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
