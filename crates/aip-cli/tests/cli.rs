@@ -8,7 +8,7 @@
 use aip_testkit::process as support;
 
 use serde_json::{json, Value};
-use support::{run, Proc, Server};
+use support::{run, Proc, Server, Terminal};
 
 // ## Outcomes: what is printed and how `aip` exits
 
@@ -256,80 +256,6 @@ fn waiting_rides_out_a_server_restart_and_reports_how_the_session_ended() {
     let said = waiting.output();
     assert!(said.contains("retrying"), "{said}");
     assert!(said.contains("state: failed (server_restarted)"), "{said}");
-}
-
-/// `aip <args>` on a pseudo-terminal (util-linux `script`): keys in, the screen out.
-struct Terminal {
-    child: std::process::Child,
-    keys: std::process::ChildStdin,
-    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-impl Terminal {
-    fn run(args: &str) -> Terminal {
-        Terminal::run_as(args, Some("xterm"))
-    }
-
-    /// `TERM` is `term` (`None`: unset, a terminal nothing can draw on).
-    fn run_as(args: &str, term: Option<&str>) -> Terminal {
-        use std::io::Read;
-        // `exec`: no shell stays between `script` and the client (dash, CI's /bin/sh, would
-        // take the Ctrl-C itself and exit 130 whatever the client chose).
-        let line = format!("exec {} {args}", *support::BIN);
-        let mut command = std::process::Command::new("script");
-        command.env_remove("TERM");
-        if let Some(term) = term {
-            command.env("TERM", term);
-        }
-        let mut child = command
-            .args(["-qec", &line, "/dev/null"])
-            .env("SHELL", "/bin/sh")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("util-linux `script` runs the client on a pseudo-terminal");
-        let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut out = child.stdout.take().unwrap();
-        let sink = screen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = out.read(&mut buf) {
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        let keys = child.stdin.take().unwrap();
-        Terminal {
-            child,
-            keys,
-            screen,
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
-    }
-
-    fn wait_for(&self, needle: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !self.text().contains(needle) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {needle:?} on the terminal:\n{}",
-                self.text()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-
-    fn type_keys(&mut self, keys: &[u8]) {
-        use std::io::Write;
-        self.keys.write_all(keys).unwrap();
-        self.keys.flush().unwrap();
-    }
-
-    fn exit_code(&mut self) -> Option<i32> {
-        self.child.wait().unwrap().code()
-    }
 }
 
 /// On a terminal: the live line, and Ctrl-C asks before it cancels anything.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aip_testkit::process as support;
 use aip_testkit::{expect_ack, expect_command, Ws};
 use serde_json::{json, Value};
-use support::Server;
+use support::{Server, Terminal};
 
 /// The devices of these tests: three web servers and a database, all linux.
 fn fleet(srv: &Server) -> Vec<support::Proc> {
@@ -164,6 +164,46 @@ fn bad_job_command_lines_exit_2_and_a_cancelled_job_exits_3() {
     aip(&srv, &["job", &id, "--cancel"])
         .expect_code(1)
         .stderr_has(&["Job already finished"]);
+}
+
+#[test]
+fn on_a_terminal_aip_run_draws_a_bar_and_a_line_per_running_device_and_ctrl_c_detaches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(tmp.path(), &[]);
+    let _devices = fleet(&srv);
+    let run = format!(
+        "run --url {} --select role=web --batch 2 -- 'sleep 1; echo done'",
+        srv.url()
+    );
+    let mut term = Terminal::run(&run);
+    // The overall bar with its counts, and a line for each device running.
+    term.wait_for("2 running, 1 pending");
+    term.wait_for("web-1");
+    term.wait_for("running");
+    assert_eq!(term.exit_code(), Some(0), "{}", term.text());
+    let screen = term.text();
+    assert!(screen.contains("3 completed of 3"), "{screen}");
+    assert!(
+        !screen.contains("[1/3]"),
+        "no plain lines on a terminal: {screen}"
+    );
+
+    // Without TERM nothing can be drawn: plain lines.
+    let mut plain = Terminal::run_as(&run, None);
+    assert_eq!(plain.exit_code(), Some(0), "{}", plain.text());
+    assert!(plain.text().contains("[3/3] web-"), "{}", plain.text());
+
+    // Ctrl-C stops following; the job keeps running and the message says how to follow it.
+    let long = format!("run --url {} --select role=db -- 'sleep 5'", srv.url());
+    let mut term = Terminal::run(&long);
+    term.wait_for("1 running");
+    term.type_keys(b"\x03");
+    assert_eq!(term.exit_code(), Some(130), "{}", term.text());
+    assert!(
+        term.text().contains("keeps running (aip job "),
+        "{}",
+        term.text()
+    );
 }
 
 /// Job `id` as `aip job --json --no-wait` prints it.

@@ -1,6 +1,7 @@
 //! The real `aip` binary as child processes, for the tests of `aip-cli` (which make cargo
 //! build it): a server on port 0 (its address read from its own log line), devices, and
-//! one-shot client runs with their exit code and output.
+//! one-shot client runs with their exit code and output, and a client on a pseudo-terminal
+//! ([`Terminal`]).
 
 // A harness: any failure here is the calling test's failure.
 #![allow(clippy::unwrap_used)]
@@ -264,5 +265,84 @@ pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `aip <args>` on a pseudo-terminal (util-linux `script`): keys in, the screen out.
+pub struct Terminal {
+    child: std::process::Child,
+    keys: std::process::ChildStdin,
+    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Terminal {
+    /// `aip <args>` with `TERM=xterm`.
+    pub fn run(args: &str) -> Terminal {
+        Terminal::run_as(args, Some("xterm"))
+    }
+
+    /// `TERM` is `term` (`None`: unset, a terminal nothing can draw on).
+    pub fn run_as(args: &str, term: Option<&str>) -> Terminal {
+        use std::io::Read;
+        // `exec`: no shell stays between `script` and the client (dash, CI's /bin/sh, would
+        // take the Ctrl-C itself and exit 130 whatever the client chose).
+        let line = format!("exec {} {args}", *BIN);
+        let mut command = std::process::Command::new("script");
+        command.env_remove("TERM");
+        if let Some(term) = term {
+            command.env("TERM", term);
+        }
+        let mut child = command
+            .args(["-qec", &line, "/dev/null"])
+            .env("SHELL", "/bin/sh")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("util-linux `script` runs the client on a pseudo-terminal");
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut out = child.stdout.take().unwrap();
+        let sink = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let keys = child.stdin.take().unwrap();
+        Terminal {
+            child,
+            keys,
+            screen,
+        }
+    }
+
+    /// Everything the terminal showed so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (10 s) until the screen shows `needle`.
+    pub fn wait_for(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.text().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} on the terminal:\n{}",
+                self.text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Types `keys` on the terminal.
+    pub fn type_keys(&mut self, keys: &[u8]) {
+        use std::io::Write;
+        self.keys.write_all(keys).unwrap();
+        self.keys.flush().unwrap();
+    }
+
+    /// Waits for the client's exit; its code.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.wait().unwrap().code()
     }
 }
