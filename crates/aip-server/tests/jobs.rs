@@ -256,6 +256,27 @@ async fn a_percentage_batch_rounds_up_and_everything_else_starts_at_once_by_defa
 }
 
 #[tokio::test]
+async fn a_rollout_past_the_active_session_limit_waits_for_room_instead_of_failing() {
+    let app = spawn_app_with(|c| c.max_active_sessions = 2).await;
+    let ids = ["p1", "p2", "p3"];
+    let mut d = fleet(&app, &ids.map(|i| (i, "linux", "web"))).await;
+    let job = create(
+        &app,
+        json!({"selector": {"client_ids": "p*"}, "commands": uptime()}),
+    )
+    .await;
+    let s1 = take_task(&mut d[0], "p1").await;
+    let s2 = take_task(&mut d[1], "p2").await;
+    d[2].expect_silence(Duration::from_millis(400)).await;
+    finish(&mut d[0], "p1", &s1, 0).await;
+    let s3 = take_task(&mut d[2], "p3").await;
+    finish(&mut d[1], "p2", &s2, 0).await;
+    finish(&mut d[2], "p3", &s3, 0).await;
+    let done = wait_job(&app, &job).await;
+    assert_eq!(done["state"], "completed", "{done}");
+}
+
+#[tokio::test]
 async fn max_failures_stops_starting_new_members_and_skips_the_rest() {
     let app = spawn_app().await;
     let ids = ["n1", "n2", "n3", "n4"];

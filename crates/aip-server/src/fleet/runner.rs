@@ -7,12 +7,13 @@
 //! future in the set. Sessions are opened through [`SessionManager::open`] like any HTTP
 //! dispatch, so results, cancellation and durability are those of every session.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aip_protocol::errors::{http as detail, job as text};
 use chrono::Utc;
-use futures_util::future::BoxFuture;
+use futures_util::future::{join_all, BoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::outcome::Outcome;
@@ -26,6 +27,8 @@ use crate::storage::{JobReason, JobState, JobStore, MemberState};
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// Wait before trying again when the server has no room for another session.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// Most sessions opened together (their store writes share a commit).
+const OPEN_AT_ONCE: usize = 256;
 
 /// A running member's session, resolved when it ends (its job's `timeout` cancels it
 /// as failed / `timeout`): `(seq, handle)`.
@@ -56,23 +59,41 @@ impl Runner {
         let total = self.job.progress.lock().members.len();
         let batch = self.spec.batch.size(total);
         let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+        // Members to start: those that found no room last time, then `next..total`.
+        let mut retry: VecDeque<usize> = VecDeque::new();
         let mut next = 0usize;
         let mut stop: Option<JobReason> = None;
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         loop {
             let mut blocked = false;
-            while stop.is_none() && running.len() < batch && next < total {
-                match self.start(next).await {
-                    Started::Running(f) => running.push(f),
-                    Started::Not(state, reason, why) => self.not_started(next, state, reason, why),
-                    Started::Later => {
-                        blocked = true;
-                        break;
+            if stop.is_none() {
+                let room = batch.saturating_sub(running.len()).min(OPEN_AT_ONCE);
+                let mut picks = Vec::with_capacity(room);
+                while picks.len() < room {
+                    match retry.pop_front() {
+                        Some(i) => picks.push(i),
+                        None if next < total => {
+                            picks.push(next);
+                            next += 1;
+                        }
+                        None => break,
                     }
                 }
-                next += 1;
+                // Opened together: their records are committed in one batch of the store.
+                let started = join_all(picks.iter().map(|&i| self.start(i))).await;
+                for (i, outcome) in picks.into_iter().zip(started) {
+                    match outcome {
+                        Started::Running(f) => running.push(f),
+                        Started::Not(state, reason, why) => self.not_started(i, state, reason, why),
+                        Started::Later => {
+                            retry.push_back(i);
+                            blocked = true;
+                        }
+                    }
+                }
             }
-            if running.is_empty() && (next >= total || stop.is_some()) {
+            let nothing_left = retry.is_empty() && next >= total;
+            if running.is_empty() && (nothing_left || stop.is_some()) {
                 break;
             }
             tokio::select! {
@@ -94,7 +115,7 @@ impl Runner {
                 _ = flush.tick() => self.flush().await,
             }
         }
-        self.finish(stop, next, total).await;
+        self.finish(stop).await;
     }
 
     /// Opens member `seq`'s session, unless its device is gone.
@@ -234,7 +255,7 @@ impl Runner {
     }
 
     /// Skips the members never started, ends the job and writes it.
-    async fn finish(&self, stop: Option<JobReason>, next: usize, total: usize) {
+    async fn finish(&self, stop: Option<JobReason>) {
         {
             let mut p = self.job.progress.lock();
             if let Some(reason) = stop {
@@ -243,8 +264,13 @@ impl Runner {
                     JobReason::Shutdown => text::SHUTDOWN,
                     _ => text::MAX_FAILURES,
                 };
-                for seq in next..total {
-                    let seq = u32::try_from(seq).unwrap_or(u32::MAX);
+                let waiting: Vec<u32> = p
+                    .members
+                    .iter()
+                    .filter(|m| m.state == MemberState::Pending)
+                    .map(|m| m.seq)
+                    .collect();
+                for seq in waiting {
                     p.set(seq, |m| {
                         m.state = MemberState::Skipped;
                         m.reason = Some(reason);
@@ -252,7 +278,7 @@ impl Runner {
                     });
                 }
             }
-            let all_done = p.count(MemberState::Completed) as usize == total;
+            let all_done = p.count(MemberState::Completed) as usize == p.members.len();
             let state = match stop {
                 Some(JobReason::Cancelled) => JobState::Cancelled,
                 _ if all_done => JobState::Completed,
