@@ -24,10 +24,19 @@ fn string_or_list() -> RefOr<Schema> {
         .into()
 }
 
-/// Tag key → a value or a list of values.
+/// [`string_or_list`], or `null` (as if absent).
+fn ids() -> RefOr<Schema> {
+    OneOfBuilder::new()
+        .item(string())
+        .item(Array::new(string()))
+        .item(Object::with_type(Type::Null))
+        .into()
+}
+
+/// Tag key → a value or a list of values; `null` as if absent.
 fn tag_map() -> RefOr<Schema> {
     ObjectBuilder::new()
-        .schema_type(Type::Object)
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
         .additional_properties(Some(string_or_list()))
         .into()
 }
@@ -104,7 +113,7 @@ fn timeout() -> RefOr<Schema> {
 #[schema(example = json!({"platform": "linux", "tags": {"role": "web"}}))]
 pub struct JobSelector {
     /// Client id globs (`web-*`), one or a list; any may match.
-    #[schema(schema_with = string_or_list, required = false)]
+    #[schema(schema_with = ids, required = false)]
     client_ids: Value,
     /// The platform the device registered with (a glob).
     #[schema(required = false)]
