@@ -56,7 +56,8 @@ fn end_reason_schema() -> RefOr<Schema> {
         | RequesterDisconnected
         | Shutdown
         | Cancelled
-        | ServerRestarted => r.as_str(),
+        | ServerRestarted
+        | NodeLost => r.as_str(),
     };
     let all = [
         Timeout,
@@ -66,6 +67,7 @@ fn end_reason_schema() -> RefOr<Schema> {
         Shutdown,
         Cancelled,
         ServerRestarted,
+        NodeLost,
     ];
     one_of_strings(&all.map(listed), true)
 }
