@@ -292,3 +292,134 @@ async fn a_duplicate_id_on_another_node_is_refused_while_the_holder_lives_and_re
     wait_client(&a, "twin", Some("b")).await;
     drop(first);
 }
+
+/// `kill -<signal> <pid>`.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_node_s_sessions_fail_node_lost_and_its_devices_fail_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    // The real device agent, told both nodes: B first.
+    let servers = format!("{},{}", b.ws(), a.ws());
+    let _dev = b.device("dev", &["--server", &servers]);
+    wait_client(&a, "dev", Some("b")).await;
+
+    // A result reported before the kill, a session running at it (from HTTP on A), and
+    // a constellation on A with a session on B.
+    let (_, d) = dispatch(&a, plan("dev", "echo before")).await;
+    let before = d["session_id"].as_str().unwrap().to_owned();
+    wait_result(&a, &before, |v| v["state"] == "completed").await;
+    let (_, d) = dispatch(&a, plan("dev", "sleep 60")).await;
+    let running = d["session_id"].as_str().unwrap().to_owned();
+    wait_result(&a, &running, |v| v["state"] == "running").await;
+    let mut k = Ws::connect(&a.ws()).await;
+    k.send(
+        json!({"type": "register", "status": "ok", "client_type": "constellation",
+        "client_id": "galaxy"}),
+    )
+    .await;
+    assert_eq!(k.recv().await["status"], "ok");
+    k.send(
+        json!({"type": "task", "status": "continue", "client_type": "constellation",
+        "session_id": "k-1", "task_name": "t", "client_id": "galaxy", "target_id": "dev",
+        "request": "sleep", "metadata": {"commands": [{"tool_name": "execute_command",
+        "tool_type": "action", "parameters": {"command": "sleep 60"}}]}}),
+    )
+    .await;
+    assert_eq!(k.recv().await["session_id"], "k-1");
+
+    let killed = Instant::now();
+    signal(b.proc.pid(), "-9");
+
+    // Within the node TTL (5 s) and a watch period (1 s), plus slack.
+    let failed = wait_result(&a, &running, |v| v["state"] == "failed").await;
+    let detected = killed.elapsed();
+    assert_eq!(failed["reason"], "node_lost", "{failed}");
+    assert!(detected < Duration::from_secs(10), "{detected:?}");
+    eprintln!("node loss detected and its sessions failed after {detected:?}");
+    let end = k.next_text(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(end["type"], "task_end", "{end}");
+    assert_eq!(end["status"], "failed", "{end}");
+    assert_eq!(end["session_id"], "k-1", "{end}");
+    assert!(end["error"].as_str().unwrap().contains("lost"), "{end}");
+    let k1 = wait_result(&a, "k-1", |v| v["status"] == "done").await;
+    assert_eq!(k1["reason"], "node_lost", "{k1}");
+
+    // The result reported before the kill is kept.
+    let kept = wait_result(&a, &before, |v| v["status"] == "done").await;
+    assert_eq!(kept["state"], "completed");
+    assert_eq!(stdout_of(&kept), "before\n");
+
+    // The device reconnects to A and takes new tasks there.
+    wait_client(&a, "dev", Some("a")).await;
+    eprintln!("device failed over to node a after {:?}", killed.elapsed());
+    let (status, d) = dispatch(&a, plan("dev", "echo after")).await;
+    assert_eq!(status, 200, "{d}");
+    let sid = d["session_id"].as_str().unwrap().to_owned();
+    let done = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    assert_eq!(stdout_of(&done), "after\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_declared_lost_that_comes_back_does_not_resurrect_its_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let mut dev = device_ws(&b, "dev").await;
+    wait_client(&a, "dev", Some("b")).await;
+    let (_, d) = dispatch(&a, plan("dev", "anything")).await;
+    let sid = d["session_id"].as_str().unwrap().to_owned();
+    // The device echoes; the session runs; its command waits for results.
+    let task = dev.recv().await;
+    assert_eq!(task["type"], "task", "{task}");
+    dev.send(
+        json!({"type": "task", "status": "continue", "client_type": "device",
+        "client_id": "dev", "session_id": sid, "task_name": task["task_name"],
+        "request": "anything"}),
+    )
+    .await;
+    let _ack = dev.recv().await;
+    let cmd = dev.recv().await;
+    assert_eq!(cmd["type"], "command", "{cmd}");
+
+    // B stops (a partition, as the others see it) long enough to be declared lost.
+    signal(b.proc.pid(), "-STOP");
+    let failed = wait_result(&a, &sid, |v| v["state"] == "failed").await;
+    assert_eq!(failed["reason"], "node_lost", "{failed}");
+    wait_client(&a, "dev", None).await;
+    signal(b.proc.pid(), "-CONT");
+
+    // B comes back: the device's results reach it, but the session stays failed, and B
+    // drops its connections (the device registers again and is published anew).
+    dev.send(results_for(&cmd, "dev")).await;
+    let closed = loop {
+        match dev.next_text(Duration::from_secs(10)).await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(closed, aip_testkit::Ended::Closed(_)),
+        "{closed:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    assert_eq!(still["state"], "failed", "{still}");
+    assert_eq!(still["reason"], "node_lost", "{still}");
+    let mut again = device_ws(&b, "dev").await;
+    wait_client(&a, "dev", Some("b")).await;
+    let (status, d) = dispatch(&a, plan("dev", "x")).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(again.recv().await["type"], "task");
+}

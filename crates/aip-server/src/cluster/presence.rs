@@ -134,15 +134,9 @@ impl Cluster {
                 return Ok(());
             }
         };
-        let holder_alive: bool = query(
-            &mut self.conn(),
-            redis::cmd("EXISTS").arg(alive_key(&holder)),
-        )
-        .await
-        .unwrap_or(true);
-        if holder_alive {
-            // The holder's node probes for up to `probe_timeout`; its answer takes longer.
-            let wait = probe_timeout + super::CALL_TIMEOUT;
+        if self.node_alive(&holder).await {
+            // The holder's node probes for up to `probe_timeout`; its answer comes after.
+            let wait = probe_timeout + std::time::Duration::from_secs(2);
             let answer = self
                 .call_within(&holder, wait, |req| super::inbox::Msg::Probe {
                     req,
@@ -152,6 +146,8 @@ impl Cluster {
                 .await;
             match answer {
                 Some(super::Outcome::Alive { alive: false }) => {}
+                // No answer from a node that has stopped heartbeating meanwhile: gone.
+                None if !self.node_alive(&holder).await => {}
                 _ => {
                     tracing::warn!(client_id = id, node = %holder, "duplicate registration refused; the client is live on another node");
                     return Err(aip_protocol::errors::duplicate_client(id));
@@ -161,6 +157,13 @@ impl Cluster {
         tracing::warn!(client_id = id, node = %holder, "the previous holder on another node is dead; replacing it");
         let _ = self.claim_as(e, true).await;
         Ok(())
+    }
+
+    /// Whether `node`'s heartbeat key is there (true when Redis cannot say).
+    async fn node_alive(&self, node: &str) -> bool {
+        query(&mut self.conn(), redis::cmd("EXISTS").arg(alive_key(node)))
+            .await
+            .unwrap_or(true)
     }
 
     async fn claim_as(&self, e: &ClientEntry, force: bool) -> Result<Option<String>, StoreError> {
