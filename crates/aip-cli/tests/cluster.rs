@@ -423,3 +423,90 @@ async fn a_node_declared_lost_that_comes_back_does_not_resurrect_its_sessions() 
     assert_eq!(status, 200, "{d}");
     assert_eq!(again.recv().await["type"], "task");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_keeps_sockets_refuses_dispatches_fast_and_loses_no_reported_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let _dev = b.device("dev", &[]);
+    wait_client(&a, "dev", Some("b")).await;
+    let (_, d) = dispatch(&a, plan("dev", "echo kept")).await;
+    let sid = d["session_id"].as_str().unwrap().to_owned();
+    wait_result(&a, &sid, |v| v["state"] == "completed").await;
+
+    // kill -9 of Redis (appendonly yes, appendfsync always).
+    redis.kill9();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A cannot look the device up, B cannot store the session: both refuse.
+    for srv in [&a, &b] {
+        let detail = "Storage unavailable";
+        let started = Instant::now();
+        let (status, v) = dispatch(srv, plan("dev", "echo lost?")).await;
+        assert_eq!(status, 503, "{v}");
+        assert!(
+            v["detail"].as_str().unwrap_or_default().contains(detail),
+            "{v}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+        let (status, h) = get(&format!("{}/api/health", srv.url())).await;
+        assert_eq!(status, 200, "{h}");
+        assert_eq!(h["cluster"]["redis"], "unreachable", "{h}");
+        let (status, r) = get(&format!("{}/api/ready", srv.url())).await;
+        assert_eq!(status, 503, "{r}");
+        assert_eq!(r["checks"]["redis"], "unreachable", "{r}");
+    }
+    // Sockets stay up: a device registering now is served by its node.
+    let mut late = device_ws(&a, "late").await;
+    aip_testkit::assert_alive(&mut late, "late").await;
+
+    redis.restart();
+    // Readiness comes back, the result reported before the crash is there, presence is
+    // republished (the device that registered during the outage included).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(&format!("{}/api/ready", a.url())).await.0 != 200 {
+        assert!(Instant::now() < deadline, "A never became ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    assert_eq!(stdout_of(&kept), "kept\n");
+    wait_client(&b, "late", Some("a")).await;
+    wait_client(&b, "dev", Some("b")).await;
+    // And work flows across nodes again.
+    let (status, d) = dispatch(&a, plan("dev", "echo again")).await;
+    assert_eq!(status, 200, "{d}");
+    let sid = d["session_id"].as_str().unwrap().to_owned();
+    let done = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    assert_eq!(stdout_of(&done), "again\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_master_redis_cluster_serves_the_same_fleet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_servers, seeds) = redis_cluster(&tmp.path().join("rc"));
+    let a = node(&seeds, "a", tmp.path(), &[]);
+    let b = node(&seeds, "b", tmp.path(), &[]);
+    let (_, h) = get(&format!("{}/api/health", a.url())).await;
+    assert_eq!(h["cluster"]["mode"], "sharded", "{h}");
+    let _dev = b.device("dev", &[]);
+    wait_client(&a, "dev", Some("b")).await;
+    let (status, d) = dispatch(&a, plan("dev", "echo sharded")).await;
+    assert_eq!(status, 200, "{d}");
+    let sid = d["session_id"].as_str().unwrap().to_owned();
+    let done = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    assert_eq!(stdout_of(&done), "sharded\n");
+    let (_, list) = get(&format!("{}/api/sessions", b.url())).await;
+    assert_eq!(list["sessions"][0]["session_id"], sid.as_str(), "{list}");
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        &format!("{}/api/sessions/{sid}", b.url()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
+}

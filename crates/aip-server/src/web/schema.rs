@@ -272,6 +272,9 @@ pub struct Client {
     /// A constellation's scope, or `null`.
     #[schema(required = true)]
     target_id: Option<String>,
+    /// Cluster mode only: the node the client is connected to.
+    #[schema(required = false)]
+    node: String,
 }
 
 fn client_type() -> RefOr<Schema> {
@@ -317,6 +320,24 @@ pub struct Health {
     /// Present only when no key is configured or the request carries a valid key.
     #[schema(required = false)]
     online_clients: Vec<String>,
+    /// Cluster mode only: this node and whether Redis answers.
+    #[schema(required = false)]
+    cluster: ClusterHealth,
+}
+
+/// A node's view of the cluster.
+#[derive(ToSchema)]
+pub struct ClusterHealth {
+    node: String,
+    /// `ok` or `unreachable` (the last heartbeat, at most a second old, failed).
+    #[schema(schema_with = redis_check)]
+    redis: String,
+    /// `single` (one Redis) or `sharded` (Redis Cluster).
+    mode: String,
+}
+
+fn redis_check() -> RefOr<Schema> {
+    one_of_strings(&["ok", "unreachable"], false)
 }
 
 fn health_status() -> RefOr<Schema> {
@@ -339,6 +360,9 @@ pub struct ReadyChecks {
     /// latest state is held in memory for a retried write) or `shutting_down`.
     #[schema(schema_with = store_check)]
     store: String,
+    /// Cluster mode only: whether Redis answers (`ok` or `unreachable`).
+    #[schema(required = false, schema_with = redis_check)]
+    redis: String,
 }
 
 fn ready_status() -> RefOr<Schema> {
