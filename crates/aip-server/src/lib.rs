@@ -1,6 +1,6 @@
 //! The aip agent server library. Dependencies point one way:
-//! `web` → `session` → {`registry`, `storage`} → `aip_protocol`; only `web` and this
-//! file take the [`AppState`].
+//! `web` → `session` → {`registry`, `storage`} → `aip_protocol`; only `web`, `cluster`
+//! and this file take the [`AppState`].
 //!
 //! - [`web`]: the router, `--local` / API-key guard ([`web::auth`]), HTTP API
 //!   ([`web::http`]), its one error type ([`web::error`]), the `/ws` endpoint
@@ -13,7 +13,10 @@
 //! - [`registry`]: who is connected and what a session keeps of its executor;
 //!   [`conn`]: the bounded outgoing queue of a socket.
 //! - [`storage`]: session records, `SessionState`, `EndReason`, the store trait;
-//!   [`storage::sqlite`] the embedded backend.
+//!   [`storage::sqlite`] the embedded backend, [`storage::redis`] the shared one.
+//! - [`cluster`] (`--cluster`): presence, node heartbeats and loss, the inbox streams
+//!   between nodes; beside `web` (it takes the [`AppState`] to open and cancel sessions
+//!   other nodes ask for), and called by it for devices connected elsewhere.
 //! - [`keys`]: per-client credentials (`--keys`) and the [`keys::Grant`] a request or
 //!   connection holds; reloaded on SIGHUP.
 //! - [`config`]: every option of `aip serve`; [`state`]: what the web layer shares;
