@@ -38,6 +38,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Warnings about peers (refused authentications, refused upgrades), rate-limited.
     pub peer_warnings: crate::logsafe::PeerThrottle,
+    /// Cluster mode (`--cluster`): presence, routing to other nodes; `None` on one node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The outcome of the last write probe, reused for a second so that polling readiness
@@ -87,7 +89,7 @@ impl AppState {
         store: Arc<dyn SessionStore>,
         drivers: Option<Arc<dyn DriverFactory>>,
     ) -> Arc<Self> {
-        Self::with_jobs(config, store, None, drivers)
+        Self::build(config, store, None, drivers, None)
     }
 
     /// [`AppState::new`] with fleet jobs kept in `jobs` (`None`: job routes answer 503).
@@ -96,6 +98,27 @@ impl AppState {
         store: Arc<dyn SessionStore>,
         jobs: Option<Arc<dyn JobStore>>,
         drivers: Option<Arc<dyn DriverFactory>>,
+    ) -> Arc<Self> {
+        Self::build(config, store, jobs, drivers, None)
+    }
+
+    /// State for one node of a cluster (`cluster`), or a single server (`None`). Fleet
+    /// jobs need a `JobStore` on the cluster's store: until it has one they answer 503.
+    pub fn with_cluster(
+        config: ServerConfig,
+        store: Arc<dyn SessionStore>,
+        drivers: Option<Arc<dyn DriverFactory>>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Arc<Self> {
+        Self::build(config, store, None, drivers, cluster)
+    }
+
+    fn build(
+        config: ServerConfig,
+        store: Arc<dyn SessionStore>,
+        jobs: Option<Arc<dyn JobStore>>,
+        drivers: Option<Arc<dyn DriverFactory>>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Arc<Self> {
         let registry = Arc::new(Registry::default());
         let sessions = SessionManager::new(
@@ -123,6 +146,7 @@ impl AppState {
             next_conn_id: AtomicU64::new(1),
             readiness: Readiness::default(),
             peer_warnings: crate::logsafe::PeerThrottle::default(),
+            cluster,
         })
     }
 

@@ -115,27 +115,41 @@ impl Selector {
 
     /// True when `e` is a device this selector picks.
     pub fn matches(&self, e: &ClientEntry) -> bool {
-        if e.role != ClientType::Device {
-            return false;
-        }
-        if !self.client_ids.is_empty()
-            && !self
-                .client_ids
-                .iter()
-                .any(|p| glob::matches(p, &e.client_id))
-        {
-            return false;
-        }
-        if let Some(p) = &self.platform {
-            if !e.platform.as_deref().is_some_and(|v| glob::matches(p, v)) {
-                return false;
-            }
-        }
         let tags = e
             .metadata
             .as_ref()
             .and_then(|m| m.get("tags"))
             .and_then(Value::as_object);
+        self.matches_fields(
+            e.role == ClientType::Device,
+            &e.client_id,
+            e.platform.as_deref(),
+            tags,
+        )
+    }
+
+    /// True when a client with these registration fields is a device this selector
+    /// picks (cluster mode reads them from the shared presence, not a [`ClientEntry`]).
+    pub fn matches_fields(
+        &self,
+        is_device: bool,
+        client_id: &str,
+        platform: Option<&str>,
+        tags: Option<&serde_json::Map<String, Value>>,
+    ) -> bool {
+        if !is_device {
+            return false;
+        }
+        if !self.client_ids.is_empty()
+            && !self.client_ids.iter().any(|p| glob::matches(p, client_id))
+        {
+            return false;
+        }
+        if let Some(p) = &self.platform {
+            if !platform.is_some_and(|v| glob::matches(p, v)) {
+                return false;
+            }
+        }
         self.tags.iter().all(|(key, patterns)| {
             let value = match tags.and_then(|t| t.get(key)) {
                 Some(Value::String(s)) => s.clone(),

@@ -31,6 +31,8 @@ pub enum CancelReason {
     /// The fleet job's `timeout` (this long) passed while it ran: it ends `failed`,
     /// reason `timeout`.
     JobTimeout(std::time::Duration),
+    /// Cluster mode: the cluster declared this node lost and failed its sessions.
+    NodeLost,
 }
 
 /// Something that happened to a session, delivered to its job.

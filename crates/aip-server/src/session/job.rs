@@ -148,6 +148,7 @@ impl SessionJob {
                 true,
                 true,
             ),
+            CancelReason::NodeLost => (EndReason::NodeLost, text::NODE_LOST, true, true),
         };
         Outcome {
             state: SessionState::Cancelled,

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 pub mod jobs;
 pub mod lock;
+pub mod redis;
 pub mod sqlite;
 
 pub use jobs::{JobReason, JobRecord, JobState, JobStore, MemberRecord, MemberState};
@@ -71,6 +72,8 @@ pub enum EndReason {
     Cancelled,
     /// The session was live when the server last stopped.
     ServerRestarted,
+    /// Cluster mode: the node that owned the session stopped heartbeating.
+    NodeLost,
 }
 
 impl EndReason {
@@ -84,6 +87,7 @@ impl EndReason {
             Self::Shutdown => "shutdown",
             Self::Cancelled => "cancelled",
             Self::ServerRestarted => "server_restarted",
+            Self::NodeLost => "node_lost",
         }
     }
 
@@ -97,6 +101,7 @@ impl EndReason {
             "shutdown" => Self::Shutdown,
             "cancelled" => Self::Cancelled,
             "server_restarted" => Self::ServerRestarted,
+            "node_lost" => Self::NodeLost,
             _ => return None,
         })
     }
