@@ -12,6 +12,7 @@ use axum::{middleware, Router};
 use crate::state::AppState;
 
 pub mod auth;
+pub mod clients;
 pub mod error;
 pub mod http;
 pub mod jobs;
@@ -35,7 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/api/dispatch", axum::routing::post(http::dispatch))
         .route("/api/task_result/{id}", get(http::task_result))
-        .route("/api/clients", get(http::clients))
+        .route("/api/clients", get(clients::clients))
         .route("/api/sessions", get(http::list_sessions))
         .route(
             "/api/sessions/{id}",

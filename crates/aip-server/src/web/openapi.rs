@@ -17,7 +17,7 @@ use super::schema::{
     Build, Client, ClientList, Dispatched, ErrorBody, Health, Ready, ReadyChecks, Session,
     SessionList, Step,
 };
-use super::{http, jobs, ops, ws};
+use super::{clients, http, jobs, ops, ws};
 
 /// Where the document is served.
 pub const DOCUMENT_PATH: &str = "/api/openapi.json";
@@ -39,9 +39,10 @@ pub fn is_public(path: &str) -> bool {
         title = "aip",
         description = "The HTTP API of aip, the Agent Interaction Protocol server \
             (http-api.md): dispatch tasks to connected devices, fetch their results, \
-            list clients and sessions, run fleet jobs over many devices, and the operator's health, readiness and metrics \
-            endpoints. When the server runs with an API key, every endpoint except \
-            `/api/health`, `/api/ready`, this document and `/docs` needs it, as \
+            list clients and sessions, run fleet jobs over many devices, and the \
+            operator's health, readiness and metrics endpoints. When the server runs \
+            with an API key, every endpoint except `/api/health`, `/api/ready`, this \
+            document and `/docs` needs it, as \
             `X-API-Key: <key>` or `Authorization: Bearer <key>`; without a key configured \
             nothing needs one. Every error answer is `{\"detail\": \"<text>\"}`; unknown \
             routes answer 404 `Not Found`, known routes with another method 405 \
@@ -51,7 +52,7 @@ pub fn is_public(path: &str) -> bool {
     paths(
         http::dispatch,
         http::task_result,
-        http::clients,
+        clients::clients,
         http::list_sessions,
         http::get_session,
         http::cancel_session,
