@@ -148,6 +148,13 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_member_costs_one_small_row() {
+        // Paid per device of a job while it waits: no task, no channel, no timer.
+        let size = std::mem::size_of::<MemberRecord>();
+        assert!(size <= 128, "MemberRecord is {size} bytes");
+    }
+
+    #[test]
     fn counts_follow_every_state_change_and_changed_members_are_listed_once() {
         let mut p = Progress::new(
             "j".into(),

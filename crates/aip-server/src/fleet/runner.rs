@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aip_protocol::errors::{http as detail, job as text};
 use chrono::Utc;
-use futures_util::future::{join_all, BoxFuture};
+use futures_util::future::{join_all, BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::outcome::Outcome;
@@ -99,6 +99,10 @@ impl Runner {
             tokio::select! {
                 Some((seq, handle)) = running.next() => {
                     self.ended(seq, &handle).await;
+                    // Every other end already in: their places are refilled together.
+                    while let Some(Some((seq, handle))) = running.next().now_or_never() {
+                        self.ended(seq, &handle).await;
+                    }
                     if stop.is_none() && self.max_failures_reached() {
                         stop = Some(JobReason::MaxFailures);
                     }
