@@ -507,3 +507,29 @@ async fn a_three_master_redis_cluster_serves_the_same_fleet() {
     .await;
     assert_eq!(status, 409);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_stopped_gracefully_leaves_no_client_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let mut b = node(&redis.url(), "b", tmp.path(), &[]);
+    let _dev = device_ws(&b, "dev").await;
+    let _k = {
+        let mut k = Ws::connect(&b.ws()).await;
+        k.send(
+            json!({"type": "register", "status": "ok", "client_type": "constellation",
+            "client_id": "k"}),
+        )
+        .await;
+        assert_eq!(k.recv().await["status"], "ok");
+        k
+    };
+    wait_client(&a, "k", Some("b")).await;
+    signal(b.proc.pid(), "-TERM");
+    assert_eq!(b.proc.wait_exit(), Some(0), "{}", b.proc.output());
+    assert!(b.proc.output().contains("left the cluster"));
+    let (_, v) = get(&format!("{}/api/clients", a.url())).await;
+    assert_eq!(v["online_clients"], json!([]), "{v}");
+    assert!(!redis.cli(&["HKEYS", "{aip}:nodes"]).contains('b'));
+}
