@@ -533,3 +533,58 @@ async fn a_node_stopped_gracefully_leaves_no_client_behind() {
     assert_eq!(v["online_clients"], json!([]), "{v}");
     assert!(!redis.cli(&["HKEYS", "{aip}:nodes"]).contains('b'));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_checks_the_same_key_and_redis_holds_no_secret() {
+    const KEY: &str = "cluster-key-0123456789-abcdef";
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &["--api-key", KEY]);
+    let b = node(&redis.url(), "b", tmp.path(), &["--api-key", KEY]);
+    let _dev = b.device("dev", &["--api-key", KEY]);
+    let client = reqwest::Client::new();
+    let (status, body) = dispatch(&a, plan("dev", "echo x")).await;
+    assert_eq!(status, 401, "{body}");
+    let answer = client
+        .post(format!("{}/api/dispatch", a.url()))
+        .header("X-API-Key", KEY)
+        .json(&plan("dev", "echo keyed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let sid = answer.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v: Value = client
+            .get(format!("{}/api/task_result/{sid}", b.url()))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["status"] == "done" {
+            assert_eq!(stdout_of(&v), "keyed\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Everything Redis holds, read back: no key anywhere.
+    for key in redis.cli(&["--scan"]).lines() {
+        let kind = redis.cli(&["TYPE", key]);
+        let dump = match kind.trim() {
+            "string" => redis.cli(&["GET", key]),
+            "hash" => redis.cli(&["HGETALL", key]),
+            "zset" => redis.cli(&["ZRANGE", key, "0", "-1"]),
+            "stream" => redis.cli(&["XRANGE", key, "-", "+"]),
+            other => panic!("unexpected type {other} of {key}"),
+        };
+        assert!(!dump.contains(KEY), "{key} holds the key: {dump}");
+    }
+}
