@@ -265,13 +265,6 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
 async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Response, ApiError> {
     let not_online = || ApiError::not_found(detail::CLIENT_NOT_ONLINE);
     let cluster = app.cluster.as_ref().ok_or_else(not_online)?;
-    let (device, _) = cluster
-        .lookup(&valid.target)
-        .await?
-        .ok_or_else(not_online)?;
-    if !device.is_device {
-        return Err(ApiError::bad_request(detail::TARGET_NOT_DEVICE));
-    }
     if app.is_shutting_down() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -285,7 +278,14 @@ async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Resp
         request: valid.request,
         commands: valid.commands,
     };
-    match cluster.open_remote(&device, open).await {
+    let (device, outcome) = cluster
+        .open_located(&valid.target, open)
+        .await?
+        .ok_or_else(not_online)?;
+    if !device.is_device {
+        return Err(ApiError::bad_request(detail::TARGET_NOT_DEVICE));
+    }
+    match outcome {
         Some(Outcome::Ok) => {}
         Some(Outcome::Busy) => return Ok(device_busy()),
         Some(Outcome::Refused { status, detail }) => {
