@@ -80,23 +80,27 @@ impl Cluster {
         if !device.is_device {
             return Ok(Some((device, None)));
         }
-        let outcome = self.open_remote(&device, open.clone()).await;
+        let outcome = self.open_remote(&device, open.clone()).await?;
         if !matches!(outcome, Some(Outcome::Refused { status: 404, .. })) {
             return Ok(Some((device, outcome)));
         }
         self.located.remove(client_id);
         match self.locate(client_id).await? {
             Some(moved) if moved.node != device.node && moved.is_device => {
-                let outcome = self.open_remote(&moved, open).await;
+                let outcome = self.open_remote(&moved, open).await?;
                 Ok(Some((moved, outcome)))
             }
             _ => Ok(Some((device, outcome))),
         }
     }
 
-    /// Opens a session on `device`'s node for the HTTP API. `None`: that node could not
-    /// be reached or did not answer in time.
-    pub async fn open_remote(&self, device: &RemoteDevice, open: RemoteOpen) -> Option<Outcome> {
+    /// Opens a session on `device`'s node for the HTTP API. `Ok(None)`: that node did
+    /// not answer in time.
+    pub async fn open_remote(
+        &self,
+        device: &RemoteDevice,
+        open: RemoteOpen,
+    ) -> Result<Option<Outcome>, StoreError> {
         self.call(&device.node, |req| self.open_msg(req, device, open, None))
             .await
     }
@@ -131,7 +135,7 @@ impl Cluster {
         requester: &ClientEntry,
         device: &RemoteDevice,
         open: RemoteOpen,
-    ) -> Option<Outcome> {
+    ) -> Result<Option<Outcome>, StoreError> {
         let sid = open.session_id.clone();
         // Known before the node answers: its first frame may come before its answer.
         self.remote_sessions.insert(
@@ -152,7 +156,7 @@ impl Cluster {
                 self.open_msg(req, device, open, Some(asker))
             })
             .await;
-        if !matches!(outcome, Some(Outcome::Ok)) {
+        if !matches!(outcome, Ok(Some(Outcome::Ok))) {
             self.remote_sessions.remove(&sid);
         }
         outcome
@@ -176,7 +180,7 @@ impl Cluster {
                 from: self.node.clone(),
                 session_id: session_id.to_owned(),
             })
-            .await,
+            .await?,
         ))
     }
 
