@@ -17,6 +17,7 @@ use super::handle::{
     CancelReason, ClientEnd, Parked, ReportedResults, SessionEvent, SessionHandle,
 };
 use super::manager::SessionManager;
+use super::publish;
 use super::records::store_until_saved;
 use crate::config::fmt_secs;
 use crate::registry::ExecutorInfo;
@@ -231,6 +232,7 @@ impl SessionJob {
         self.record.started_at = Some(now);
         self.record.echo_received = true;
         self.persist().await;
+        publish::state(&self.manager.events, &self.record);
     }
 
     /// Writes the record; if the store refuses, keeps it unsaved (reads show it) and
@@ -275,6 +277,7 @@ impl SessionJob {
                             actions: Vec::new(),
                             action_results: results,
                         });
+                        self.published_round();
                         self.record.result = Some(Box::new(rounds_result(&self.rounds)));
                         self.persist().await;
                     } else {
@@ -368,6 +371,15 @@ impl SessionJob {
                 actions,
                 action_results: results,
             });
+            self.published_round();
+        }
+    }
+
+    /// Announces the round just recorded.
+    fn published_round(&self) {
+        if let Some(last) = self.rounds.last() {
+            let n = self.rounds.len();
+            publish::round(&self.manager.events, &self.record, n, &last.action_results);
         }
     }
 
@@ -441,6 +453,7 @@ impl SessionJob {
         // Stored before anyone is told; if the store refuses, the final state is kept in
         // memory (reads show it), everyone is told, and the write is retried below.
         let unsaved = self.persist().await;
+        publish::ended(&self.manager.events, &self.record);
         self.manager.release(&sid);
         self.manager.unindex(&self.handle);
 
