@@ -35,7 +35,10 @@ function notFound(root) {
 function render() {
   current?.unmount?.();
   const [factory, param] = route(location.pathname);
-  const root = $("view");
+  // A fresh element per view: a view's late answers (a reply to a call made before the
+  // user moved on) then land in a detached element instead of the next view.
+  const root = document.createElement("div");
+  $("view").replaceChildren(root);
   current = factory(root, param, new URLSearchParams(location.search)) || {};
   for (const a of document.querySelectorAll("[data-nav]")) {
     const active = a.getAttribute("href").replace(/\/$/, "") === location.pathname.replace(/\/$/, "")

@@ -3,7 +3,7 @@
 // button while it is live. Its address (/ui/sessions/<id>) can be shared.
 
 import { api } from "./api.js";
-import { badge, between, debounce, duration, ended, errorBox, fill, h, link, local, time } from "./util.js";
+import { badge, between, clock, debounce, duration, ended, errorBox, fill, h, link, time } from "./util.js";
 
 export function detailView(root, id) {
   const live = []; // events received while this page is open: [at, text]
@@ -65,15 +65,18 @@ export function detailView(root, id) {
         isLive ? (s.step ? `Running step ${s.step.round}: ${s.step.tools.join(", ")}`
           : s.state === "created" ? "Waiting for the device to accept the task…" : "Running…")
           : `Ended ${s.state}${s.reason ? ` (${s.reason})` : ""}.`),
-      h("dl", { class: "facts" },
-        fact("Session", h("span", { class: "mono" }, s.session_id)),
-        fact("Executor", link(`/ui/sessions?client=${encodeURIComponent(s.client_id)}`, s.client_id)),
-        fact("Requester", s.requester ? `${s.requester} (${s.origin})` : `HTTP API (${s.origin})`),
-        fact("Duration", duration(between(s.started_at || s.created_at, s.finished_at))),
-        s.error ? fact("Error", h("span", { class: "error-text" }, s.error)) : null),
-      s.request !== undefined ? h("section", {}, h("h2", {}, "Request"), h("pre", { class: "request" }, s.request)) : null,
-      h("section", {}, h("h2", {}, "Timeline"), timeline(s)),
-      results(s.result));
+      h("div", { class: "detail" },
+        h("div", { class: "main-col" },
+          s.request !== undefined ? h("section", {}, h("h2", {}, "Request"), h("pre", { class: "request" }, s.request)) : null,
+          results(s.result)),
+        h("aside", { class: "side-col", "aria-label": "About this session" },
+          h("dl", { class: "facts" },
+            fact("Session", h("span", { class: "mono" }, s.session_id)),
+            fact("Executor", link(`/ui/sessions?client=${encodeURIComponent(s.client_id)}`, s.client_id)),
+            fact("Requester", s.requester ? `${s.requester} (${s.origin})` : `HTTP API (${s.origin})`),
+            fact("Duration", duration(between(s.started_at || s.created_at, s.finished_at))),
+            s.error ? fact("Error", h("span", { class: "error-text" }, s.error)) : null),
+          h("h2", {}, "Timeline"), timeline(s))));
     if (focused) document.getElementById(focused)?.focus();
   }
 
@@ -85,8 +88,8 @@ export function detailView(root, id) {
     const steps = [["created", s.created_at], ["running", s.started_at], [s.state, ended(s.state) ? s.finished_at : null]]
       .filter(([, at]) => at);
     return h("ol", { class: "timeline" },
-      steps.map(([state, at]) => h("li", {}, badge(state), " ", time(at), h("small", { class: "muted" }, ` ${local(at)}`))),
-      live.map(([at, text]) => h("li", { class: "event" }, h("small", { class: "muted" }, `${local(at)} `), text)));
+      steps.map(([state, at]) => h("li", {}, badge(state), " ", time(at), h("small", { class: "muted" }, ` ${clock(at)}`))),
+      live.map(([at, text]) => h("li", { class: "event" }, h("small", { class: "muted" }, `${clock(at)} `), text)));
   }
 
   const later = debounce(reload, 200);

@@ -54,6 +54,13 @@ export function local(iso) {
   });
 }
 
+/** The viewer's local time of day, to the millisecond. */
+export function clock(iso) {
+  return new Date(iso).toLocaleTimeString(undefined, {
+    hour: "2-digit", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3,
+  });
+}
+
 /** A <time> showing the relative time, the local time on hover and kept fresh. */
 export function time(iso) {
   if (!iso) return h("span", { class: "muted" }, "—");
