@@ -8,6 +8,9 @@
 //! `.ci/run` installs them); without them the test fails, saying so. Screenshots go to
 //! `target/tmp/`; with `AIP_UPDATE_SCREENSHOTS=1` to `docs/screenshots/` (the README's).
 
+#![cfg(unix)]
+
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,10 +35,12 @@ impl Browser {
         let chromium = tool("AIP_CHROMIUM", "/usr/bin/chromium");
         let chromedriver = tool("AIP_CHROMEDRIVER", "/usr/bin/chromedriver");
         let port = free_port();
+        // Its own process group: the browsers it starts are stopped with it.
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {chromedriver}: {e}"));
         let profile = tempfile::tempdir().expect("profile dir");
@@ -124,12 +129,17 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            // Ends the browser session; chromedriver itself is killed below.
+            // Ends the browser session (Chromium exits), also while a failed test unwinds.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let _ = rt.spawn(client.close());
+                tokio::task::block_in_place(|| {
+                    let _ =
+                        rt.block_on(tokio::time::timeout(Duration::from_secs(5), client.close()));
+                });
             }
         }
-        let _ = self.driver.kill();
+        // Then chromedriver and anything left in its process group.
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
     }
 }
