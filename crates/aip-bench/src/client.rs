@@ -350,7 +350,7 @@ pub async fn ramp(ctx: &Ctx, n: usize, tag: &str) -> anyhow::Result<Ramp> {
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let target = ctx.target.clone();
+        let target = ctx.devices.clone();
         let gate = gate.clone();
         let id = format!("bench-{}-{tag}{i}", ctx.run_id);
         tasks.push(tokio::spawn(async move {

@@ -118,6 +118,11 @@ pub struct CommonArgs {
     #[arg(long, global = true)]
     #[serde(skip)]
     pub api_key: Option<String>,
+    /// WebSocket URL the devices (and other WebSocket clients) connect to, when it is not
+    /// --url: another node of a cluster, so that `dispatch` and `session` measure the
+    /// route between nodes. The HTTP side stays on --url.
+    #[arg(long, global = true)]
+    pub devices_url: Option<String>,
     /// Pid of the server, to report its RSS and CPU from /proc.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
@@ -145,6 +150,8 @@ pub struct CommonArgs {
 /// What a scenario needs to know about the run it is part of.
 pub(crate) struct Ctx {
     pub target: Arc<Target>,
+    /// Where the devices connect: `target`, or `--devices-url`.
+    pub devices: Arc<Target>,
     /// `target` or `floor`.
     pub label: &'static str,
     /// Makes client ids and task names of this run unique.
@@ -184,13 +191,17 @@ pub async fn run_report(args: BenchArgs) -> anyhow::Result<Report> {
     let mut floor = None;
     if let Some(url) = &common.floor_url {
         let target = Target::new(url, common.api_key.as_deref(), timeout)?;
-        let ctx = ctx(target, "floor", warmup, common, common.floor_pid);
+        let ctx = ctx(target, None, "floor", warmup, common, common.floor_pid);
         floor = Some(run_one(&args.scenario, &ctx).await?);
         // Let the floor's sockets go before the real run starts.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let target = Target::new(&common.url, common.api_key.as_deref(), timeout)?;
-    let ctx = ctx(target, "target", warmup, common, common.server_pid);
+    let devices = match &common.devices_url {
+        Some(url) => Some(Target::new(url, common.api_key.as_deref(), timeout)?),
+        None => None,
+    };
+    let ctx = ctx(target, devices, "target", warmup, common, common.server_pid);
     let target = run_one(&args.scenario, &ctx).await?;
     let ratio = floor.as_ref().map(|f| Ratio::of(&target, f));
     Ok(Report {
@@ -206,6 +217,7 @@ pub async fn run_report(args: BenchArgs) -> anyhow::Result<Report> {
 
 fn ctx(
     target: Target,
+    devices: Option<Target>,
     label: &'static str,
     warmup: Duration,
     common: &CommonArgs,
@@ -215,8 +227,10 @@ fn ctx(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
         .unwrap_or(0);
+    let target = Arc::new(target);
     Ctx {
-        target: Arc::new(target),
+        devices: devices.map_or_else(|| Arc::clone(&target), Arc::new),
+        target,
         label,
         run_id: format!("{:08x}", nanos ^ std::process::id().rotate_left(16)),
         warmup,

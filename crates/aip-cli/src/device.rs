@@ -37,9 +37,15 @@ pub struct DeviceArgs {
     log: LogArgs,
     #[command(flatten)]
     llm: LlmArgs,
-    /// WebSocket URL of the server: ws://… or wss://… (TLS).
-    #[arg(long, env = "AIP_SERVER", default_value = "ws://127.0.0.1:5000/ws")]
-    server: String,
+    /// WebSocket URL of the server: ws://… or wss://… (TLS). Repeatable (or
+    /// comma-separated): the nodes of a cluster, tried in turn after a lost connection.
+    #[arg(
+        long,
+        env = "AIP_SERVER",
+        default_value = "ws://127.0.0.1:5000/ws",
+        value_delimiter = ','
+    )]
+    server: Vec<String>,
     /// For wss://: trust only the CA certificates in this PEM file instead of the system roots.
     #[arg(long, env = "AIP_CA_CERT")]
     ca_cert: Option<PathBuf>,
@@ -93,12 +99,12 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
 
 /// Runs the device agent until SIGINT/SIGTERM.
 pub async fn device(args: DeviceArgs) -> anyhow::Result<()> {
-    if !(args.server.starts_with("ws://") || args.server.starts_with("wss://")) {
-        return Err(Usage(format!(
-            "--server '{}' is not a ws:// or wss:// URL",
-            args.server
-        ))
-        .into());
+    if let Some(bad) = args
+        .server
+        .iter()
+        .find(|s| !(s.starts_with("ws://") || s.starts_with("wss://")))
+    {
+        return Err(Usage(format!("--server '{bad}' is not a ws:// or wss:// URL")).into());
     }
     args.log.init();
     if let Some(file) = &args.config {
@@ -147,14 +153,17 @@ pub async fn device(args: DeviceArgs) -> anyhow::Result<()> {
             tracing::error!(cause = %format!("{e:#}"), "some MCP servers are unavailable");
         }
     }
-    let tls = if args.ca_cert.is_some() || args.server.starts_with("wss://") {
+    let tls = if args.ca_cert.is_some() || args.server.iter().any(|s| s.starts_with("wss://")) {
         let config = aip_agent::tls::client_config(args.ca_cert.as_deref())
             .map_err(|e| Usage(e.to_string()))?;
         Some(config)
     } else {
         None
     };
-    let mut config = DeviceConfig::new(args.server, client_id);
+    let mut servers = args.server.into_iter();
+    let first = servers.next().unwrap_or_default();
+    let mut config = DeviceConfig::new(first, client_id);
+    config.fallback_servers = servers.collect();
     config.tls = tls;
     config.api_key = args.api_key.filter(|k| !k.is_empty());
     config.platform = platform;

@@ -137,6 +137,26 @@ pub struct ServeArgs {
     /// Bytes of recently ended sessions kept in memory for reads.
     #[arg(long, env = "AIP_RECENT_CACHE_BYTES", default_value_t = defaults().recent_cache_bytes)]
     recent_cache_bytes: usize,
+    /// Cluster mode: redis://HOST:PORT[/DB] shared by every node (several URLs,
+    /// comma-separated, for Redis Cluster seeds); results, presence and routing live
+    /// there instead of --data-dir.
+    #[arg(long, env = "AIP_CLUSTER")]
+    cluster: Option<String>,
+    /// This node's id in the cluster. Default: generated, unique per process (logged).
+    #[arg(long, env = "AIP_NODE_ID", requires = "cluster", value_parser = node_id)]
+    node_id: Option<String>,
+}
+
+/// A node id: 1 to 64 of [A-Za-z0-9._-].
+fn node_id(s: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("expected 1 to 64 characters of A-Z a-z 0-9 . _ -".to_owned())
+    }
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -196,6 +216,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_http_body: args.max_http_body,
         outgoing_queue_bytes: args.max_queued_bytes,
         recent_cache_bytes: args.recent_cache_bytes,
+        cluster: args.cluster.filter(|c| !c.trim().is_empty()),
+        node_id: args.node_id,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(aip_server::tls::TlsPaths { cert, key }),
             _ => None,

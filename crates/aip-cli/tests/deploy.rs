@@ -17,6 +17,7 @@ use support::{free_port, run, run_env, Proc, Server};
 /// The site file as shipped: the test runs this text, not a copy of it.
 const SITE: &str = include_str!("../../../deploy/nginx/aip.conf");
 const UNIT: &str = include_str!("../../../deploy/systemd/aip.service");
+const CLUSTER_SITE: &str = include_str!("../../../deploy/nginx/aip-cluster.conf");
 
 /// A CA and a server certificate for 127.0.0.1 and localhost, as PEM files in `dir`;
 /// returns the CA file.
@@ -45,7 +46,7 @@ fn swap(text: &str, from: &str, to: &str) -> String {
         text.contains(from),
         "deploy/nginx/aip.conf no longer has {from:?}"
     );
-    text.replace(from, to)
+    text.replacen(from, to, 1)
 }
 
 /// nginx in the foreground with a config of its own in `dir`; killed on drop.
@@ -72,9 +73,6 @@ impl Drop for Nginx {
 impl Nginx {
     /// Runs the shipped site on 127.0.0.1:`port` in front of aip on `aip_port`.
     fn start(dir: &Path, port: u16, aip_port: u16) -> Nginx {
-        let nginx = which("nginx").unwrap_or_else(|| {
-            panic!("nginx is not installed: `apt-get install -y nginx` (.ci/run installs it when missing)")
-        });
         let d = dir.display();
         let mut site = swap(
             SITE,
@@ -97,6 +95,15 @@ impl Nginx {
             "/etc/ssl/aip/privkey.pem",
             &format!("{d}/server.key"),
         );
+        Nginx::run_site(dir, port, &site)
+    }
+
+    /// Runs `site` (an nginx `server` block and what it needs) on 127.0.0.1:`port`.
+    fn run_site(dir: &Path, port: u16, site: &str) -> Nginx {
+        let nginx = which("nginx").unwrap_or_else(|| {
+            panic!("nginx is not installed: `apt-get install -y nginx` (.ci/run installs it when missing)")
+        });
+        let d = dir.display();
         std::fs::write(dir.join("aip.conf"), site).unwrap();
         // As root, workers would drop to `nobody`, who cannot reach the temp dir.
         let user = if is_root() { "user root;" } else { "" };
@@ -336,4 +343,96 @@ fn the_systemd_unit_verifies_cleanly_and_is_hardened() {
         level <= 2.0,
         "exposure {level} (systemd's scale: 0 best, 10 worst):\n{text}"
     );
+}
+
+/// The shipped load balancer site in front of three cluster nodes on one Redis: a device
+/// and the clients know only nginx; when the device's node is killed, the device comes
+/// back through nginx on another node and takes the next task.
+#[test]
+fn the_shipped_cluster_site_balances_three_nodes_and_survives_one_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = aip_testkit::redis::RedisServer::start(&tmp.path().join("redis"));
+    let url = redis.url();
+    let nodes: Vec<Server> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| Server::start(&tmp.path().join(id), &["--cluster", &url, "--node-id", id]))
+        .collect();
+    let port = free_port();
+    let mut site = swap(
+        CLUSTER_SITE,
+        "listen 80;",
+        &format!("listen 127.0.0.1:{port};"),
+    );
+    for (n, node) in ["10.0.0.11:5000", "10.0.0.12:5000", "10.0.0.13:5000"]
+        .iter()
+        .zip(&nodes)
+    {
+        site = swap(&site, n, &format!("127.0.0.1:{}", node.port));
+    }
+    let _nginx = Nginx::run_site(tmp.path(), port, &site);
+    let http = format!("http://127.0.0.1:{port}");
+    let ws = format!("ws://127.0.0.1:{port}/ws");
+
+    let mut dev = Proc::spawn(&["device", "--server", &ws, "--client-id", "lb-dev"]);
+    dev.wait_for_line("registered");
+    let dispatch = |text: &str| {
+        run(&[
+            "dispatch",
+            "--url",
+            &http,
+            "--target",
+            "lb-dev",
+            "--command",
+            text,
+            "--wait",
+            "--timeout",
+            "30s",
+        ])
+    };
+    for i in 0..3 {
+        // Each call may land on any node.
+        dispatch(&format!("echo round {i}"))
+            .expect_code(0)
+            .stdout_has(&["state: completed", &format!("stdout | round {i}")]);
+    }
+    // The node holding the device, as every node reports it.
+    let clients = run(&["clients", "--url", &http, "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&clients.stdout).unwrap();
+    let holder = listed["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "lb-dev")
+        .and_then(|c| c["node"].as_str())
+        .unwrap_or_else(|| panic!("no node for lb-dev: {listed}"))
+        .to_owned();
+    let killed = &nodes[["n1", "n2", "n3"]
+        .iter()
+        .position(|n| *n == holder)
+        .unwrap()];
+    let _ = Command::new("kill")
+        .args(["-9", &killed.proc.pid().to_string()])
+        .status();
+    // Back through nginx on a surviving node (after the lost node is cleaned up).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(&["clients", "--url", &http, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        let moved = v["clients"].as_array().is_some_and(|all| {
+            all.iter()
+                .any(|c| c["client_id"] == "lb-dev" && c["node"] != holder.as_str())
+        });
+        if moved {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lb-dev never came back: {v}\n{}",
+            dev.output()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    dispatch("echo after the kill")
+        .expect_code(0)
+        .stdout_has(&["stdout | after the kill"]);
 }

@@ -49,6 +49,11 @@ pub const SERVER_RESTARTED: &str = "Server restarted while the task was running"
 pub const DEVICE_BUSY: &str =
     "Device is busy: too many frames are waiting to be sent to it; retry later";
 pub const CANCELLED_OVER_HTTP: &str = "Task was cancelled through the HTTP API";
+/// Cluster mode: the node that ran the session stopped heartbeating.
+pub const NODE_LOST: &str = "The server node running this task was lost";
+/// Cluster mode: the device's node did not answer in time.
+pub const NODE_UNAVAILABLE: &str =
+    "The server node holding this device did not answer; try again later";
 
 /// `Invalid registration message: <detail>`
 pub fn invalid_registration(detail: &str) -> String {
@@ -164,6 +169,7 @@ pub mod http {
         "Device is busy: too many frames are waiting to be sent to it; retry later";
     /// The store failed; its own error text stays in the server's log.
     pub const STORAGE_UNAVAILABLE: &str = super::STORAGE_UNAVAILABLE;
+    pub const NODE_UNAVAILABLE: &str = super::NODE_UNAVAILABLE;
 
     /// `Invalid commands: <detail>`
     pub fn invalid_commands(detail: &str) -> String {

@@ -68,6 +68,11 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::TlsPaths>,
     /// `GET /metrics` without the API key.
     pub metrics_public: bool,
+    /// Cluster mode: the Redis (or Redis Cluster seeds, comma-separated) every node
+    /// shares; `None`: one node on the embedded store.
+    pub cluster: Option<String>,
+    /// This node's id in the cluster; `None`: generated, unique per process.
+    pub node_id: Option<String>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -121,6 +126,8 @@ impl Default for ServerConfig {
             llm: None,
             tls: None,
             metrics_public: false,
+            cluster: None,
+            node_id: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The aip agent server library. Dependencies point one way:
-//! `web` → `session` → {`registry`, `storage`} → `aip_protocol`; only `web` and this
-//! file take the [`AppState`].
+//! `web` → `session` → {`registry`, `storage`} → `aip_protocol`; only `web`, `cluster`
+//! and this file take the [`AppState`].
 //!
 //! - [`web`]: the router, `--local` / API-key guard ([`web::auth`]), HTTP API
 //!   ([`web::http`]), its one error type ([`web::error`]), the `/ws` endpoint
@@ -13,7 +13,10 @@
 //! - [`registry`]: who is connected and what a session keeps of its executor;
 //!   [`conn`]: the bounded outgoing queue of a socket.
 //! - [`storage`]: session records, `SessionState`, `EndReason`, the store trait;
-//!   [`storage::sqlite`] the embedded backend.
+//!   [`storage::sqlite`] the embedded backend, [`storage::redis`] the shared one.
+//! - [`cluster`] (`--cluster`): presence, node heartbeats and loss, the inbox streams
+//!   between nodes; beside `web` (it takes the [`AppState`] to open and cancel sessions
+//!   other nodes ask for), and called by it for devices connected elsewhere.
 //! - [`keys`]: per-client credentials (`--keys`) and the [`keys::Grant`] a request or
 //!   connection holds; reloaded on SIGHUP.
 //! - [`config`]: every option of `aip serve`; [`state`]: what the web layer shares;
@@ -35,6 +38,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod events;
@@ -97,6 +101,9 @@ pub async fn run(
         None => None,
     };
     let keys = keys::KeySource::of(&config).load()?;
+    if let Some(spec) = config.cluster.clone() {
+        return run_node(listener, config, &spec, keys, tls, shutdown).await;
+    }
     let _lock = storage::lock::DataDirLock::acquire(&config.data_dir)?;
     metrics::install();
     let dir = config.data_dir.clone();
@@ -105,12 +112,7 @@ pub async fn run(
         tokio::task::spawn_blocking(move || SqliteStore::open_with_cache(&dir, recent_bytes))
             .await?
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let drivers: Option<Arc<dyn session::driver::DriverFactory>> = match &config.llm {
-        Some(llm) => Some(Arc::new(
-            session::llm::LlmDriverFactory::new(llm.clone()).context("configuring the model")?,
-        )),
-        None => None,
-    };
+    let drivers = drivers_of(&config)?;
     // A store that opens but cannot be written (a read-only file) fails here, by name.
     let interrupted = store
         .mark_interrupted(chrono::Utc::now())
@@ -124,6 +126,77 @@ pub async fn run(
     }
     log_listening(&listener, &config, &keys);
     let state = AppState::new(config, Arc::new(store), drivers);
+    start(listener, state, keys, tls, shutdown).await
+}
+
+/// The model that plans natural-language requests, if one is configured.
+fn drivers_of(
+    config: &ServerConfig,
+) -> anyhow::Result<Option<Arc<dyn session::driver::DriverFactory>>> {
+    Ok(match &config.llm {
+        Some(llm) => Some(Arc::new(
+            session::llm::LlmDriverFactory::new(llm.clone()).context("configuring the model")?,
+        )),
+        None => None,
+    })
+}
+
+/// Cluster mode: one node of many sharing the Redis `spec` (the store, presence, the
+/// routes between nodes); no data directory.
+async fn run_node(
+    listener: TcpListener,
+    config: ServerConfig,
+    spec: &str,
+    keys: keys::KeySet,
+    tls: Option<Arc<tls::TlsFiles>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    metrics::install();
+    let drivers = drivers_of(&config)?;
+    let node = config
+        .node_id
+        .clone()
+        .unwrap_or_else(cluster::generated_node_id);
+    let cluster = cluster::Cluster::connect(spec, node.clone()).await?;
+    let store = cluster.store();
+    let interrupted = store
+        .mark_interrupted(chrono::Utc::now())
+        .await
+        .context("writing the cluster's store")?;
+    if interrupted > 0 {
+        tracing::warn!(
+            sessions = interrupted,
+            "this node's sessions live at its last stop are now failed (server_restarted)"
+        );
+    }
+    tracing::info!(node = %node, redis = %redacted(spec), sharded = cluster.is_sharded(), "cluster mode: joined");
+    log_listening(&listener, &config, &keys);
+    let state = AppState::with_cluster(config, store, drivers, Some(Arc::clone(&cluster)));
+    cluster.start(Arc::clone(&state));
+    start(listener, state, keys, tls, shutdown).await
+}
+
+/// A Redis URL for the log: any password replaced.
+fn redacted(spec: &str) -> String {
+    spec.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &u[..scheme], &u[at + 1..])
+            }
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Installs the credentials and the SIGHUP handling, then serves.
+async fn start(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    keys: keys::KeySet,
+    tls: Option<Arc<tls::TlsFiles>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     state.keys.install(keys);
     if state.config.keys_file.is_some() {
         keys::reload_on_sighup(state.keys.clone(), state.shutdown.clone());

@@ -136,6 +136,10 @@ fn describe() {
         "TCP connections closed at accept: over --max-sockets or --max-sockets-per-ip."
     );
     describe_counter!(
+        "aip_cluster_nodes_lost_total",
+        "Cluster mode: other nodes this node declared lost (and cleaned up after)"
+    );
+    describe_counter!(
         "aip_dispatch_busy_total",
         "Tasks refused because the target device's outgoing queue was above its high-water mark (HTTP 503, or a busy error to a constellation)."
     );
@@ -265,4 +269,9 @@ pub fn dispatch_busy() {
 /// An event stream subscriber dropped for falling behind.
 pub fn subscriber_dropped() {
     counter!("aip_event_subscribers_dropped_total").increment(1);
+}
+
+/// Cluster mode: this node cleaned up after a lost node.
+pub fn node_lost() {
+    counter!("aip_cluster_nodes_lost_total").increment(1);
 }

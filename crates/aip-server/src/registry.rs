@@ -176,6 +176,9 @@ impl ClientEntry {
 #[derive(Debug, Default)]
 pub struct Registry {
     clients: IdDashMap<String, Arc<ClientEntry>>,
+    /// Cluster mode: requesters connected to another node whose sessions run here. Their
+    /// frames go back to their node; they are not listed and cannot be addressed.
+    remote: IdDashMap<String, Arc<ClientEntry>>,
     seq: AtomicU64,
 }
 
@@ -205,9 +208,46 @@ impl Registry {
         self.clients.get(client_id).map(|e| e.clone())
     }
 
-    /// The entry for `client_id` if it is still connection `conn_id`.
+    /// The entry for `client_id` if it is still connection `conn_id` (a remote requester's
+    /// stand-in included).
     pub fn get_conn(&self, client_id: &str, conn_id: u64) -> Option<Arc<ClientEntry>> {
-        self.get(client_id).filter(|e| e.conn.id() == conn_id)
+        self.get(client_id)
+            .filter(|e| e.conn.id() == conn_id)
+            .or_else(|| {
+                self.remote
+                    .get(client_id)
+                    .map(|e| e.clone())
+                    .filter(|e| e.conn.id() == conn_id)
+            })
+    }
+
+    /// The stand-in of a requester connected to another node, made by `make` if there is
+    /// none yet.
+    pub fn remote_or_insert(
+        &self,
+        client_id: &str,
+        make: impl FnOnce() -> ClientEntry,
+    ) -> Arc<ClientEntry> {
+        self.remote
+            .entry(client_id.to_owned())
+            .or_insert_with(|| Arc::new(make()))
+            .clone()
+    }
+
+    /// Removes the stand-in of a remote requester if `keep` says so.
+    pub fn remove_remote_if(
+        &self,
+        client_id: &str,
+        keep: impl FnOnce(&ClientEntry) -> bool,
+    ) -> Option<Arc<ClientEntry>> {
+        self.remote
+            .remove_if(client_id, |_, e| keep(e))
+            .map(|(_, e)| e)
+    }
+
+    /// Every remote requester's stand-in.
+    pub fn remotes(&self) -> Vec<Arc<ClientEntry>> {
+        self.remote.iter().map(|e| e.value().clone()).collect()
     }
 
     /// A registered device named `client_id`.

@@ -35,6 +35,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Warnings about peers (refused authentications, refused upgrades), rate-limited.
     pub peer_warnings: crate::logsafe::PeerThrottle,
+    /// Cluster mode (`--cluster`): presence, routing to other nodes; `None` on one node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The outcome of the last write probe, reused for a second so that polling readiness
@@ -84,6 +86,16 @@ impl AppState {
         store: Arc<dyn SessionStore>,
         drivers: Option<Arc<dyn DriverFactory>>,
     ) -> Arc<Self> {
+        Self::with_cluster(config, store, drivers, None)
+    }
+
+    /// State for one node of a cluster (`cluster`), or a single server (`None`).
+    pub fn with_cluster(
+        config: ServerConfig,
+        store: Arc<dyn SessionStore>,
+        drivers: Option<Arc<dyn DriverFactory>>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Arc<Self> {
         let registry = Arc::new(Registry::default());
         let sessions = SessionManager::new(
             SessionSettings::of(&config),
@@ -108,6 +120,7 @@ impl AppState {
             next_conn_id: AtomicU64::new(1),
             readiness: Readiness::default(),
             peer_warnings: crate::logsafe::PeerThrottle::default(),
+            cluster,
         })
     }
 

@@ -15,6 +15,7 @@ pub mod app;
 pub mod frames;
 pub mod peer;
 pub mod process;
+pub mod redis;
 
 use std::time::Duration;
 

@@ -10,6 +10,9 @@ use std::time::Duration;
 pub struct DeviceConfig {
     /// `ws://host:port/ws` (a `?token=` is added when `api_key` is set).
     pub server: String,
+    /// More servers (the nodes of a cluster): after a failed or lost connection the next
+    /// attempt goes to the next URL, round the list.
+    pub fallback_servers: Vec<String>,
     pub client_id: String,
     pub api_key: Option<String>,
     /// `linux`, `windows` or `macos`.
@@ -47,6 +50,7 @@ impl DeviceConfig {
     pub fn new(server: impl Into<String>, client_id: impl Into<String>) -> Self {
         Self {
             server: server.into(),
+            fallback_servers: Vec::new(),
             client_id: client_id.into(),
             api_key: None,
             platform: crate::system::host_platform().to_owned(),
@@ -62,12 +66,21 @@ impl DeviceConfig {
         }
     }
 
-    pub(super) fn url(&self) -> String {
+    /// Server `n` of the list (`server`, then `fallback_servers`), round the list.
+    pub(super) fn server_at(&self, n: usize) -> &str {
+        match n % (1 + self.fallback_servers.len()) {
+            0 => &self.server,
+            i => &self.fallback_servers[i - 1],
+        }
+    }
+
+    /// The URL to connect to `server` with, the key added.
+    pub(super) fn url(&self, server: &str) -> String {
         match &self.api_key {
-            None => self.server.clone(),
+            None => server.to_owned(),
             Some(key) => {
-                let sep = if self.server.contains('?') { '&' } else { '?' };
-                format!("{}{sep}token={}", self.server, encode_query(key))
+                let sep = if server.contains('?') { '&' } else { '?' };
+                format!("{server}{sep}token={}", encode_query(key))
             }
         }
     }

@@ -64,10 +64,16 @@ impl Device {
     /// Runs until `shutdown` is cancelled, reconnecting whenever the connection is lost.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let mut attempt = 0;
         loop {
-            tracing::info!(server = %self.config.server, client_id = %self.config.client_id, "connecting");
+            let server = self.config.server_at(attempt);
+            // The next attempt, if any, goes to the next server of the list.
+            attempt += 1;
+            tracing::info!(server = %server, client_id = %self.config.client_id, "connecting");
             let mut registered_at = None;
-            let ended = self.connect_once(&shutdown, &mut registered_at).await;
+            let ended = self
+                .connect_once(server, &shutdown, &mut registered_at)
+                .await;
             // An accepted registration proves the server is back: the next attempt starts
             // from the initial delay (a rolling restart must not stretch it).
             if registered_at.is_some() {
@@ -120,10 +126,11 @@ impl Device {
 
     async fn connect_once(
         &self,
+        server: &str,
         shutdown: &CancellationToken,
         registered_at: &mut Option<Instant>,
     ) -> Ended {
-        let ws = match self.open(shutdown).await {
+        let ws = match self.open(server, shutdown).await {
             Ok(ws) => ws,
             Err(ended) => return ended,
         };
@@ -141,7 +148,7 @@ impl Device {
     }
 
     /// The WebSocket handshake (10 s at most).
-    async fn open(&self, shutdown: &CancellationToken) -> Result<WsStream, Ended> {
+    async fn open(&self, server: &str, shutdown: &CancellationToken) -> Result<WsStream, Ended> {
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(self.config.max_message_size);
         ws_config.max_frame_size = Some(self.config.max_message_size);
@@ -151,7 +158,7 @@ impl Device {
             .clone()
             .map(tokio_tungstenite::Connector::Rustls);
         let connect = tokio_tungstenite::connect_async_tls_with_config(
-            self.config.url(),
+            self.config.url(server),
             Some(ws_config),
             false,
             connector,

@@ -26,6 +26,8 @@ pub enum CancelReason {
     Shutdown,
     /// `DELETE /api/sessions/{id}`.
     Api,
+    /// Cluster mode: the cluster declared this node lost and failed its sessions.
+    NodeLost,
 }
 
 /// Something that happened to a session, delivered to its job.

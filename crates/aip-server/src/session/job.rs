@@ -139,6 +139,7 @@ impl SessionJob {
             ),
             CancelReason::Shutdown => (EndReason::Shutdown, text::SHUTTING_DOWN, true, true),
             CancelReason::Api => (EndReason::Cancelled, text::CANCELLED_OVER_HTTP, true, true),
+            CancelReason::NodeLost => (EndReason::NodeLost, text::NODE_LOST, true, true),
         };
         Outcome {
             state: SessionState::Cancelled,

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 pub mod lock;
+pub mod redis;
 pub mod sqlite;
 
 /// Lifecycle state of a session (server.md §4).
@@ -68,6 +69,8 @@ pub enum EndReason {
     Cancelled,
     /// The session was live when the server last stopped.
     ServerRestarted,
+    /// Cluster mode: the node that owned the session stopped heartbeating.
+    NodeLost,
 }
 
 impl EndReason {
@@ -81,6 +84,7 @@ impl EndReason {
             Self::Shutdown => "shutdown",
             Self::Cancelled => "cancelled",
             Self::ServerRestarted => "server_restarted",
+            Self::NodeLost => "node_lost",
         }
     }
 
@@ -94,6 +98,7 @@ impl EndReason {
             "shutdown" => Self::Shutdown,
             "cancelled" => Self::Cancelled,
             "server_restarted" => Self::ServerRestarted,
+            "node_lost" => Self::NodeLost,
             _ => return None,
         })
     }

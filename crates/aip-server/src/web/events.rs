@@ -162,12 +162,13 @@ fn dropped(tx: &mpsc::Sender<Bytes>, closer: Option<CancellationToken>) {
 
 /// The `tags` a client registered (`metadata.tags`, string values only).
 pub fn tags_of(entry: &ClientEntry) -> Value {
-    let tags = entry
-        .metadata
-        .as_ref()
-        .and_then(|m| m.get("tags"))
-        .and_then(Value::as_object);
+    tags_from(entry.metadata.as_ref().and_then(|m| m.get("tags")))
+}
+
+/// The string values of a registration's `metadata.tags`, as an object (`{}` if none).
+pub fn tags_from(tags: Option<&Value>) -> Value {
     let strings: Map<String, Value> = tags
+        .and_then(Value::as_object)
         .into_iter()
         .flatten()
         .filter(|(_, v)| v.is_string())

@@ -14,6 +14,7 @@ use aip_protocol::{
 };
 use serde_json::{json, Value};
 
+use crate::cluster::{Outcome, RemoteDevice, RemoteOpen};
 use crate::logsafe::{Clip, Throttle};
 use crate::registry::ClientEntry;
 use crate::session::{ClientEnd, CreateError, OpenRequest, ReportedResults, SessionEvent};
@@ -117,7 +118,7 @@ impl ClientConn {
             ClientMessageType::Task => self.on_task(msg).await,
             ClientMessageType::CommandResults => self.on_command_results(msg).await,
             ClientMessageType::TaskEnd => self.on_task_end(msg).await,
-            ClientMessageType::DeviceInfoRequest => self.on_device_info_request(msg),
+            ClientMessageType::DeviceInfoRequest => self.on_device_info_request(msg).await,
             ClientMessageType::DeviceInfoResponse => {}
             ClientMessageType::Error => {
                 let error = msg.error.filter(|e| !e.is_empty());
@@ -161,41 +162,28 @@ impl ClientConn {
                 }
                 self.entry.clone()
             }
-            ClientType::Constellation => match self.constellation_target(&msg) {
-                Ok(e) if e.conn.is_busy() => {
+            ClientType::Constellation => match self.constellation_target(&msg).await {
+                Ok(Target::Local(e)) if e.conn.is_busy() => {
                     crate::metrics::dispatch_busy();
                     return self.refuse(text::DEVICE_BUSY);
                 }
-                Ok(e) => e,
+                Ok(Target::Local(e)) => e,
+                Ok(Target::Remote(device)) => return self.on_remote_task(msg, device).await,
                 Err(refusal) => return self.refuse(refusal),
             },
         };
-        let Some(request) = msg.request.clone().filter(|r| !r.trim().is_empty()) else {
-            return self.refuse(text::EMPTY_REQUEST);
-        };
-        if request.len() > MAX_REQUEST_LEN {
-            return self.refuse(text::field_too_long("request", MAX_REQUEST_LEN));
-        }
-        let (session_id, generated_id) = match msg.session_id.as_deref() {
-            None | Some("") => (uuid::Uuid::new_v4().to_string(), true),
-            Some(s) if !is_valid_session_id(s) => return self.refuse(text::INVALID_SESSION_ID),
-            Some(s) => (s.to_owned(), false),
-        };
-        if let Some(refusal) = self.session_id_refusal(&session_id, generated_id).await {
-            return self.refuse(refusal);
-        }
-        let commands = match metadata_commands(&msg) {
-            Ok(c) => c,
+        let valid = match self.valid_task(&msg).await {
+            Ok(v) => v,
             Err(refusal) => return self.refuse(refusal),
         };
         let open = OpenRequest {
-            session_id,
-            generated_id,
-            task_name: sanitize_task_name(msg.task_name.as_deref()),
-            request,
+            session_id: valid.session_id,
+            generated_id: valid.generated_id,
+            task_name: valid.task_name,
+            request: valid.request,
             requester: Some(Arc::clone(&self.entry)),
             executor,
-            commands,
+            commands: valid.commands,
         };
         match self.app.sessions.open(open).await {
             Ok(h) => {
@@ -205,8 +193,59 @@ impl ClientConn {
         }
     }
 
+    /// The checks of a `task` after its target's, in the normative order: the request,
+    /// the session id, the commands. `Err`: the refusal.
+    async fn valid_task(&self, msg: &ClientMessage) -> Result<RemoteOpen, String> {
+        let Some(request) = msg.request.clone().filter(|r| !r.trim().is_empty()) else {
+            return Err(text::EMPTY_REQUEST.to_owned());
+        };
+        if request.len() > MAX_REQUEST_LEN {
+            return Err(text::field_too_long("request", MAX_REQUEST_LEN));
+        }
+        let (session_id, generated_id) = match msg.session_id.as_deref() {
+            None | Some("") => (uuid::Uuid::new_v4().to_string(), true),
+            Some(s) if !is_valid_session_id(s) => return Err(text::INVALID_SESSION_ID.to_owned()),
+            Some(s) => (s.to_owned(), false),
+        };
+        if let Some(refusal) = self.session_id_refusal(&session_id, generated_id).await {
+            return Err(refusal);
+        }
+        let commands = metadata_commands(msg)?;
+        Ok(RemoteOpen {
+            session_id,
+            generated_id,
+            task_name: sanitize_task_name(msg.task_name.as_deref()),
+            request,
+            commands,
+        })
+    }
+
+    /// Cluster mode: a constellation's `task` for a device on another node, which runs
+    /// the session; its acknowledgement and `task_end` come back through this node.
+    async fn on_remote_task(&mut self, msg: ClientMessage, device: RemoteDevice) {
+        let valid = match self.valid_task(&msg).await {
+            Ok(v) => v,
+            Err(refusal) => return self.refuse(refusal),
+        };
+        let Some(cluster) = self.app.cluster.clone() else {
+            return;
+        };
+        let sid = valid.session_id.clone();
+        match cluster.open_remote_for(&self.entry, &device, valid).await {
+            Some(Outcome::Ok) => {
+                tracing::info!(session_id = %sid, client_id = %self.id(), executor = %device.client_id, node = %device.node, "task accepted for a device on another node");
+            }
+            Some(Outcome::Busy) => {
+                crate::metrics::dispatch_busy();
+                self.refuse(text::DEVICE_BUSY);
+            }
+            Some(Outcome::Refused { detail, .. }) => self.refuse(detail),
+            Some(Outcome::Alive { .. }) | None => self.refuse(text::NODE_UNAVAILABLE),
+        }
+    }
+
     /// The device a constellation's `task` targets, or the refusal.
-    fn constellation_target(&self, msg: &ClientMessage) -> Result<Arc<ClientEntry>, String> {
+    async fn constellation_target(&self, msg: &ClientMessage) -> Result<Target, String> {
         let Some(target) = msg.target_id.as_deref().filter(|t| !t.is_empty()) else {
             return Err(text::CONSTELLATION_NEEDS_TARGET.to_owned());
         };
@@ -214,12 +253,32 @@ impl ClientConn {
             return Err(text::target_not_permitted(target));
         }
         let Some(e) = self.app.registry.get(target) else {
-            return Err(text::target_not_connected(target));
+            return match self.remote_client(target).await {
+                Some(d) if d.is_device => Ok(Target::Remote(d)),
+                Some(_) => Err(text::TARGET_NOT_DEVICE.to_owned()),
+                None => Err(text::target_not_connected(target)),
+            };
         };
         if e.role != ClientType::Device {
             return Err(text::TARGET_NOT_DEVICE.to_owned());
         }
-        Ok(e)
+        Ok(Target::Local(e))
+    }
+
+    /// Cluster mode: `client_id` connected to another node, with its registration.
+    async fn remote_client(&self, client_id: &str) -> Option<RemoteDevice> {
+        self.remote_registration(client_id).await.map(|(d, _)| d)
+    }
+
+    async fn remote_registration(&self, client_id: &str) -> Option<(RemoteDevice, Value)> {
+        let cluster = self.app.cluster.as_ref()?;
+        match cluster.lookup(client_id).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(client_id, cause = %e, "presence lookup failed");
+                None
+            }
+        }
     }
 
     /// Why this client may not use `session_id`: live, or stored and someone else's or not
@@ -328,7 +387,7 @@ impl ClientConn {
     }
 
     /// `device_info_request` (protocol.md §3.8): answered from registration data.
-    fn on_device_info_request(&self, msg: ClientMessage) {
+    async fn on_device_info_request(&self, msg: ClientMessage) {
         if self.entry.role != ClientType::Constellation {
             return self.refuse(text::DEVICE_INFO_ONLY_CONSTELLATION);
         }
@@ -340,14 +399,25 @@ impl ClientConn {
         {
             return self.refuse(text::DEVICE_INFO_OUT_OF_SCOPE);
         }
-        let info = self
-            .app
-            .registry
-            .device(target)
-            .and_then(|d| d.system_info.as_deref().cloned())
-            .unwrap_or_else(|| json!({"error": text::device_info_unknown(target)}));
+        let info = match self.app.registry.device(target) {
+            Some(d) => d.system_info.as_deref().cloned(),
+            // Cluster mode: a device on another node, as it registered there.
+            None => self
+                .remote_registration(target)
+                .await
+                .filter(|(d, _)| d.is_device)
+                .map(|(_, mut v)| v["system_info"].take())
+                .filter(Value::is_object),
+        }
+        .unwrap_or_else(|| json!({"error": text::device_info_unknown(target)}));
         self.reply(ServerMessage::device_info_response(msg.request_id, info));
     }
+}
+
+/// Where a constellation's `task` goes: a device here, or on another node.
+enum Target {
+    Local(Arc<ClientEntry>),
+    Remote(RemoteDevice),
 }
 
 /// `metadata.commands` of a `task`, if given, or the refusal.

@@ -26,6 +26,7 @@ use super::responses::{
 };
 use super::schema::{DispatchRequest, SessionQuery};
 use super::view::SessionView;
+use crate::cluster::{Outcome, RemoteOpen};
 use crate::session::{CancelReason, OpenRequest};
 use crate::state::AppState;
 use crate::storage::{SessionFilter, SessionRecord, SessionState};
@@ -47,9 +48,12 @@ pub async fn method_not_allowed() -> ApiError {
     tag = "clients",
     responses(ClientsResponses, Guarded)
 )]
-pub async fn clients(State(app): State<Arc<AppState>>) -> Json<Value> {
+pub async fn clients(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    if let Some(cluster) = &app.cluster {
+        return Ok(Json(fleet(&app, cluster).await?));
+    }
     let all = app.registry.list();
-    Json(json!({
+    Ok(Json(json!({
         "online_clients": all.iter().map(|c| c.client_id.clone()).collect::<Vec<_>>(),
         "clients": all.iter().map(|c| json!({
             "client_id": c.client_id,
@@ -61,6 +65,31 @@ pub async fn clients(State(app): State<Arc<AppState>>) -> Json<Value> {
             "tags": super::events::tags_of(c),
             "sessions": c.as_executor.lock().len() + c.as_requester.lock().len(),
         })).collect::<Vec<_>>(),
+    })))
+}
+
+/// Cluster mode: every client of every node, each with its node; the ones connected
+/// here as this node sees them now.
+async fn fleet(app: &AppState, cluster: &crate::cluster::Cluster) -> Result<Value, ApiError> {
+    let mut all = cluster.fleet().await?;
+    for c in &mut all {
+        let local = c["client_id"]
+            .as_str()
+            .and_then(|id| app.registry.get(id))
+            .filter(|_| c["node"] == cluster.node());
+        c["tags"] = super::events::tags_from(c.get("metadata").and_then(|m| m.get("tags")));
+        if let Some(e) = local {
+            c["last_seen"] = json!(http_timestamp(e.conn.last_seen()));
+            c["sessions"] = json!(e.as_executor.lock().len() + e.as_requester.lock().len());
+        }
+        if let Some(obj) = c.as_object_mut() {
+            obj.remove("metadata");
+            obj.remove("system_info");
+        }
+    }
+    Ok(json!({
+        "online_clients": all.iter().map(|c| c["client_id"].clone()).collect::<Vec<_>>(),
+        "clients": all,
     }))
 }
 
@@ -204,10 +233,9 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
             detail::SESSION_ID_IN_USE,
         ));
     }
-    let device = app
-        .registry
-        .get(&valid.target)
-        .ok_or_else(|| ApiError::not_found(detail::CLIENT_NOT_ONLINE))?;
+    let Some(device) = app.registry.get(&valid.target) else {
+        return dispatch_elsewhere(&app, valid).await;
+    };
     if device.role != aip_protocol::ClientType::Device {
         return Err(ApiError::bad_request(detail::TARGET_NOT_DEVICE));
     }
@@ -237,6 +265,62 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
         status: "dispatched",
         session_id: &handle.session_id,
         task_name: &handle.task_name,
+        client_id: &device.client_id,
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        answer.to_json(),
+    )
+        .into_response())
+}
+
+/// Cluster mode: a dispatch for a device connected to another node, which opens and
+/// runs the session; answered 200 only once that node has stored it.
+async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Response, ApiError> {
+    let not_online = || ApiError::not_found(detail::CLIENT_NOT_ONLINE);
+    let cluster = app.cluster.as_ref().ok_or_else(not_online)?;
+    let (device, _) = cluster
+        .lookup(&valid.target)
+        .await?
+        .ok_or_else(not_online)?;
+    if !device.is_device {
+        return Err(ApiError::bad_request(detail::TARGET_NOT_DEVICE));
+    }
+    if app.is_shutting_down() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            detail::SHUTTING_DOWN,
+        ));
+    }
+    let open = RemoteOpen {
+        session_id: valid.session_id.clone(),
+        generated_id: valid.generated_id,
+        task_name: valid.task_name.clone(),
+        request: valid.request,
+        commands: valid.commands,
+    };
+    match cluster.open_remote(&device, open).await {
+        Some(Outcome::Ok) => {}
+        Some(Outcome::Busy) => return Ok(device_busy()),
+        Some(Outcome::Refused { status, detail }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return Err(ApiError::new(status, detail));
+        }
+        Some(Outcome::Alive { .. }) | None => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                detail::NODE_UNAVAILABLE,
+            ))
+        }
+    }
+    tracing::info!(session_id = %valid.session_id, client_id = %device.client_id, node = %device.node, "task dispatched over HTTP to another node");
+    let answer = Dispatched {
+        status: "dispatched",
+        session_id: &valid.session_id,
+        task_name: &valid.task_name,
         client_id: &device.client_id,
     };
     Ok((
@@ -441,6 +525,32 @@ pub async fn cancel_session(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let Some(handle) = app.sessions.get(&id) else {
+        if let Some(cluster) = &app.cluster {
+            match cluster.cancel_remote(&id).await? {
+                None => {}
+                Some(Some(Outcome::Ok)) => {
+                    let record = app
+                        .sessions
+                        .record(&id)
+                        .await?
+                        .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?;
+                    tracing::info!(session_id = %id, "session on another node cancelled over HTTP");
+                    return Ok(Json(SessionView(&record, None)).into_response());
+                }
+                Some(Some(Outcome::Refused { .. })) => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        detail::ALREADY_FINISHED,
+                    ))
+                }
+                Some(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        detail::NODE_UNAVAILABLE,
+                    ))
+                }
+            }
+        }
         return match app.sessions.record(&id).await? {
             Some(_) => Err(ApiError::new(
                 StatusCode::CONFLICT,

@@ -39,6 +39,13 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Res
             .collect();
         body["online_clients"] = json!(ids);
     }
+    if let Some(cluster) = &app.cluster {
+        body["cluster"] = json!({
+            "node": cluster.node(),
+            "redis": redis_state(cluster),
+            "mode": if cluster.is_sharded() { "sharded" } else { "single" },
+        });
+    }
     let status = if shutting_down {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -62,15 +69,19 @@ pub async fn ready(State(app): State<Arc<AppState>>) -> Response {
     } else {
         app.readiness.store_ok(&*app.store).await
     };
-    let (status, body) = match store {
-        Ok(()) => (
-            StatusCode::OK,
-            json!({"status": "ready", "checks": {"store": "ok"}}),
-        ),
-        Err(why) => (
+    let mut checks = json!({"store": store.err().unwrap_or("ok")});
+    let mut ready = store.is_ok();
+    if let Some(cluster) = &app.cluster {
+        checks["redis"] = json!(redis_state(cluster));
+        ready &= cluster.redis_up();
+    }
+    let (status, body) = if ready {
+        (StatusCode::OK, json!({"status": "ready", "checks": checks}))
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "not_ready", "checks": {"store": why}}),
-        ),
+            json!({"status": "not_ready", "checks": checks}),
+        )
     };
     (status, Json(body)).into_response()
 }
@@ -108,4 +119,13 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Cluster mode: whether the last heartbeat reached Redis.
+fn redis_state(cluster: &crate::cluster::Cluster) -> &'static str {
+    if cluster.redis_up() {
+        "ok"
+    } else {
+        "unreachable"
+    }
 }

@@ -56,7 +56,8 @@ fn end_reason_schema() -> RefOr<Schema> {
         | RequesterDisconnected
         | Shutdown
         | Cancelled
-        | ServerRestarted => r.as_str(),
+        | ServerRestarted
+        | NodeLost => r.as_str(),
     };
     let all = [
         Timeout,
@@ -66,6 +67,7 @@ fn end_reason_schema() -> RefOr<Schema> {
         Shutdown,
         Cancelled,
         ServerRestarted,
+        NodeLost,
     ];
     one_of_strings(&all.map(listed), true)
 }
@@ -275,9 +277,13 @@ pub struct Client {
     target_id: Option<String>,
     /// The string values of the registration's `metadata.tags` (`aip device --tag k=v`).
     tags: BTreeMap<String, String>,
-    /// Live sessions it runs or requested.
-    #[schema(minimum = 0)]
+    /// Live sessions it runs or requested (cluster mode: only for clients of the node
+    /// answering).
+    #[schema(minimum = 0, required = false)]
     sessions: u64,
+    /// Cluster mode only: the node the client is connected to.
+    #[schema(required = false)]
+    node: String,
 }
 
 fn client_type() -> RefOr<Schema> {
@@ -323,6 +329,24 @@ pub struct Health {
     /// Present only when no key is configured or the request carries a valid key.
     #[schema(required = false)]
     online_clients: Vec<String>,
+    /// Cluster mode only: this node and whether Redis answers.
+    #[schema(required = false)]
+    cluster: ClusterHealth,
+}
+
+/// A node's view of the cluster.
+#[derive(ToSchema)]
+pub struct ClusterHealth {
+    node: String,
+    /// `ok` or `unreachable` (the last heartbeat, at most a second old, failed).
+    #[schema(schema_with = redis_check)]
+    redis: String,
+    /// `single` (one Redis) or `sharded` (Redis Cluster).
+    mode: String,
+}
+
+fn redis_check() -> RefOr<Schema> {
+    one_of_strings(&["ok", "unreachable"], false)
 }
 
 fn health_status() -> RefOr<Schema> {
@@ -345,6 +369,9 @@ pub struct ReadyChecks {
     /// latest state is held in memory for a retried write) or `shutting_down`.
     #[schema(schema_with = store_check)]
     store: String,
+    /// Cluster mode only: whether Redis answers (`ok` or `unreachable`).
+    #[schema(required = false, schema_with = redis_check)]
+    redis: String,
 }
 
 fn ready_status() -> RefOr<Schema> {

@@ -221,7 +221,7 @@ async fn register(
         return refuse(refusal);
     }
     if let Some(target) = &scope {
-        if app.registry.device(target).is_none() {
+        if app.registry.device(target).is_none() && !remote_device(app, target).await {
             return refuse(text::target_not_connected(target));
         }
     }
@@ -305,7 +305,7 @@ async fn insert(
     let mut attempt = 0;
     loop {
         match app.registry.try_insert(new()) {
-            Ok(e) => return Ok(e),
+            Ok(e) => return claimed(app, e).await,
             Err(existing) if !grant.may_replace(&existing.grant, client_id) => {
                 tracing::warn!(client_id = %client_id, key = %grant.name(), holder_key = %existing.grant.name(), "registration refused: the id is held under a device credential this one does not cover");
                 return Err(text::takeover_refused(client_id));
@@ -325,8 +325,29 @@ async fn insert(
     }
 }
 
+/// Cluster mode: whether `client_id` is a device connected to another node.
+async fn remote_device(app: &AppState, client_id: &str) -> bool {
+    let Some(cluster) = &app.cluster else {
+        return false;
+    };
+    matches!(cluster.lookup(client_id).await, Ok(Some((d, _))) if d.is_device)
+}
+
+/// Cluster mode: publishes a new registration, unless a live client on another node
+/// holds its id (then it is removed here again and refused).
+async fn claimed(app: &AppState, e: Arc<ClientEntry>) -> Result<Arc<ClientEntry>, String> {
+    let Some(cluster) = &app.cluster else {
+        return Ok(e);
+    };
+    if let Err(refusal) = cluster.claim(&e, app.config.duplicate_probe_timeout).await {
+        app.registry.remove_if_conn(&e.client_id, e.conn.id());
+        return Err(refusal);
+    }
+    Ok(e)
+}
+
 /// Pings the holder of a `client_id` and waits for any inbound frame (protocol.md §4.2).
-async fn probe_alive(app: &AppState, existing: &ClientEntry) -> bool {
+pub(crate) async fn probe_alive(app: &AppState, existing: &ClientEntry) -> bool {
     let before = existing.conn.last_seen_micros();
     if existing.conn.send_raw(Outgoing::Ping).is_err() {
         return false;
@@ -425,6 +446,10 @@ pub fn disconnect(app: &AppState, client_id: &str, conn_id: u64) {
     };
     tracing::info!(client_id, sessions = sessions.len(), "client disconnected");
     super::events::client_disconnected(&app.sessions.events, &entry);
+    if let Some(cluster) = &app.cluster {
+        cluster.release(client_id, conn_id);
+        cluster.client_gone(client_id, conn_id);
+    }
     for sid in sessions {
         if let Some(h) = app.sessions.get(&sid) {
             h.cancel(reason);

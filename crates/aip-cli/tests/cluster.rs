@@ -1,0 +1,512 @@
+//! Cluster mode (`--cluster`): several real `aip serve` processes sharing a real
+//! `redis-server` (started here on free ports, each with its own directory), driven by
+//! real WebSocket and HTTP clients and the real device agent.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aip_testkit::process::Server;
+use aip_testkit::redis::{redis_cluster, RedisServer};
+use aip_testkit::{results_for, Ws};
+use serde_json::{json, Value};
+
+/// A node of the cluster on `redis` named `id`.
+fn node(redis: &str, id: &str, dir: &Path, extra: &[&str]) -> Server {
+    let data = dir.join(id);
+    let mut args = vec!["--cluster", redis, "--node-id", id];
+    args.extend_from_slice(extra);
+    Server::start(&data, &args)
+}
+
+async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method, url).timeout(Duration::from_secs(20));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    call(reqwest::Method::GET, url, None).await
+}
+
+/// A one-command plan for `target`.
+fn plan(target: &str, command: &str) -> Value {
+    json!({"target_id": target, "request": "plan", "commands": [
+        {"tool_name": "execute_command", "tool_type": "action", "parameters": {"command": command}}
+    ]})
+}
+
+async fn dispatch(srv: &Server, body: Value) -> (u16, Value) {
+    call(
+        reqwest::Method::POST,
+        &format!("{}/api/dispatch", srv.url()),
+        Some(body),
+    )
+    .await
+}
+
+/// Polls `GET /api/task_result/{sid}` on `srv` until `pred` holds (15 s).
+async fn wait_result(srv: &Server, sid: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, v) = get(&format!("{}/api/task_result/{sid}", srv.url())).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "result never matched: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `GET /api/clients` on `srv` until `client_id` shows on `node` (`None`: absent).
+async fn wait_client(srv: &Server, client_id: &str, node: Option<&str>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = get(&format!("{}/api/clients", srv.url())).await;
+        let found = v["clients"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["client_id"] == client_id).cloned());
+        let matched = match (&found, node) {
+            (Some(c), Some(n)) => c["node"] == n,
+            (None, None) => true,
+            _ => false,
+        };
+        if matched {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{client_id} never showed on {node:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn stdout_of(result: &Value) -> String {
+    result["result"]["rounds"][0]["action_results"][0]["result"]["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn device_ws(srv: &Server, id: &str) -> Ws {
+    let mut ws = Ws::connect(&srv.ws()).await;
+    ws.send(
+        json!({"type": "register", "status": "ok", "client_type": "device", "client_id": id,
+        "metadata": {"platform": "linux", "system_info": {"hostname": id, "cpu_count": 2}}}),
+    )
+    .await;
+    let ok = ws.recv().await;
+    assert_eq!(ok["status"], "ok", "{ok}");
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_node_dispatches_to_serves_and_cancels_sessions_of_a_device_on_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let c = node(&redis.url(), "c", tmp.path(), &[]);
+    let _dev = b.device("dev", &[]);
+
+    // Presence: every node lists the device, on its node.
+    for srv in [&a, &b, &c] {
+        wait_client(srv, "dev", Some("b")).await;
+    }
+
+    // A dispatch on A runs on B (the device's node) and is answered once stored.
+    let (status, d) = dispatch(&a, plan("dev", "echo cross-node")).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["client_id"], "dev");
+    let sid = d["session_id"].as_str().unwrap().to_owned();
+    let done = wait_result(&c, &sid, |v| v["status"] == "done").await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(stdout_of(&done), "cross-node\n");
+
+    // A long session started from A is cancelled from C.
+    let (status, d) = dispatch(&a, plan("dev", "sleep 30")).await;
+    assert_eq!(status, 200, "{d}");
+    let long = d["session_id"].as_str().unwrap().to_owned();
+    wait_result(&c, &long, |v| v["state"] == "running").await;
+    let (status, v) = call(
+        reqwest::Method::DELETE,
+        &format!("{}/api/sessions/{long}", c.url()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "cancelled");
+    assert_eq!(v["reason"], "cancelled");
+    let (status, v) = call(
+        reqwest::Method::DELETE,
+        &format!("{}/api/sessions/{long}", a.url()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+
+    // Any node lists every session, newest first, and filters by client.
+    for srv in [&a, &b, &c] {
+        let (_, list) = get(&format!("{}/api/sessions?client_id=dev", srv.url())).await;
+        let ids: Vec<&str> = list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["session_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [long.as_str(), sid.as_str()], "{list}");
+    }
+    let (_, list) = get(&format!("{}/api/sessions?state=completed", a.url())).await;
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 1, "{list}");
+
+    // The CLI on a third node waits for a session run on B.
+    c.aip(&[
+        "dispatch",
+        "--target",
+        "dev",
+        "--command",
+        "echo via-cli",
+        "--wait",
+    ])
+    .expect_code(0)
+    .stdout_has(&["state: completed", "stdout | via-cli"]);
+
+    // Unknown targets are still 404 everywhere.
+    let (status, v) = dispatch(&a, plan("nobody", "true")).await;
+    assert_eq!(status, 404, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_constellation_on_one_node_drives_a_device_on_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let mut dev = device_ws(&b, "dev").await;
+    wait_client(&a, "dev", Some("b")).await;
+
+    let mut k = Ws::connect(&a.ws()).await;
+    k.send(
+        json!({"type": "register", "status": "ok", "client_type": "constellation",
+        "client_id": "galaxy@dev", "target_id": "dev"}),
+    )
+    .await;
+    assert_eq!(k.recv().await["status"], "ok");
+
+    // device_info_response from the device's registration on B.
+    k.send(json!({"type": "device_info_request", "status": "ok", "client_type": "constellation", "client_id": "galaxy@dev",
+        "target_id": "dev", "request_id": "r1"}))
+        .await;
+    let info = k.recv().await;
+    assert_eq!(info["type"], "device_info_response", "{info}");
+    assert_eq!(info["result"]["hostname"], "dev", "{info}");
+
+    let task = |sid: &str| {
+        json!({"type": "task", "status": "continue", "client_type": "constellation",
+            "session_id": sid, "task_name": "t", "client_id": "galaxy@dev", "target_id": "dev",
+            "request": "do it", "metadata": {"commands": [
+                {"tool_name": "click", "tool_type": "action", "parameters": {}}]}})
+    };
+    k.send(task("k-1")).await;
+    let ack = k.recv().await;
+    assert_eq!(ack["session_id"], "k-1", "{ack}");
+    let cmd = dev.recv().await;
+    assert_eq!(cmd["type"], "command", "{cmd}");
+    dev.send(results_for(&cmd, "dev")).await;
+    let end = k.recv().await;
+    assert_eq!(end["type"], "task_end", "{end}");
+    assert_eq!(end["status"], "completed", "{end}");
+    assert_eq!(end["session_id"], "k-1");
+    let end_d = dev.recv().await;
+    assert_eq!(end_d["status"], "completed", "{end_d}");
+    let done = wait_result(&a, "k-1", |v| v["status"] == "done").await;
+    assert_eq!(done["origin"], "constellation", "{done}");
+    assert_eq!(done["requester"], "galaxy@dev", "{done}");
+
+    // The constellation leaves mid-session: the device's node ends it.
+    k.send(task("k-2")).await;
+    assert_eq!(k.recv().await["session_id"], "k-2");
+    let cmd = dev.recv().await;
+    assert_eq!(cmd["session_id"], "k-2");
+    // Its id is in use while it runs on the other node.
+    k.send(task("k-2")).await;
+    let refused = k.recv().await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("k-2"),
+        "{refused}"
+    );
+    k.close().await;
+    let end_d = dev.recv().await;
+    assert_eq!(end_d["type"], "task_end", "{end_d}");
+    assert_eq!(end_d["status"], "failed", "{end_d}");
+    let gone = wait_result(&b, "k-2", |v| v["status"] == "done").await;
+    assert_eq!(gone["reason"], "requester_disconnected", "{gone}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_id_on_another_node_is_refused_while_the_holder_lives_and_replaces_a_dead_one()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let mut first = device_ws(&a, "twin").await;
+    wait_client(&b, "twin", Some("a")).await;
+
+    // The holder answers the probe (its reads run): the newcomer on B is refused.
+    let reader = tokio::spawn(async move {
+        let _ = first.next_text(Duration::from_secs(4)).await;
+        first
+    });
+    let mut second = Ws::connect(&b.ws()).await;
+    second
+        .send(json!({"type": "register", "status": "ok", "client_type": "device", "client_id": "twin"}))
+        .await;
+    let refused = second.recv().await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("already registered"),
+        "{refused}"
+    );
+    let first = reader.await.unwrap();
+
+    // The holder stops reading (a dead peer): the next registration on B replaces it.
+    let mut third = Ws::connect(&b.ws()).await;
+    third
+        .send(json!({"type": "register", "status": "ok", "client_type": "device", "client_id": "twin"}))
+        .await;
+    // After the holder's node has probed it for --duplicate-probe-timeout (5 s).
+    let ok = third.next_text(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(ok["status"], "ok", "{ok}");
+    wait_client(&a, "twin", Some("b")).await;
+    drop(first);
+}
+
+/// `kill -<signal> <pid>`.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_node_s_sessions_fail_node_lost_and_its_devices_fail_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    // The real device agent, told both nodes: B first.
+    let servers = format!("{},{}", b.ws(), a.ws());
+    let _dev = b.device("dev", &["--server", &servers]);
+    wait_client(&a, "dev", Some("b")).await;
+
+    // A result reported before the kill, a session running at it (from HTTP on A), and
+    // a constellation on A with a session on B.
+    let (_, d) = dispatch(&a, plan("dev", "echo before")).await;
+    let before = d["session_id"].as_str().unwrap().to_owned();
+    wait_result(&a, &before, |v| v["state"] == "completed").await;
+    let (_, d) = dispatch(&a, plan("dev", "sleep 60")).await;
+    let running = d["session_id"].as_str().unwrap().to_owned();
+    wait_result(&a, &running, |v| v["state"] == "running").await;
+    let mut k = Ws::connect(&a.ws()).await;
+    k.send(
+        json!({"type": "register", "status": "ok", "client_type": "constellation",
+        "client_id": "galaxy"}),
+    )
+    .await;
+    assert_eq!(k.recv().await["status"], "ok");
+    k.send(
+        json!({"type": "task", "status": "continue", "client_type": "constellation",
+        "session_id": "k-1", "task_name": "t", "client_id": "galaxy", "target_id": "dev",
+        "request": "sleep", "metadata": {"commands": [{"tool_name": "execute_command",
+        "tool_type": "action", "parameters": {"command": "sleep 60"}}]}}),
+    )
+    .await;
+    assert_eq!(k.recv().await["session_id"], "k-1");
+
+    let killed = Instant::now();
+    signal(b.proc.pid(), "-9");
+
+    // Within the node TTL (5 s) and a watch period (1 s), plus slack.
+    let failed = wait_result(&a, &running, |v| v["state"] == "failed").await;
+    let detected = killed.elapsed();
+    assert_eq!(failed["reason"], "node_lost", "{failed}");
+    assert!(detected < Duration::from_secs(10), "{detected:?}");
+    eprintln!("node loss detected and its sessions failed after {detected:?}");
+    let end = k.next_text(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(end["type"], "task_end", "{end}");
+    assert_eq!(end["status"], "failed", "{end}");
+    assert_eq!(end["session_id"], "k-1", "{end}");
+    assert!(end["error"].as_str().unwrap().contains("lost"), "{end}");
+    let k1 = wait_result(&a, "k-1", |v| v["status"] == "done").await;
+    assert_eq!(k1["reason"], "node_lost", "{k1}");
+
+    // The result reported before the kill is kept.
+    let kept = wait_result(&a, &before, |v| v["status"] == "done").await;
+    assert_eq!(kept["state"], "completed");
+    assert_eq!(stdout_of(&kept), "before\n");
+
+    // The device reconnects to A and takes new tasks there.
+    wait_client(&a, "dev", Some("a")).await;
+    eprintln!("device failed over to node a after {:?}", killed.elapsed());
+    let (status, d) = dispatch(&a, plan("dev", "echo after")).await;
+    assert_eq!(status, 200, "{d}");
+    let sid = d["session_id"].as_str().unwrap().to_owned();
+    let done = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    assert_eq!(stdout_of(&done), "after\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_declared_lost_that_comes_back_does_not_resurrect_its_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let mut dev = device_ws(&b, "dev").await;
+    wait_client(&a, "dev", Some("b")).await;
+    let (_, d) = dispatch(&a, plan("dev", "anything")).await;
+    let sid = d["session_id"].as_str().unwrap().to_owned();
+    // The device echoes; the session runs; its command waits for results.
+    let task = dev.recv().await;
+    assert_eq!(task["type"], "task", "{task}");
+    dev.send(
+        json!({"type": "task", "status": "continue", "client_type": "device",
+        "client_id": "dev", "session_id": sid, "task_name": task["task_name"],
+        "request": "anything"}),
+    )
+    .await;
+    let _ack = dev.recv().await;
+    let cmd = dev.recv().await;
+    assert_eq!(cmd["type"], "command", "{cmd}");
+
+    // B stops (a partition, as the others see it) long enough to be declared lost.
+    signal(b.proc.pid(), "-STOP");
+    let failed = wait_result(&a, &sid, |v| v["state"] == "failed").await;
+    assert_eq!(failed["reason"], "node_lost", "{failed}");
+    wait_client(&a, "dev", None).await;
+    signal(b.proc.pid(), "-CONT");
+
+    // B comes back: the device's results reach it, but the session stays failed, and B
+    // drops its connections (the device registers again and is published anew).
+    dev.send(results_for(&cmd, "dev")).await;
+    let closed = loop {
+        match dev.next_text(Duration::from_secs(10)).await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(closed, aip_testkit::Ended::Closed(_)),
+        "{closed:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    assert_eq!(still["state"], "failed", "{still}");
+    assert_eq!(still["reason"], "node_lost", "{still}");
+    let mut again = device_ws(&b, "dev").await;
+    wait_client(&a, "dev", Some("b")).await;
+    let (status, d) = dispatch(&a, plan("dev", "x")).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(again.recv().await["type"], "task");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_keeps_sockets_refuses_dispatches_fast_and_loses_no_reported_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let _dev = b.device("dev", &[]);
+    wait_client(&a, "dev", Some("b")).await;
+    let (_, d) = dispatch(&a, plan("dev", "echo kept")).await;
+    let sid = d["session_id"].as_str().unwrap().to_owned();
+    wait_result(&a, &sid, |v| v["state"] == "completed").await;
+
+    // kill -9 of Redis (appendonly yes, appendfsync always).
+    redis.kill9();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A cannot look the device up, B cannot store the session: both refuse.
+    for srv in [&a, &b] {
+        let detail = "Storage unavailable";
+        let started = Instant::now();
+        let (status, v) = dispatch(srv, plan("dev", "echo lost?")).await;
+        assert_eq!(status, 503, "{v}");
+        assert!(
+            v["detail"].as_str().unwrap_or_default().contains(detail),
+            "{v}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+        let (status, h) = get(&format!("{}/api/health", srv.url())).await;
+        assert_eq!(status, 200, "{h}");
+        assert_eq!(h["cluster"]["redis"], "unreachable", "{h}");
+        let (status, r) = get(&format!("{}/api/ready", srv.url())).await;
+        assert_eq!(status, 503, "{r}");
+        assert_eq!(r["checks"]["redis"], "unreachable", "{r}");
+    }
+    // Sockets stay up: a device registering now is served by its node.
+    let mut late = device_ws(&a, "late").await;
+    aip_testkit::assert_alive(&mut late, "late").await;
+
+    redis.restart();
+    // Readiness comes back, the result reported before the crash is there, presence is
+    // republished (the device that registered during the outage included).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(&format!("{}/api/ready", a.url())).await.0 != 200 {
+        assert!(Instant::now() < deadline, "A never became ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    assert_eq!(stdout_of(&kept), "kept\n");
+    wait_client(&b, "late", Some("a")).await;
+    wait_client(&b, "dev", Some("b")).await;
+    // And work flows across nodes again.
+    let (status, d) = dispatch(&a, plan("dev", "echo again")).await;
+    assert_eq!(status, 200, "{d}");
+    let sid = d["session_id"].as_str().unwrap().to_owned();
+    let done = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    assert_eq!(stdout_of(&done), "again\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_master_redis_cluster_serves_the_same_fleet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_servers, seeds) = redis_cluster(&tmp.path().join("rc"));
+    let a = node(&seeds, "a", tmp.path(), &[]);
+    let b = node(&seeds, "b", tmp.path(), &[]);
+    let (_, h) = get(&format!("{}/api/health", a.url())).await;
+    assert_eq!(h["cluster"]["mode"], "sharded", "{h}");
+    let _dev = b.device("dev", &[]);
+    wait_client(&a, "dev", Some("b")).await;
+    let (status, d) = dispatch(&a, plan("dev", "echo sharded")).await;
+    assert_eq!(status, 200, "{d}");
+    let sid = d["session_id"].as_str().unwrap().to_owned();
+    let done = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    assert_eq!(stdout_of(&done), "sharded\n");
+    let (_, list) = get(&format!("{}/api/sessions", b.url())).await;
+    assert_eq!(list["sessions"][0]["session_id"], sid.as_str(), "{list}");
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        &format!("{}/api/sessions/{sid}", b.url()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
+}

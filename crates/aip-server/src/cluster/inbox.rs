@@ -1,0 +1,543 @@
+//! Each node's inbox: a Redis stream read by a consumer group (`XREADGROUP`, `XACK`),
+//! so a message added while the reader reconnects is read after it. What one node asks
+//! of another, the answers, and the frames for requesters connected elsewhere.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aip_protocol::errors::{self as text, http as detail};
+use aip_protocol::{ClientType, Command};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::{query, Cluster, ProxyOrigin, CALL_TIMEOUT};
+use crate::conn::{ConnHandle, Outgoing};
+use crate::registry::ClientEntry;
+use crate::session::{CancelReason, CreateError, OpenRequest};
+use crate::state::AppState;
+use crate::storage::redis::conn::BLOCK;
+
+/// The consumer group every inbox is read by (one consumer: its node).
+const GROUP: &str = "aip";
+/// Most entries kept in an inbox (a node that stops reading cannot fill Redis).
+const MAX_LEN: usize = 100_000;
+/// Most entries read at once.
+const BATCH: usize = 512;
+
+/// The stream of `node`'s inbox (its own hash tag: inboxes spread over a Redis Cluster).
+pub(super) fn inbox_key(node: &str) -> String {
+    format!("aip:inbox:{{{node}}}")
+}
+
+/// A requester connected to another node.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct RemoteRequester {
+    pub client_id: String,
+    pub conn_id: u64,
+}
+
+/// A message between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(super) enum Msg {
+    /// Open a session on a device of the receiving node.
+    Open {
+        req: u64,
+        from: String,
+        /// Unix ms after which the asker has given up: not opened.
+        deadline_ms: i64,
+        session_id: String,
+        generated_id: bool,
+        task_name: String,
+        request: String,
+        executor: String,
+        commands: Option<Vec<Command>>,
+        requester: Option<RemoteRequester>,
+    },
+    /// Cancel a session the receiving node owns.
+    Cancel {
+        req: u64,
+        from: String,
+        session_id: String,
+    },
+    /// Is the receiving node's holder of `client_id` alive? A dead one is dropped.
+    Probe {
+        req: u64,
+        from: String,
+        client_id: String,
+    },
+    Reply {
+        req: u64,
+        outcome: Outcome,
+    },
+    /// A frame for a requester connected to the receiving node.
+    Frame {
+        from: String,
+        client_id: String,
+        conn_id: u64,
+        text: String,
+    },
+    /// A requester of the sender's disconnected: its sessions here end.
+    Gone {
+        from: String,
+        client_id: String,
+        conn_id: u64,
+    },
+}
+
+/// The answer to a call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    /// Not done: an HTTP status and its detail (for a requester, the `error` text).
+    Refused {
+        status: u16,
+        detail: String,
+    },
+    /// The device's queue is above its high-water mark.
+    Busy,
+    Alive {
+        alive: bool,
+    },
+}
+
+impl Cluster {
+    /// Adds `msg` to `node`'s inbox.
+    pub(super) async fn send(&self, node: &str, msg: &Msg) -> redis::RedisResult<()> {
+        let json = serde_json::to_string(msg).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "encode", e.to_string()))
+        })?;
+        query::<()>(
+            &mut self.conn(),
+            redis::cmd("XADD")
+                .arg(inbox_key(node))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(MAX_LEN)
+                .arg("*")
+                .arg("m")
+                .arg(json),
+        )
+        .await
+        .map(drop)
+        .or_else(|e| {
+            if e.kind() == redis::ErrorKind::UnexpectedReturnType {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+    }
+
+    /// Sends the message `make` builds (given a request number) to `node` and waits for
+    /// its answer. `None`: not delivered (Redis) or not answered within `CALL_TIMEOUT`.
+    pub(super) async fn call(&self, node: &str, make: impl FnOnce(u64) -> Msg) -> Option<Outcome> {
+        self.call_within(node, CALL_TIMEOUT, make).await
+    }
+
+    /// [`Cluster::call`] waiting up to `wait`.
+    pub(super) async fn call_within(
+        &self,
+        node: &str,
+        wait: Duration,
+        make: impl FnOnce(u64) -> Msg,
+    ) -> Option<Outcome> {
+        let req = self.next_req();
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(req, tx);
+        let answer = match self.send(node, &make(req)).await {
+            Ok(()) => tokio::time::timeout(wait, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(e) => {
+                tracing::warn!(node, cause = %e, "could not reach another node through Redis");
+                None
+            }
+        };
+        self.pending.remove(&req);
+        answer
+    }
+
+    async fn reply(&self, node: &str, req: u64, outcome: Outcome) {
+        if let Err(e) = self.send(node, &Msg::Reply { req, outcome }).await {
+            tracing::warn!(node, cause = %e, "could not answer another node");
+        }
+    }
+}
+
+/// Reads this node's inbox until the process ends, reconnecting as needed.
+pub(super) async fn run(cluster: Arc<Cluster>, app: Arc<AppState>) {
+    let key = inbox_key(&cluster.node);
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let mut conn = match cluster.target.connect_blocking().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(cause = %e, "inbox: cannot connect to Redis; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        wait = Duration::from_millis(100);
+        loop {
+            if app.shutdown.is_cancelled() {
+                return;
+            }
+            let read: redis::RedisResult<redis::streams::StreamReadReply> = query(
+                &mut conn,
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&cluster.node)
+                    .arg("COUNT")
+                    .arg(BATCH)
+                    .arg("BLOCK")
+                    .arg(BLOCK.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(">"),
+            )
+            .await;
+            let reply = match read {
+                Ok(r) => r,
+                Err(e) if e.to_string().contains("NOGROUP") => {
+                    // The stream went away (Redis restarted empty): make it again.
+                    let _ = create_group(&cluster).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "inbox: read failed; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            };
+            let mut ids = Vec::new();
+            for stream in reply.keys {
+                for entry in stream.ids {
+                    if let Some(redis::Value::BulkString(bytes)) = entry.map.get("m") {
+                        match serde_json::from_slice::<Msg>(bytes) {
+                            Ok(msg) => handle(&cluster, &app, msg),
+                            Err(e) => {
+                                tracing::warn!(cause = %e, "inbox: unreadable message dropped")
+                            }
+                        }
+                    }
+                    ids.push(entry.id);
+                }
+            }
+            if !ids.is_empty() {
+                let mut pipe = redis::pipe();
+                pipe.cmd("XACK").arg(&key).arg(GROUP).arg(&ids).ignore();
+                pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
+                if let Err(e) = pipe.query_async::<()>(&mut cluster.conn()).await {
+                    tracing::debug!(cause = %e, "inbox: acknowledging failed");
+                }
+            }
+        }
+    }
+}
+
+/// Makes this node's inbox and its consumer group if they do not exist.
+pub(super) async fn create_group(cluster: &Cluster) -> redis::RedisResult<()> {
+    let made: redis::RedisResult<()> = query(
+        &mut cluster.conn(),
+        redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(inbox_key(&cluster.node))
+            .arg(GROUP)
+            .arg("$")
+            .arg("MKSTREAM"),
+    )
+    .await;
+    match made {
+        Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// Handles one message; the ones that wait on something run as tasks of their own.
+fn handle(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
+    match msg {
+        Msg::Reply { req, outcome } => {
+            if let Some((_, tx)) = cluster.pending.remove(&req) {
+                let _ = tx.send(outcome);
+            }
+        }
+        Msg::Frame {
+            from,
+            client_id,
+            conn_id,
+            text,
+        } => cluster.deliver_frame(app, &from, &client_id, conn_id, text),
+        Msg::Gone {
+            from,
+            client_id,
+            conn_id,
+        } => cluster.drop_proxy(app, &client_id, |o| o.node == from && o.conn_id == conn_id),
+        msg => {
+            let (cluster, app) = (Arc::clone(cluster), Arc::clone(app));
+            tokio::spawn(async move { answer(&cluster, &app, msg).await });
+        }
+    }
+}
+
+/// Runs a request of another node and replies.
+async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
+    match msg {
+        Msg::Open {
+            req,
+            from,
+            deadline_ms,
+            session_id,
+            generated_id,
+            task_name,
+            request,
+            executor,
+            commands,
+            requester,
+        } => {
+            if chrono::Utc::now().timestamp_millis() > deadline_ms {
+                tracing::warn!(session_id, node = %from, "a remote dispatch arrived after its caller gave up; not opened");
+                return;
+            }
+            let outcome = open_here(
+                cluster,
+                app,
+                &from,
+                session_id,
+                generated_id,
+                task_name,
+                request,
+                executor,
+                commands,
+                requester,
+            )
+            .await;
+            cluster.reply(&from, req, outcome).await;
+        }
+        Msg::Cancel {
+            req,
+            from,
+            session_id,
+        } => {
+            // Only a session this node owns (runs) is cancelled here.
+            let outcome = match app.sessions.get(&session_id) {
+                Some(h) => {
+                    h.cancel(CancelReason::Api);
+                    let _ = tokio::time::timeout(Duration::from_secs(10), h.finished()).await;
+                    Outcome::Ok
+                }
+                None => Outcome::Refused {
+                    status: 409,
+                    detail: detail::ALREADY_FINISHED.to_owned(),
+                },
+            };
+            cluster.reply(&from, req, outcome).await;
+        }
+        Msg::Probe {
+            req,
+            from,
+            client_id,
+        } => {
+            let alive = match app.registry.get(&client_id) {
+                Some(holder) => {
+                    let alive = crate::web::ws::probe_alive(app, &holder).await;
+                    if !alive {
+                        tracing::warn!(client_id, node = %from, "a holder another node asked about is dead; dropping it");
+                        crate::web::ws::disconnect(app, &client_id, holder.conn.id());
+                        holder.conn.kill(crate::conn::close::GOING_AWAY);
+                    }
+                    alive
+                }
+                None => false,
+            };
+            cluster.reply(&from, req, Outcome::Alive { alive }).await;
+        }
+        Msg::Reply { .. } | Msg::Frame { .. } | Msg::Gone { .. } => {}
+    }
+}
+
+/// Opens a session another node asked for on a device of this node.
+#[allow(clippy::too_many_arguments)]
+async fn open_here(
+    cluster: &Arc<Cluster>,
+    app: &Arc<AppState>,
+    from: &str,
+    session_id: String,
+    generated_id: bool,
+    task_name: String,
+    request: String,
+    executor: String,
+    commands: Option<Vec<Command>>,
+    requester: Option<RemoteRequester>,
+) -> Outcome {
+    let refused = |status: u16, detail: &str| Outcome::Refused {
+        status,
+        detail: detail.to_owned(),
+    };
+    let Some(device) = app.registry.device(&executor) else {
+        return refused(404, detail::CLIENT_NOT_ONLINE);
+    };
+    if app.is_shutting_down() {
+        return refused(503, detail::SHUTTING_DOWN);
+    }
+    if device.conn.is_busy() {
+        crate::metrics::dispatch_busy();
+        return Outcome::Busy;
+    }
+    let is_remote_requester = requester.is_some();
+    let requester = requester.map(|r| cluster.proxy(app, from, r));
+    let sid = session_id.clone();
+    match app
+        .sessions
+        .open(OpenRequest {
+            session_id,
+            generated_id,
+            task_name,
+            request,
+            requester,
+            executor: device,
+            commands,
+        })
+        .await
+    {
+        Ok(h) => {
+            tracing::info!(session_id = %h.session_id, node = %from, executor = %h.executor, "task dispatched from another node");
+            Outcome::Ok
+        }
+        Err(e) => {
+            let (status, d) = match e {
+                CreateError::TooMany => (503, detail::TOO_MANY_SESSIONS.to_owned()),
+                CreateError::Live { .. } if is_remote_requester => {
+                    (409, text::session_active(&sid))
+                }
+                CreateError::Live { .. } => (409, detail::SESSION_ID_IN_USE.to_owned()),
+                CreateError::ExecutorGone => (404, detail::CLIENT_NOT_ONLINE.to_owned()),
+                CreateError::Store(e) => {
+                    tracing::error!(cause = %e, "could not store a session another node asked for");
+                    (503, detail::STORAGE_UNAVAILABLE.to_owned())
+                }
+            };
+            Outcome::Refused { status, detail: d }
+        }
+    }
+}
+
+impl Cluster {
+    /// The stand-in for a requester connected to `node`: its frames go to that node's
+    /// inbox, in order, through one task.
+    fn proxy(
+        self: &Arc<Self>,
+        app: &Arc<AppState>,
+        node: &str,
+        r: RemoteRequester,
+    ) -> Arc<ClientEntry> {
+        let mut made = None;
+        let entry = app.registry.remote_or_insert(&r.client_id, || {
+            let (tx, rx) = tokio::sync::mpsc::channel(app.config.outgoing_queue);
+            let conn = ConnHandle::new(app.next_conn_id(), tx);
+            made = Some((rx, conn.id()));
+            ClientEntry::new(
+                r.client_id.clone(),
+                ClientType::Constellation,
+                conn,
+                None,
+                None,
+            )
+        });
+        if let Some((rx, local_conn)) = made {
+            self.proxies.insert(
+                r.client_id.clone(),
+                ProxyOrigin {
+                    node: node.to_owned(),
+                    conn_id: r.conn_id,
+                    local_conn,
+                },
+            );
+            tokio::spawn(forward(
+                Arc::clone(self),
+                node.to_owned(),
+                r.client_id,
+                r.conn_id,
+                rx,
+            ));
+        }
+        entry
+    }
+
+    /// Removes a remote requester's stand-in (`which` says whether this origin is the
+    /// one meant) and ends the sessions it requested here.
+    pub(super) fn drop_proxy(
+        &self,
+        app: &AppState,
+        client_id: &str,
+        which: impl Fn(&ProxyOrigin) -> bool,
+    ) {
+        let Some((_, origin)) = self.proxies.remove_if(client_id, |_, o| which(o)) else {
+            return;
+        };
+        let Some(entry) = app
+            .registry
+            .remove_remote_if(client_id, |e| e.conn.id() == origin.local_conn)
+        else {
+            return;
+        };
+        let sessions = std::mem::take(&mut *entry.as_requester.lock());
+        tracing::info!(client_id, node = %origin.node, sessions = sessions.len(), "a remote requester went away");
+        for sid in sessions {
+            if let Some(h) = app.sessions.get(&sid) {
+                h.cancel(CancelReason::RequesterDisconnected);
+            }
+        }
+        entry.conn.kill(crate::conn::close::GOING_AWAY);
+    }
+
+    /// Drops every stand-in of requesters on `node`.
+    pub(super) fn drop_proxies_of(&self, app: &AppState, node: &str) {
+        let ids: Vec<String> = self
+            .proxies
+            .iter()
+            .filter(|p| p.node == node)
+            .map(|p| p.key().clone())
+            .collect();
+        for id in ids {
+            self.drop_proxy(app, &id, |o| o.node == node);
+        }
+    }
+}
+
+/// Sends a stand-in's frames to its requester's node until the stand-in goes.
+async fn forward(
+    cluster: Arc<Cluster>,
+    node: String,
+    client_id: String,
+    conn_id: u64,
+    mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
+) {
+    while let Some(out) = rx.recv().await {
+        let Outgoing::Text(text) = out else {
+            continue;
+        };
+        let msg = Msg::Frame {
+            from: cluster.node.clone(),
+            client_id: client_id.clone(),
+            conn_id,
+            text,
+        };
+        // Retried briefly: a frame lost here is a requester that never hears its end.
+        let mut wait = Duration::from_millis(50);
+        for _ in 0..6 {
+            match cluster.send(&node, &msg).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(node, cause = %e, "could not forward a frame; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+    }
+}

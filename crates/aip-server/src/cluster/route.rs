@@ -1,0 +1,220 @@
+//! The asking side: a dispatch or a constellation's `task` for a device on another node,
+//! a cancel of a session another node owns, and the frames that come back.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use aip_protocol::errors as text;
+use aip_protocol::{Command, ServerMessage};
+use serde::Deserialize;
+
+use super::inbox::{Msg, RemoteRequester};
+use super::{Cluster, Outcome, RemoteSession, CALL_TIMEOUT};
+use crate::registry::ClientEntry;
+use crate::state::AppState;
+
+/// A client connected to another node, as presence shows it.
+#[derive(Debug, Clone)]
+pub struct RemoteDevice {
+    pub client_id: String,
+    pub node: String,
+    pub is_device: bool,
+}
+
+/// A session to open on another node's device.
+pub struct RemoteOpen {
+    pub session_id: String,
+    pub generated_id: bool,
+    pub task_name: String,
+    pub request: String,
+    pub commands: Option<Vec<Command>>,
+}
+
+fn deadline_ms() -> i64 {
+    let ms = i64::try_from(CALL_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
+    chrono::Utc::now().timestamp_millis().saturating_add(ms)
+}
+
+impl Cluster {
+    /// Opens a session on `device`'s node for the HTTP API. `None`: that node could not
+    /// be reached or did not answer in time.
+    pub async fn open_remote(&self, device: &RemoteDevice, open: RemoteOpen) -> Option<Outcome> {
+        self.call(&device.node, |req| Msg::Open {
+            req,
+            from: self.node.clone(),
+            deadline_ms: deadline_ms(),
+            session_id: open.session_id,
+            generated_id: open.generated_id,
+            task_name: open.task_name,
+            request: open.request,
+            executor: device.client_id.clone(),
+            commands: open.commands,
+            requester: None,
+        })
+        .await
+    }
+
+    /// Opens a session on `device`'s node for a requester connected here: its
+    /// acknowledgement, the session's frames and its `task_end` come back through this
+    /// node's inbox.
+    pub async fn open_remote_for(
+        &self,
+        requester: &ClientEntry,
+        device: &RemoteDevice,
+        open: RemoteOpen,
+    ) -> Option<Outcome> {
+        let sid = open.session_id.clone();
+        // Known before the node answers: its first frame may come before its answer.
+        self.remote_sessions.insert(
+            sid.clone(),
+            RemoteSession {
+                task_name: open.task_name.clone(),
+                client_id: requester.client_id.clone(),
+                conn_id: requester.conn.id(),
+                node: device.node.clone(),
+            },
+        );
+        let outcome = self
+            .call(&device.node, |req| Msg::Open {
+                req,
+                from: self.node.clone(),
+                deadline_ms: deadline_ms(),
+                session_id: open.session_id,
+                generated_id: open.generated_id,
+                task_name: open.task_name,
+                request: open.request,
+                executor: device.client_id.clone(),
+                commands: open.commands,
+                requester: Some(RemoteRequester {
+                    client_id: requester.client_id.clone(),
+                    conn_id: requester.conn.id(),
+                }),
+            })
+            .await;
+        if !matches!(outcome, Some(Outcome::Ok)) {
+            self.remote_sessions.remove(&sid);
+        }
+        outcome
+    }
+
+    /// Asks the node that owns live session `session_id` to cancel it. `None`: not live
+    /// anywhere (the caller reads the record); `Some(None)`: its node did not answer.
+    pub async fn cancel_remote(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<Option<Outcome>>, crate::storage::StoreError> {
+        let Some(owner) = self.store.owner(session_id).await? else {
+            return Ok(None);
+        };
+        if owner == self.node {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.call(&owner, |req| Msg::Cancel {
+                req,
+                from: self.node.clone(),
+                session_id: session_id.to_owned(),
+            })
+            .await,
+        ))
+    }
+
+    /// A frame from `from` for a requester here: delivered only if that requester opened
+    /// the frame's session on that node (a node is not trusted with anyone else's).
+    pub(super) fn deliver_frame(
+        &self,
+        app: &AppState,
+        from: &str,
+        client_id: &str,
+        conn_id: u64,
+        text: String,
+    ) {
+        #[derive(Deserialize)]
+        struct Peek<'a> {
+            #[serde(borrow, default, rename = "type")]
+            kind: Option<Cow<'a, str>>,
+            #[serde(borrow, default)]
+            session_id: Option<Cow<'a, str>>,
+        }
+        let Ok(peek) = serde_json::from_str::<Peek<'_>>(&text) else {
+            return;
+        };
+        let Some(sid) = peek.session_id.as_deref() else {
+            return;
+        };
+        let known = self
+            .remote_sessions
+            .get(sid)
+            .is_some_and(|s| s.client_id == client_id && s.conn_id == conn_id && s.node == from);
+        if !known {
+            tracing::warn!(
+                session_id = sid,
+                node = from,
+                client_id,
+                "frame for a session this node did not open there; dropped"
+            );
+            return;
+        }
+        if peek.kind.as_deref() == Some("task_end") {
+            self.remote_sessions.remove(sid);
+        }
+        if let Some(e) = app.registry.get_conn(client_id, conn_id) {
+            let _ = e.send_text(text);
+        }
+    }
+
+    /// A requester of this node disconnected: the nodes running its sessions end them.
+    pub fn client_gone(self: &Arc<Self>, client_id: &str, conn_id: u64) {
+        let mut nodes: Vec<String> = Vec::new();
+        self.remote_sessions.retain(|_, s| {
+            if s.client_id == client_id && s.conn_id == conn_id {
+                if !nodes.contains(&s.node) {
+                    nodes.push(s.node.clone());
+                }
+                false
+            } else {
+                true
+            }
+        });
+        for node in nodes {
+            let (me, client_id) = (Arc::clone(self), client_id.to_owned());
+            tokio::spawn(async move {
+                let msg = Msg::Gone {
+                    from: me.node.clone(),
+                    client_id,
+                    conn_id,
+                };
+                if let Err(e) = me.send(&node, &msg).await {
+                    tracing::warn!(node, cause = %e, "could not tell another node a requester left");
+                }
+            });
+        }
+    }
+
+    /// `node` was lost: requesters here whose sessions ran there are told they failed,
+    /// and stand-ins of its requesters end the sessions they requested here.
+    pub(super) fn node_lost_here(&self, app: &AppState, node: &str) {
+        let mut ended = Vec::new();
+        self.remote_sessions.retain(|sid, s| {
+            if s.node == node {
+                ended.push((sid.clone(), s.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        for (sid, s) in ended {
+            if let Some(e) = app.registry.get_conn(&s.client_id, s.conn_id) {
+                let end = ServerMessage::task_end(
+                    &sid,
+                    &s.task_name,
+                    false,
+                    None,
+                    Some(text::NODE_LOST.to_owned()),
+                );
+                let _ = e.send(&end);
+            }
+        }
+        self.drop_proxies_of(app, node);
+    }
+}

@@ -1,0 +1,96 @@
+//! The Lua scripts that keep a session record and its indexes in step. Every key of the
+//! session store carries the hash tag `{aip}`, so in a Redis Cluster they share one slot
+//! and each script runs atomically on one master (see `keys`).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Stores a record and updates its indexes.
+/// KEYS: record, meta. ARGV: session_id, record JSON, created (µs), task_name,
+/// requester ('' for none), executor, finished (µs, '' while live), node, reason ('' none).
+/// Returns 0 (not written) when the cluster failed this session as its node's
+/// (`node_lost`) and the write comes from that node: a node declared lost does not
+/// resurrect what was failed.
+pub static UPSERT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local p = '{aip}:'
+local sid = ARGV[1]
+local old = redis.call('HMGET', KEYS[2], 't', 'r', 'e', 'n', 'x')
+if old[5] == 'node_lost' and old[4] == ARGV[8] then return 0 end
+if old[1] and old[1] ~= ARGV[4] then redis.call('ZREM', p..'t:'..old[1], sid) end
+if old[2] and old[2] ~= '' and old[2] ~= ARGV[5] then redis.call('ZREM', p..'c:'..old[2], sid) end
+if old[3] and old[3] ~= ARGV[6] then redis.call('ZREM', p..'c:'..old[3], sid) end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], 't', ARGV[4], 'r', ARGV[5], 'e', ARGV[6], 'n', ARGV[8], 'x', ARGV[9])
+redis.call('ZADD', p..'created', ARGV[3], sid)
+redis.call('ZADD', p..'t:'..ARGV[4], ARGV[3], sid)
+if ARGV[5] ~= '' then redis.call('ZADD', p..'c:'..ARGV[5], ARGV[3], sid) end
+redis.call('ZADD', p..'c:'..ARGV[6], ARGV[3], sid)
+if ARGV[7] == '' then
+  redis.call('HSET', p..'live', sid, ARGV[8])
+  redis.call('ZREM', p..'finished', sid)
+else
+  redis.call('HDEL', p..'live', sid)
+  redis.call('ZADD', p..'finished', ARGV[7], sid)
+end
+return 1
+"#,
+    )
+});
+
+/// Replaces a live record by its failed state, only if it is still live and still
+/// `node`'s. KEYS: record, meta. ARGV: session_id, node, failed record JSON, finished
+/// (µs), reason. Returns 1 when replaced.
+pub static FAIL_IF_LIVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local p = '{aip}:'
+local sid = ARGV[1]
+if redis.call('HGET', p..'live', sid) ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[2], 'x', ARGV[5])
+redis.call('HDEL', p..'live', sid)
+redis.call('ZADD', p..'finished', ARGV[4], sid)
+return 1
+"#,
+    )
+});
+
+/// Deletes records and their index entries. KEYS: any key of the slot (routing).
+/// ARGV: mode ('ids', then session ids; 'older', cutoff µs; 'beyond', max_results).
+/// Returns how many records were deleted. Live records are never purged ('older' and
+/// 'beyond' only look at ended ones).
+pub static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local p = '{aip}:'
+local function del(sid)
+  local m = redis.call('HMGET', p..'m:'..sid, 't', 'r', 'e')
+  if m[1] then redis.call('ZREM', p..'t:'..m[1], sid) end
+  if m[2] and m[2] ~= '' then redis.call('ZREM', p..'c:'..m[2], sid) end
+  if m[3] then redis.call('ZREM', p..'c:'..m[3], sid) end
+  redis.call('ZREM', p..'created', sid)
+  redis.call('ZREM', p..'finished', sid)
+  redis.call('HDEL', p..'live', sid)
+  return redis.call('DEL', p..'s:'..sid, p..'m:'..sid) > 0 and 1 or 0
+end
+local n = 0
+local ids
+if ARGV[1] == 'ids' then
+  ids = {}
+  for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+elseif ARGV[1] == 'older' then
+  ids = redis.call('ZRANGEBYSCORE', p..'finished', '-inf', '(' .. ARGV[2], 'LIMIT', 0, 1000)
+else
+  local extra = redis.call('ZCARD', p..'finished') - tonumber(ARGV[2])
+  if extra <= 0 then return 0 end
+  if extra > 1000 then extra = 1000 end
+  ids = redis.call('ZRANGE', p..'finished', 0, extra - 1)
+end
+for _, sid in ipairs(ids) do n = n + del(sid) end
+return n
+"#,
+    )
+});
