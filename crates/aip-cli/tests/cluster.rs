@@ -51,6 +51,20 @@ async fn dispatch(srv: &Server, body: Value) -> (u16, Value) {
     .await
 }
 
+/// Dispatches `command` to `target` on `srv`, which must answer 200; the session id.
+async fn started(srv: &Server, target: &str, command: &str) -> String {
+    let (status, d) = dispatch(srv, plan(target, command)).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["client_id"], target, "{d}");
+    d["session_id"].as_str().unwrap().to_owned()
+}
+
+/// Runs `command` on `target` through `srv` to its end; the ended result.
+async fn ran(srv: &Server, target: &str, command: &str) -> Value {
+    let sid = started(srv, target, command).await;
+    wait_result(srv, &sid, |v| v["status"] == "done").await
+}
+
 /// Polls `GET /api/task_result/{sid}` on `srv` until `pred` holds (15 s).
 async fn wait_result(srv: &Server, sid: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -122,18 +136,13 @@ async fn any_node_dispatches_to_serves_and_cancels_sessions_of_a_device_on_anoth
     }
 
     // A dispatch on A runs on B (the device's node) and is answered once stored.
-    let (status, d) = dispatch(&a, plan("dev", "echo cross-node")).await;
-    assert_eq!(status, 200, "{d}");
-    assert_eq!(d["client_id"], "dev");
-    let sid = d["session_id"].as_str().unwrap().to_owned();
+    let sid = started(&a, "dev", "echo cross-node").await;
     let done = wait_result(&c, &sid, |v| v["status"] == "done").await;
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!(stdout_of(&done), "cross-node\n");
 
     // A long session started from A is cancelled from C.
-    let (status, d) = dispatch(&a, plan("dev", "sleep 30")).await;
-    assert_eq!(status, 200, "{d}");
-    let long = d["session_id"].as_str().unwrap().to_owned();
+    let long = started(&a, "dev", "sleep 30").await;
     wait_result(&c, &long, |v| v["state"] == "running").await;
     let (status, v) = call(
         reqwest::Method::DELETE,
@@ -316,11 +325,9 @@ async fn a_killed_node_s_sessions_fail_node_lost_and_its_devices_fail_over() {
 
     // A result reported before the kill, a session running at it (from HTTP on A), and
     // a constellation on A with a session on B.
-    let (_, d) = dispatch(&a, plan("dev", "echo before")).await;
-    let before = d["session_id"].as_str().unwrap().to_owned();
+    let before = started(&a, "dev", "echo before").await;
     wait_result(&a, &before, |v| v["state"] == "completed").await;
-    let (_, d) = dispatch(&a, plan("dev", "sleep 60")).await;
-    let running = d["session_id"].as_str().unwrap().to_owned();
+    let running = started(&a, "dev", "sleep 60").await;
     wait_result(&a, &running, |v| v["state"] == "running").await;
     let mut k = Ws::connect(&a.ws()).await;
     k.send(
@@ -363,10 +370,7 @@ async fn a_killed_node_s_sessions_fail_node_lost_and_its_devices_fail_over() {
     // The device reconnects to A and takes new tasks there.
     wait_client(&a, "dev", Some("a")).await;
     eprintln!("device failed over to node a after {:?}", killed.elapsed());
-    let (status, d) = dispatch(&a, plan("dev", "echo after")).await;
-    assert_eq!(status, 200, "{d}");
-    let sid = d["session_id"].as_str().unwrap().to_owned();
-    let done = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    let done = ran(&a, "dev", "echo after").await;
     assert_eq!(stdout_of(&done), "after\n");
 }
 
@@ -378,8 +382,7 @@ async fn a_node_declared_lost_that_comes_back_does_not_resurrect_its_sessions() 
     let b = node(&redis.url(), "b", tmp.path(), &[]);
     let mut dev = device_ws(&b, "dev").await;
     wait_client(&a, "dev", Some("b")).await;
-    let (_, d) = dispatch(&a, plan("dev", "anything")).await;
-    let sid = d["session_id"].as_str().unwrap().to_owned();
+    let sid = started(&a, "dev", "anything").await;
     // The device echoes; the session runs; its command waits for results.
     let task = dev.recv().await;
     assert_eq!(task["type"], "task", "{task}");
@@ -432,8 +435,7 @@ async fn redis_down_keeps_sockets_refuses_dispatches_fast_and_loses_no_reported_
     let b = node(&redis.url(), "b", tmp.path(), &[]);
     let _dev = b.device("dev", &[]);
     wait_client(&a, "dev", Some("b")).await;
-    let (_, d) = dispatch(&a, plan("dev", "echo kept")).await;
-    let sid = d["session_id"].as_str().unwrap().to_owned();
+    let sid = started(&a, "dev", "echo kept").await;
     wait_result(&a, &sid, |v| v["state"] == "completed").await;
 
     // kill -9 of Redis (appendonly yes, appendfsync always).
@@ -478,10 +480,7 @@ async fn redis_down_keeps_sockets_refuses_dispatches_fast_and_loses_no_reported_
     wait_client(&b, "late", Some("a")).await;
     wait_client(&b, "dev", Some("b")).await;
     // And work flows across nodes again.
-    let (status, d) = dispatch(&a, plan("dev", "echo again")).await;
-    assert_eq!(status, 200, "{d}");
-    let sid = d["session_id"].as_str().unwrap().to_owned();
-    let done = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    let done = ran(&a, "dev", "echo again").await;
     assert_eq!(stdout_of(&done), "again\n");
 }
 
@@ -495,13 +494,11 @@ async fn a_three_master_redis_cluster_serves_the_same_fleet() {
     assert_eq!(h["cluster"]["mode"], "sharded", "{h}");
     let _dev = b.device("dev", &[]);
     wait_client(&a, "dev", Some("b")).await;
-    let (status, d) = dispatch(&a, plan("dev", "echo sharded")).await;
-    assert_eq!(status, 200, "{d}");
-    let sid = d["session_id"].as_str().unwrap().to_owned();
-    let done = wait_result(&a, &sid, |v| v["status"] == "done").await;
+    let done = ran(&a, "dev", "echo sharded").await;
     assert_eq!(stdout_of(&done), "sharded\n");
+    let sid = done["session_id"].as_str().unwrap();
     let (_, list) = get(&format!("{}/api/sessions", b.url())).await;
-    assert_eq!(list["sessions"][0]["session_id"], sid.as_str(), "{list}");
+    assert_eq!(list["sessions"][0]["session_id"], sid, "{list}");
     let (status, _) = call(
         reqwest::Method::DELETE,
         &format!("{}/api/sessions/{sid}", b.url()),
@@ -509,4 +506,85 @@ async fn a_three_master_redis_cluster_serves_the_same_fleet() {
     )
     .await;
     assert_eq!(status, 409);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_stopped_gracefully_leaves_no_client_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let mut b = node(&redis.url(), "b", tmp.path(), &[]);
+    let _dev = device_ws(&b, "dev").await;
+    let _k = {
+        let mut k = Ws::connect(&b.ws()).await;
+        k.send(
+            json!({"type": "register", "status": "ok", "client_type": "constellation",
+            "client_id": "k"}),
+        )
+        .await;
+        assert_eq!(k.recv().await["status"], "ok");
+        k
+    };
+    wait_client(&a, "k", Some("b")).await;
+    signal(b.proc.pid(), "-TERM");
+    assert_eq!(b.proc.wait_exit(), Some(0), "{}", b.proc.output());
+    assert!(b.proc.output().contains("left the cluster"));
+    let (_, v) = get(&format!("{}/api/clients", a.url())).await;
+    assert_eq!(v["online_clients"], json!([]), "{v}");
+    assert!(!redis.cli(&["HKEYS", "{aip}:nodes"]).contains('b'));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_checks_the_same_key_and_redis_holds_no_secret() {
+    const KEY: &str = "cluster-key-0123456789-abcdef";
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let a = node(&redis.url(), "a", tmp.path(), &["--api-key", KEY]);
+    let b = node(&redis.url(), "b", tmp.path(), &["--api-key", KEY]);
+    let _dev = b.device("dev", &["--api-key", KEY]);
+    let client = reqwest::Client::new();
+    let (status, body) = dispatch(&a, plan("dev", "echo x")).await;
+    assert_eq!(status, 401, "{body}");
+    let answer = client
+        .post(format!("{}/api/dispatch", a.url()))
+        .header("X-API-Key", KEY)
+        .json(&plan("dev", "echo keyed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let sid = answer.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v: Value = client
+            .get(format!("{}/api/task_result/{sid}", b.url()))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["status"] == "done" {
+            assert_eq!(stdout_of(&v), "keyed\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Everything Redis holds, read back: no key anywhere.
+    for key in redis.cli(&["--scan"]).lines() {
+        let kind = redis.cli(&["TYPE", key]);
+        let dump = match kind.trim() {
+            "string" => redis.cli(&["GET", key]),
+            "hash" => redis.cli(&["HGETALL", key]),
+            "zset" => redis.cli(&["ZRANGE", key, "0", "-1"]),
+            "stream" => redis.cli(&["XRANGE", key, "-", "+"]),
+            other => panic!("unexpected type {other} of {key}"),
+        };
+        assert!(!dump.contains(KEY), "{key} holds the key: {dump}");
+    }
 }

@@ -319,6 +319,10 @@ async fn begin_shutdown(state: &Arc<AppState>) {
     while state.conn_limit.available_permits() < max && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    if let Some(cluster) = &state.cluster {
+        let _ = tokio::time::timeout(Duration::from_secs(3), cluster.leave()).await;
+        tracing::info!(node = %cluster.node(), "left the cluster");
+    }
 }
 
 /// Removes expired results every minute (server.md §6).

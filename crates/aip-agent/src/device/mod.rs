@@ -484,6 +484,20 @@ mod tests {
     fn token_is_added_to_the_url_encoded() {
         let mut c = DeviceConfig::new("ws://h:1/ws", "d");
         c.api_key = Some("a b&c".into());
-        assert_eq!(c.url(), "ws://h:1/ws?token=a%20b%26c");
+        assert_eq!(c.url(&c.server), "ws://h:1/ws?token=a%20b%26c");
+    }
+
+    #[test]
+    fn servers_are_tried_in_turn_round_the_list() {
+        let mut c = DeviceConfig::new("ws://a/ws", "d");
+        assert_eq!([c.server_at(0), c.server_at(1)], ["ws://a/ws", "ws://a/ws"]);
+        c.fallback_servers = vec!["ws://b/ws".into(), "ws://c/ws?x=1".into()];
+        let turns: Vec<&str> = (0..4).map(|n| c.server_at(n)).collect();
+        assert_eq!(
+            turns,
+            ["ws://a/ws", "ws://b/ws", "ws://c/ws?x=1", "ws://a/ws"]
+        );
+        c.api_key = Some("k".into());
+        assert_eq!(c.url(c.server_at(2)), "ws://c/ws?x=1&token=k");
     }
 }

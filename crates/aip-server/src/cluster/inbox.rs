@@ -36,24 +36,28 @@ pub(super) struct RemoteRequester {
     pub conn_id: u64,
 }
 
+/// A session another node asks this one to open on one of its devices.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct OpenAsk {
+    pub req: u64,
+    pub from: String,
+    /// Unix ms after which the asker has given up: not opened.
+    pub deadline_ms: i64,
+    pub session_id: String,
+    pub generated_id: bool,
+    pub task_name: String,
+    pub request: String,
+    pub executor: String,
+    pub commands: Option<Vec<Command>>,
+    pub requester: Option<RemoteRequester>,
+}
+
 /// A message between nodes.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(super) enum Msg {
     /// Open a session on a device of the receiving node.
-    Open {
-        req: u64,
-        from: String,
-        /// Unix ms after which the asker has given up: not opened.
-        deadline_ms: i64,
-        session_id: String,
-        generated_id: bool,
-        task_name: String,
-        request: String,
-        executor: String,
-        commands: Option<Vec<Command>>,
-        requester: Option<RemoteRequester>,
-    },
+    Open(Box<OpenAsk>),
     /// Cancel a session the receiving node owns.
     Cancel {
         req: u64,
@@ -287,35 +291,13 @@ fn handle(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
 /// Runs a request of another node and replies.
 async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
     match msg {
-        Msg::Open {
-            req,
-            from,
-            deadline_ms,
-            session_id,
-            generated_id,
-            task_name,
-            request,
-            executor,
-            commands,
-            requester,
-        } => {
-            if chrono::Utc::now().timestamp_millis() > deadline_ms {
-                tracing::warn!(session_id, node = %from, "a remote dispatch arrived after its caller gave up; not opened");
+        Msg::Open(ask) => {
+            if chrono::Utc::now().timestamp_millis() > ask.deadline_ms {
+                tracing::warn!(session_id = %ask.session_id, node = %ask.from, "a remote dispatch arrived after its caller gave up; not opened");
                 return;
             }
-            let outcome = open_here(
-                cluster,
-                app,
-                &from,
-                session_id,
-                generated_id,
-                task_name,
-                request,
-                executor,
-                commands,
-                requester,
-            )
-            .await;
+            let (from, req) = (ask.from.clone(), ask.req);
+            let outcome = open_here(cluster, app, *ask).await;
             cluster.reply(&from, req, outcome).await;
         }
         Msg::Cancel {
@@ -361,19 +343,19 @@ async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
 }
 
 /// Opens a session another node asked for on a device of this node.
-#[allow(clippy::too_many_arguments)]
-async fn open_here(
-    cluster: &Arc<Cluster>,
-    app: &Arc<AppState>,
-    from: &str,
-    session_id: String,
-    generated_id: bool,
-    task_name: String,
-    request: String,
-    executor: String,
-    commands: Option<Vec<Command>>,
-    requester: Option<RemoteRequester>,
-) -> Outcome {
+async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) -> Outcome {
+    let OpenAsk {
+        from,
+        session_id,
+        generated_id,
+        task_name,
+        request,
+        executor,
+        commands,
+        requester,
+        ..
+    } = ask;
+    let from = from.as_str();
     let refused = |status: u16, detail: &str| Outcome::Refused {
         status,
         detail: detail.to_owned(),

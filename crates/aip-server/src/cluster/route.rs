@@ -8,7 +8,7 @@ use aip_protocol::errors as text;
 use aip_protocol::{Command, ServerMessage};
 use serde::Deserialize;
 
-use super::inbox::{Msg, RemoteRequester};
+use super::inbox::{Msg, OpenAsk, RemoteRequester};
 use super::{Cluster, Outcome, RemoteSession, CALL_TIMEOUT};
 use crate::registry::ClientEntry;
 use crate::state::AppState;
@@ -39,7 +39,19 @@ impl Cluster {
     /// Opens a session on `device`'s node for the HTTP API. `None`: that node could not
     /// be reached or did not answer in time.
     pub async fn open_remote(&self, device: &RemoteDevice, open: RemoteOpen) -> Option<Outcome> {
-        self.call(&device.node, |req| Msg::Open {
+        self.call(&device.node, |req| self.open_msg(req, device, open, None))
+            .await
+    }
+
+    /// The request to open `open` on `device`'s node.
+    fn open_msg(
+        &self,
+        req: u64,
+        device: &RemoteDevice,
+        open: RemoteOpen,
+        requester: Option<RemoteRequester>,
+    ) -> Msg {
+        Msg::Open(Box::new(OpenAsk {
             req,
             from: self.node.clone(),
             deadline_ms: deadline_ms(),
@@ -49,9 +61,8 @@ impl Cluster {
             request: open.request,
             executor: device.client_id.clone(),
             commands: open.commands,
-            requester: None,
-        })
-        .await
+            requester,
+        }))
     }
 
     /// Opens a session on `device`'s node for a requester connected here: its
@@ -74,21 +85,13 @@ impl Cluster {
                 node: device.node.clone(),
             },
         );
+        let asker = RemoteRequester {
+            client_id: requester.client_id.clone(),
+            conn_id: requester.conn.id(),
+        };
         let outcome = self
-            .call(&device.node, |req| Msg::Open {
-                req,
-                from: self.node.clone(),
-                deadline_ms: deadline_ms(),
-                session_id: open.session_id,
-                generated_id: open.generated_id,
-                task_name: open.task_name,
-                request: open.request,
-                executor: device.client_id.clone(),
-                commands: open.commands,
-                requester: Some(RemoteRequester {
-                    client_id: requester.client_id.clone(),
-                    conn_id: requester.conn.id(),
-                }),
+            .call(&device.node, |req| {
+                self.open_msg(req, device, open, Some(asker))
             })
             .await;
         if !matches!(outcome, Some(Outcome::Ok)) {

@@ -32,8 +32,10 @@ impl Cluster {
         self.beat().await.map(drop)
     }
 
-    /// Leaves the cluster at shutdown: the others see the node gone, not lost.
-    async fn leave(&self) {
+    /// Leaves the cluster at shutdown: the others see the node gone, not lost, and none
+    /// of its clients stays listed.
+    pub async fn leave(&self) {
+        let _ = self.release_node(&self.node).await;
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(alive_key(&self.node)).ignore();
         pipe.cmd("HDEL").arg(NODES).arg(&self.node).ignore();
@@ -148,10 +150,8 @@ pub(super) async fn run(cluster: Arc<Cluster>, app: Arc<AppState>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = app.shutdown.cancelled() => {
-                cluster.leave().await;
-                return;
-            }
+            // Graceful shutdown leaves the cluster itself (`begin_shutdown`).
+            _ = app.shutdown.cancelled() => return,
         }
         ticks += 1;
         let was_up = cluster.redis_up.load(Ordering::Acquire);

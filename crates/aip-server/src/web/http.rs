@@ -261,20 +261,7 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
         })
         .await?;
     tracing::info!(session_id = %handle.session_id, client_id = %device.client_id, "task dispatched over HTTP");
-    let answer = Dispatched {
-        status: "dispatched",
-        session_id: &handle.session_id,
-        task_name: &handle.task_name,
-        client_id: &device.client_id,
-    };
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        answer.to_json(),
-    )
-        .into_response())
+    Ok(Dispatched::new(&handle.session_id, &handle.task_name, &device.client_id).into_response())
 }
 
 /// Cluster mode: a dispatch for a device connected to another node, which opens and
@@ -317,20 +304,7 @@ async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Resp
         }
     }
     tracing::info!(session_id = %valid.session_id, client_id = %device.client_id, node = %device.node, "task dispatched over HTTP to another node");
-    let answer = Dispatched {
-        status: "dispatched",
-        session_id: &valid.session_id,
-        task_name: &valid.task_name,
-        client_id: &device.client_id,
-    };
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        answer.to_json(),
-    )
-        .into_response())
+    Ok(Dispatched::new(&valid.session_id, &valid.task_name, &device.client_id).into_response())
 }
 
 impl DispatchFields<'_> {
@@ -406,7 +380,28 @@ struct Dispatched<'a> {
     client_id: &'a str,
 }
 
-impl Dispatched<'_> {
+impl<'a> Dispatched<'a> {
+    fn new(session_id: &'a str, task_name: &'a str, client_id: &'a str) -> Self {
+        Self {
+            status: "dispatched",
+            session_id,
+            task_name,
+            client_id,
+        }
+    }
+
+    /// The `200` answer, JSON.
+    fn into_response(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.to_json(),
+        )
+            .into_response()
+    }
+
     /// What serde_json would write (a test compares), written directly like every
     /// frame (see `ServerMessage::to_json`).
     fn to_json(&self) -> String {
