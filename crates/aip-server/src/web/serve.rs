@@ -25,7 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::IdDashMap;
 
-/// In every request's extensions: cancelling it closes the request's connection at once
+/// The route that streams (and may need to close its connection).
+const EVENTS_PATH: &str = "/api/events";
+
+/// In an event stream request's extensions: cancelling it closes its connection at once
 /// (the event stream drops a subscriber that fell behind this way, even while its socket
 /// takes nothing).
 #[derive(Clone)]
@@ -318,7 +321,10 @@ async fn serve_connection<IO>(
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            req.extensions_mut().insert(ConnCloser(close.clone()));
+            // Only the event stream uses it: other requests pay one comparison.
+            if req.uri().path() == EVENTS_PATH {
+                req.extensions_mut().insert(ConnCloser(close.clone()));
+            }
             let busy = act.busy();
             let answer = app.clone().oneshot(req.map(axum::body::Body::new));
             async move {
