@@ -2,7 +2,8 @@
 //! chromedriver (fantoccini), against the real `aip serve` with a real `aip device`. Sign
 //! in (a wrong key refused), a device appears live, a plan dispatched from the form runs
 //! to the end on the page, its stdout shows, a long session is cancelled from its page, the
-//! device going offline shows without a reload, a refused key sends back to the form.
+//! device going offline shows without a reload, a refused key sends back to the form; a
+//! natural-language task planned by a scripted model shows its steps, tokens and answer.
 //!
 //! Needs `chromium` and `chromium-driver` (`apt-get install chromium chromium-driver`;
 //! `.ci/run` installs them); without them the test fails, saying so. Screenshots go to
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aip_llm::scripted::{call, finish, Mock};
 use aip_testkit::process::{free_port, Server};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
@@ -163,8 +165,30 @@ fn text_of(css: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser() {
+    // A scripted model (the real wire format) plans the natural-language task.
+    let model = Mock::start(vec![
+        call(
+            "c1",
+            "execute_command",
+            json!({"command": "echo from-the-model"}),
+        ),
+        finish("completed", "All good."),
+    ])
+    .await
+    .expect("scripted model");
+    let model_url = format!("http://{}/v1", model.addr);
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path(), &["--api-key", KEY]);
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--api-key",
+            KEY,
+            "--llm-base-url",
+            &model_url,
+            "--llm-model",
+            "scripted",
+        ],
+    );
     let base = server.url();
     let b = Browser::start().await;
 
@@ -281,6 +305,38 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
         )
         .await;
     eprintln!("session page: load event {load} ms, session shown at {shown} ms");
+
+    // A natural-language task: the model's steps, tool calls, tokens and answer.
+    b.click("a[data-nav=dispatch]").await;
+    b.until("the form", "return document.getElementById('dispatch')")
+        .await;
+    b.fill("#target", "laptop").await;
+    b.click("input[name=mode][value=request]").await;
+    b.fill("#request", "Say something from the machine").await;
+    b.click("#dispatch button[type=submit]").await;
+    b.until(
+        "the agent's session completed",
+        "return document.querySelector('#view h1 .b-completed')",
+    )
+    .await;
+    let agent = b.until("the agent's answer", &text_of(".answer")).await;
+    assert!(
+        agent.as_str().is_some_and(|a| a.contains("All good.")),
+        "{agent}"
+    );
+    let page = b
+        .eval("return document.getElementById('view').innerText")
+        .await;
+    let page = page.as_str().unwrap_or_default();
+    for wanted in [
+        "Step 1",
+        "→ execute_command",
+        "from-the-model",
+        "Tokens: 200 prompt + 40 completion",
+        "$ echo from-the-model",
+    ] {
+        assert!(page.contains(wanted), "{wanted:?} not on the page:\n{page}");
+    }
 
     // A long session is cancelled from its page.
     b.click("a[data-nav=dispatch]").await;
