@@ -211,8 +211,9 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
         "Wrong API key.",
         "a wrong key"
     );
-    b.fill("#key", KEY).await;
-    b.click("#login button").await;
+    // From the keyboard: the field has the focus, Enter signs in.
+    assert_eq!(b.eval("return document.activeElement.id").await, "key");
+    b.fill("#key", &format!("{KEY}\u{E007}")).await;
     b.until("the fleet", "return document.querySelector('#view h1')?.innerText === 'Fleet' && !document.getElementById('view').hidden").await;
     b.until(
         "the live stream",
@@ -250,6 +251,11 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
     b.click("a[data-nav=dispatch]").await;
     b.until("the form", "return document.getElementById('dispatch')")
         .await;
+    // The new page's heading takes the focus (a screen reader announces it).
+    assert_eq!(
+        b.eval("return document.activeElement.innerText").await,
+        "Dispatch a task"
+    );
     b.fill("#target", "laptop").await;
     b.fill("#request", "echo hello-from-the-dashboard\nuname -s")
         .await;
