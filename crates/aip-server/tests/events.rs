@@ -2,6 +2,8 @@
 //! in which order, the key it needs, resuming with `Last-Event-ID`, and a subscriber that
 //! never reads being disconnected while the server carries on.
 
+use std::time::Duration;
+
 use aip_testkit::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -351,4 +353,39 @@ async fn closed_after_draining(slow: &mut tokio::net::TcpStream) -> bool {
             Ok(Ok(_)) => {}
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Long-lived streams
+
+#[tokio::test]
+async fn a_stream_outlives_the_idle_timeout_and_ends_with_a_graceful_shutdown() {
+    let app = spawn_app_with(|c| {
+        c.api_key = Some(KEY.into());
+        c.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut events = Stream::open(&app, None).await;
+    // Streaming is not idle: still open well past --idle-timeout.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let _d = app.device("late").await;
+    assert_eq!(events.next().await.data["client_id"], "late");
+    // A shutdown ends the stream instead of waiting for it.
+    let started = std::time::Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let rest = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.resp.chunk().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream did not end");
 }
