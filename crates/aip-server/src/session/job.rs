@@ -278,7 +278,7 @@ impl SessionJob {
                             actions: Vec::new(),
                             action_results: results,
                         });
-                        self.published_round();
+                        publish::round(&self.manager.events, &self.record, &self.rounds);
                         self.record.result = Some(Box::new(rounds_result(&self.rounds)));
                         self.persist().await;
                     } else {
@@ -372,15 +372,7 @@ impl SessionJob {
                 actions,
                 action_results: results,
             });
-            self.published_round();
-        }
-    }
-
-    /// Announces the round just recorded.
-    fn published_round(&self) {
-        if let Some(last) = self.rounds.last() {
-            let n = self.rounds.len();
-            publish::round(&self.manager.events, &self.record, n, &last.action_results);
+            publish::round(&self.manager.events, &self.record, &self.rounds);
         }
     }
 

@@ -3,9 +3,10 @@
 //! ([`EventBus::publish`]), so a server nobody watches pays one atomic load per call.
 
 use aip_protocol::time::http_timestamp;
-use aip_protocol::{ActionResult, ResultStatus};
+use aip_protocol::ResultStatus;
 use serde_json::json;
 
+use super::driver::Round;
 use crate::events::{EventBus, EventKind};
 use crate::storage::SessionRecord;
 
@@ -53,9 +54,10 @@ pub(super) fn state(bus: &EventBus, r: &SessionRecord) {
     });
 }
 
-/// `session_round`: round `round` (1-based) got its results.
-pub(super) fn round(bus: &EventBus, r: &SessionRecord, round: usize, results: &[ActionResult]) {
+/// `session_round`: the last of `rounds` got its results.
+pub(super) fn round(bus: &EventBus, r: &SessionRecord, rounds: &[Round]) {
     bus.publish(EventKind::SessionRound, || {
+        let results = rounds.last().map_or(&[][..], |l| &l.action_results[..]);
         let statuses: Vec<&str> = results
             .iter()
             .map(|a| match a.status {
@@ -68,7 +70,7 @@ pub(super) fn round(bus: &EventBus, r: &SessionRecord, round: usize, results: &[
         json!({
             "session_id": r.session_id,
             "client_id": r.executor,
-            "round": round,
+            "round": rounds.len(),
             "statuses": statuses,
         })
     });
