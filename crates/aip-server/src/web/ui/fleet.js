@@ -28,7 +28,7 @@ export function fleetView(root, _param, query) {
         h("caption", { class: "sr" }, "Connected clients"),
         h("thead", {}, h("tr", {}, ...["Client", "Status", "Role", "Platform", "Tags",
           "Connected", "Last seen", "Live sessions"].map((c, i) =>
-          h("th", { scope: "col", class: i >= 5 && i < 7 ? "wide" : null }, c)),
+          h("th", { scope: "col", class: i === 2 || i === 5 || i === 6 ? "wide" : null }, c)),
           h("th", { scope: "col", class: "node-col", hidden: true }, "Node"))),
         body)));
 
@@ -62,7 +62,7 @@ export function fleetView(root, _param, query) {
         : c.client_id),
       h("td", {}, badge(k.online ? "online" : "offline"),
         k.online ? null : h("small", { class: "muted" }, " ", time(k.offlineAt))),
-      h("td", {}, c.type),
+      h("td", { class: "wide" }, c.type),
       h("td", {}, c.platform || h("span", { class: "muted" }, "—")),
       h("td", {}, tagsOf(c).map((t) => h("span", { class: "tag" }, t))),
       h("td", { class: "wide" }, time(c.connected_at)),
@@ -82,7 +82,8 @@ export function fleetView(root, _param, query) {
       .sort((a, b) => (b.online - a.online) || a.client.client_id.localeCompare(b.client.client_id));
     const online = all.filter((k) => k.online);
     const devices = online.filter((k) => k.client.type === "device").length;
-    summary.textContent = `${online.length} online (${devices} devices, ${online.length - devices} constellations)`
+    const n = (count, word) => `${count} ${word}${count === 1 ? "" : "s"}`;
+    summary.textContent = `${online.length} online (${n(devices, "device")}, ${n(online.length - devices, "constellation")})`
       + `${all.length > online.length ? `, ${all.length - online.length} gone offline` : ""}`
       + ` · showing ${shown.length}`;
     fill(errors, errorBox(error));
