@@ -258,6 +258,30 @@ async fn a_constellation_on_one_node_drives_a_device_on_another() {
     assert_eq!(end_d["status"], "failed", "{end_d}");
     let gone = wait_result(&b, "k-2", |v| v["status"] == "done").await;
     assert_eq!(gone["reason"], "requester_disconnected", "{gone}");
+
+    // The constellation comes back twice (the first time leaving nothing running): each
+    // new connection hears its own sessions.
+    for sid in ["k-3", "k-4"] {
+        let mut k = Ws::connect(&a.ws()).await;
+        k.send(
+            json!({"type": "register", "status": "ok", "client_type": "constellation",
+            "client_id": "galaxy@dev", "target_id": "dev"}),
+        )
+        .await;
+        assert_eq!(k.recv().await["status"], "ok");
+        k.send(task(sid)).await;
+        assert_eq!(k.recv().await["session_id"], sid);
+        let cmd = dev.recv().await;
+        dev.send(results_for(&cmd, "dev")).await;
+        let end = k.recv().await;
+        assert_eq!(
+            (&end["type"], &end["status"]),
+            (&json!("task_end"), &json!("completed")),
+            "{end}"
+        );
+        assert_eq!(dev.recv().await["type"], "task_end");
+        k.close().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

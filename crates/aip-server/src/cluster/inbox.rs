@@ -417,6 +417,12 @@ impl Cluster {
         node: &str,
         r: RemoteRequester,
     ) -> Arc<ClientEntry> {
+        // A stand-in for an earlier connection of this requester (it reconnected, or moved
+        // to another node) goes first, with whatever it still had running here.
+        let stale = |o: &ProxyOrigin| o.node != node || o.conn_id != r.conn_id;
+        if self.proxies.get(&r.client_id).is_some_and(|o| stale(&o)) {
+            self.drop_proxy(app, &r.client_id, stale);
+        }
         let mut made = None;
         let entry = app.registry.remote_or_insert(&r.client_id, || {
             let (tx, rx) = tokio::sync::mpsc::channel(app.config.outgoing_queue);
