@@ -364,6 +364,48 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
     )
     .await;
 
+    // The sessions, newest first, counted by state; one dispatched elsewhere appears live.
+    b.click("a[data-nav=sessions]").await;
+    b.until(
+        "the list",
+        "return document.querySelector('#sessions tbody tr[data-session]')",
+    )
+    .await;
+    let list = b.eval(&text_of("#sessions tbody")).await;
+    let list = list.as_str().unwrap_or_default().to_owned();
+    assert!(
+        list.contains("hello") && list.contains("completed") && list.contains("cancelled"),
+        "{list}"
+    );
+    tokio::task::block_in_place(|| {
+        server
+            .aip(&[
+                "dispatch",
+                "--api-key",
+                KEY,
+                "--target",
+                "web-01",
+                "--task-name",
+                "from-cli",
+                "--command",
+                "true",
+                "--wait",
+            ])
+            .expect_code(0);
+    });
+    b.until(
+        "the new session, completed",
+        "return [...document.querySelectorAll('#sessions tbody tr')].some((r) => r.innerText.includes('from-cli') && r.querySelector('.b-completed'))",
+    )
+    .await;
+    let counts = b.eval(&text_of(".counts")).await;
+    assert!(
+        counts
+            .as_str()
+            .is_some_and(|c| c.contains("completed 3") && c.contains("cancelled 1")),
+        "{counts}"
+    );
+
     // The device going offline shows on the fleet without a reload.
     b.click("a[data-nav=fleet]").await;
     b.until(

@@ -1,5 +1,6 @@
 // Sessions, newest first: filtered by state and client (on the server) and by task name
-// and time (here); counts by state; reloaded as sessions change.
+// and time (here); counts by state; kept up to date from the event stream (reloaded only
+// when the stream (re)connects).
 
 import { api } from "./api.js";
 import { badge, between, debounce, duration, errorBox, field, fill, h, link, time } from "./util.js";
@@ -55,7 +56,7 @@ export function sessionsView(root, _param, query) {
   }
 
   async function reload() {
-    const params = new URLSearchParams({ limit: "500" });
+    const params = new URLSearchParams({ limit: "200" });
     if (state.value) params.set("state", state.value);
     if (client.value.trim()) params.set("client_id", client.value.trim());
     try {
@@ -77,7 +78,36 @@ export function sessionsView(root, _param, query) {
     history.replaceState(null, "", `/ui/sessions${p.size ? `?${p}` : ""}`);
   }
 
-  const later = debounce(reload, 300);
+  /** The server's filters (state, client), applied to a session an event changed. */
+  function kept(s) {
+    const c = client.value.trim();
+    return (!state.value || s.state === state.value)
+      && (!c || s.client_id === c || s.requester === c);
+  }
+
+  /** Applies an event to the list in place: no reload per event on a busy server. */
+  function apply(ev) {
+    const d = ev.data;
+    const i = sessions.findIndex((s) => s.session_id === d.session_id);
+    if (i < 0) {
+      if (ev.event !== "session_created") return;
+      const s = { ...d, status: "pending" };
+      delete s.type;
+      delete s.request;
+      if (kept(s)) sessions.unshift(s);
+      if (sessions.length > 1000) sessions.length = 1000;
+    } else if (ev.event !== "session_round") {
+      const s = { ...sessions[i], state: d.state };
+      if (d.started_at) s.started_at = d.started_at;
+      if (d.finished_at) s.finished_at = d.finished_at;
+      if (d.reason !== undefined) s.reason = d.reason;
+      if (kept(s)) sessions[i] = s;
+      else sessions.splice(i, 1);
+    }
+    later();
+  }
+
+  const later = debounce(draw, 250);
   state.addEventListener("change", () => { remember(); reload(); });
   client.addEventListener("change", () => { remember(); reload(); });
   for (const el of [task, since]) el.addEventListener("input", () => { remember(); draw(); });
@@ -86,7 +116,7 @@ export function sessionsView(root, _param, query) {
   return {
     reload,
     onEvent(ev) {
-      if (ev.event.startsWith("session_")) later();
+      if (ev.event.startsWith("session_")) apply(ev);
     },
   };
 }
