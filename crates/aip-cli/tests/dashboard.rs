@@ -356,6 +356,17 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
         "return document.querySelector('#view h1 .b-running')",
     )
     .await;
+    // The fleet counts it as the device's live session; back to it with the browser.
+    let live_sessions = "const r = document.querySelector('tr[data-client=laptop]'); return r && r.cells[7].innerText";
+    b.click("a[data-nav=fleet]").await;
+    b.until("one live session", &format!("{live_sessions} === '1'"))
+        .await;
+    b.c().back().await.expect("back");
+    b.until(
+        "the session again",
+        "return document.querySelector('#cancel')",
+    )
+    .await;
     b.click("#cancel").await;
     b.c().accept_alert().await.expect("confirm the cancel");
     b.until(
@@ -413,6 +424,8 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
         "return document.querySelector('tr[data-client=laptop] .b-online')",
     )
     .await;
+    b.until("no live session", &format!("{live_sessions} === '0'"))
+        .await;
     b.c().set_window_size(390, 844).await.expect("resize");
     b.until("the fleet within a phone's width", overflow).await;
     b.c().set_window_size(1280, 860).await.expect("resize");

@@ -162,6 +162,7 @@ async fn a_subscriber_sees_a_device_and_its_session_in_order_with_increasing_ids
     assert_eq!(seen[3].data["statuses"], json!(["success"]));
     assert_eq!(seen[4].data["state"], "completed");
     assert!(seen[4].data["finished_at"].is_string());
+    assert!(seen[4].data["requester"].is_null(), "an HTTP dispatch");
     assert_eq!(seen[5].data["client_id"], "dev1");
     // `/api/clients` shows the same tags, and the live session count.
     let _d2 = app

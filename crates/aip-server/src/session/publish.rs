@@ -82,6 +82,7 @@ pub(super) fn ended(bus: &EventBus, r: &SessionRecord) {
         json!({
             "session_id": r.session_id,
             "task_name": r.task_name,
+            "requester": r.requester,
             "client_id": r.executor,
             "state": r.state.as_str(),
             "reason": r.reason.map(|e| e.as_str()),

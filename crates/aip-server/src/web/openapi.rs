@@ -74,8 +74,8 @@ pub fn is_public(path: &str) -> bool {
             task_name, request (first 200 bytes), origin, requester, client_id, state, \
             created_at, started_at}, `session_state` {session_id, client_id, state, \
             started_at}, `session_round` {session_id, client_id, round, statuses}, \
-            `session_ended` {session_id, task_name, client_id, state, reason, error, \
-            finished_at}; each data object also has `type`. Ids increase; send \
+            `session_ended` {session_id, task_name, requester, client_id, state, reason, \
+            error, finished_at}; each data object also has `type`. Ids increase; send \
             `Last-Event-ID` to resume after one (the last 1024 events are kept, for 60 s \
             after the last subscriber left); when that is not possible the stream starts \
             with `event: resync`: reload the state. Clients must ignore event types and \

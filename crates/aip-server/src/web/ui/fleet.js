@@ -1,5 +1,6 @@
 // The fleet: every client the server has (plus those seen going offline while this page
-// is open), filtered by text, platform and tag; online/offline changes arrive live.
+// is open), filtered by text, platform and tag; online/offline changes and live session
+// counts follow the event stream in place (the list is reloaded when the stream connects).
 
 import { api } from "./api.js";
 import { badge, debounce, errorBox, field, fill, h, link, time } from "./util.js";
@@ -110,7 +111,16 @@ export function fleetView(root, _param, query) {
     draw();
   }
 
-  const later = debounce(reload, 300);
+  const later = debounce(draw, 250);
+
+  /** A live session more (+1) or fewer (-1) for the clients of a session event. */
+  function count(d, delta) {
+    for (const id of new Set([d.client_id, d.requester])) {
+      const k = id && known.get(id);
+      if (k?.online) k.client = { ...k.client, sessions: Math.max(0, (k.client.sessions || 0) + delta) };
+    }
+    later();
+  }
   for (const el of [text, platform, tag, offline]) el.addEventListener("input", draw);
   reload();
 
@@ -129,9 +139,10 @@ export function fleetView(root, _param, query) {
           online: true,
         });
         draw();
-        later();
-      } else if (ev.event === "session_created" || ev.event === "session_ended") {
-        later(); // live session counts
+      } else if (ev.event === "session_created") {
+        count(d, 1);
+      } else if (ev.event === "session_ended") {
+        count(d, -1);
       }
     },
   };
