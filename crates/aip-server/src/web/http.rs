@@ -62,6 +62,8 @@ pub async fn clients(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Ap
             "last_seen": http_timestamp(c.conn.last_seen()),
             "platform": c.platform,
             "target_id": c.scope,
+            "tags": super::events::tags_of(c),
+            "sessions": c.as_executor.lock().len() + c.as_requester.lock().len(),
         })).collect::<Vec<_>>(),
     })))
 }
@@ -75,8 +77,10 @@ async fn fleet(app: &AppState, cluster: &crate::cluster::Cluster) -> Result<Valu
             .as_str()
             .and_then(|id| app.registry.get(id))
             .filter(|_| c["node"] == cluster.node());
+        c["tags"] = super::events::tags_from(c.get("metadata").and_then(|m| m.get("tags")));
         if let Some(e) = local {
             c["last_seen"] = json!(http_timestamp(e.conn.last_seen()));
+            c["sessions"] = json!(e.as_executor.lock().len() + e.as_requester.lock().len());
         }
         if let Some(obj) = c.as_object_mut() {
             obj.remove("metadata");
@@ -496,7 +500,15 @@ pub async fn get_session(
         .record(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?;
-    Ok(shown(&app, &record))
+    // The request too (not on `task_result`, the hot path, nor in lists).
+    let step = (!record.state.is_terminal())
+        .then(|| app.sessions.get(&record.session_id).and_then(|h| h.step()))
+        .flatten();
+    let mut view = serde_json::to_value(SessionView(&record, step.as_deref())).unwrap_or_default();
+    if let Some(obj) = view.as_object_mut() {
+        obj.insert("request".into(), Value::String(record.request.clone()));
+    }
+    Ok(Json(view).into_response())
 }
 
 /// `DELETE /api/sessions/{id}`: cancels a live session and returns its final view.

@@ -16,7 +16,7 @@ use super::schema::{
     Build, Client, ClientList, Dispatched, ErrorBody, Health, Ready, ReadyChecks, Session,
     SessionList, Step,
 };
-use super::{http, ops, ws};
+use super::{events, http, ops, ws};
 
 /// Where the document is served.
 pub const DOCUMENT_PATH: &str = "/api/openapi.json";
@@ -54,6 +54,7 @@ pub fn is_public(path: &str) -> bool {
         http::list_sessions,
         http::get_session,
         http::cancel_session,
+        events::events,
         ops::health,
         ops::ready,
         ops::metrics,
@@ -67,6 +68,18 @@ pub fn is_public(path: &str) -> bool {
     tags(
         (name = "tasks", description = "Dispatch tasks and read their sessions"),
         (name = "clients", description = "Who is connected"),
+        (name = "events", description = "Live events as Server-Sent Events: \
+            `client_connected` {client_id, client_type, platform, tags, connected_at}, \
+            `client_disconnected` {client_id, client_type}, `session_created` {session_id, \
+            task_name, request (first 200 bytes), origin, requester, client_id, state, \
+            created_at, started_at}, `session_state` {session_id, client_id, state, \
+            started_at}, `session_round` {session_id, client_id, round, statuses}, \
+            `session_ended` {session_id, task_name, requester, client_id, state, reason, \
+            error, finished_at}; each data object also has `type`. Ids increase; send \
+            `Last-Event-ID` to resume after one (the last 1024 events are kept, for 60 s \
+            after the last subscriber left); when that is not possible the stream starts \
+            with `event: resync`: reload the state. Clients must ignore event types and \
+            fields they do not know."),
         (name = "operations", description = "Liveness, readiness and metrics"),
         (name = "aip", description = "The AIP WebSocket endpoint (protocol.md)"),
     )
