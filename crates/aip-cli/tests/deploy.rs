@@ -229,6 +229,56 @@ fn nginx_with_the_shipped_site_carries_a_wss_device_and_an_https_dispatch_to_aip
         .expect_code(0)
         .stdout_has(&["via-nginx", "completed"]);
 
+    // The live event stream (`curl -N`) passes through nginx at once, unbuffered.
+    let events = format!("{https}/api/events");
+    let mut curl = std::process::Command::new("curl")
+        .args(["-sN", "--max-time", "20", "--cacert", ca, &events])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl (installed with schemathesis's tools)");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let out = curl.stdout.take().unwrap();
+    let into = seen.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut out = out;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.lock().unwrap().contains("retry:") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut late = Proc::spawn(&[
+        "device",
+        "--server",
+        &wss,
+        "--ca-cert",
+        ca,
+        "--client-id",
+        "sse-dev",
+    ]);
+    late.wait_for_line("registered");
+    while !seen.lock().unwrap().contains(r#""client_id":"sse-dev""#)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = curl.kill();
+    let _ = curl.wait();
+    let text = seen.lock().unwrap().clone();
+    assert!(
+        text.contains("event: client_connected") && text.contains(r#""client_id":"sse-dev""#),
+        "the event did not come through nginx: {text:?}"
+    );
+
     // Without the CA the system roots do not know the test certificate: a clear refusal.
     run(&["clients", "--url", &https])
         .expect_code(1)

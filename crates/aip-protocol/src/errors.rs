@@ -151,6 +151,8 @@ pub mod http {
     pub const SHUTTING_DOWN: &str = "Server is shutting down";
     pub const TOO_MANY_SESSIONS: &str = "Too many active sessions";
     pub const TOO_MANY_CONNECTIONS: &str = "Too many connections";
+    /// `GET /api/events` while the most subscribers the server keeps are connected.
+    pub const TOO_MANY_SUBSCRIBERS: &str = "Too many event stream subscribers; try again later";
     pub const TASK_NOT_FOUND: &str = "Task not found";
     pub const INVALID_STATE: &str =
         "Invalid state: expected created, running, completed, failed or cancelled";

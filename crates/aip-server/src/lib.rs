@@ -23,6 +23,8 @@
 //!   connection holds; reloaded on SIGHUP.
 //! - [`config`]: every option of `aip serve`; [`state`]: what the web layer shares;
 //!   [`metrics`]: the Prometheus counters every layer bumps (a leaf: it takes values);
+//!   [`events`]: the live event bus behind `GET /api/events` (a leaf too; the web layer
+//!   serves it as Server-Sent Events, `web/events.rs`, and the dashboard, `web/ui.rs`);
 //!   [`limits`]: the open-file limit and the connection cap derived from it.
 //! - [`web::serve`]: the one accept loop (plain or TLS): socket caps, header and idle
 //!   timeouts; [`tls`]: the certificate, reloaded on SIGHUP ([`hangup`]: the one listener
@@ -41,6 +43,7 @@ use tokio::net::TcpListener;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod events;
 pub mod fleet;
 pub mod hangup;
 pub mod keys;

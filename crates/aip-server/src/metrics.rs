@@ -144,6 +144,10 @@ fn describe() {
         "Tasks refused because the target device's outgoing queue was above its high-water mark (HTTP 503, or a busy error to a constellation)."
     );
     describe_counter!(
+        "aip_event_subscribers_dropped_total",
+        "GET /api/events subscribers disconnected for falling behind the live events."
+    );
+    describe_counter!(
         "aip_llm_calls_total",
         "Calls to the model, by outcome (ok or error)."
     );
@@ -260,6 +264,11 @@ pub fn socket_refused() {
 /// A task refused because its device's outgoing queue was above the high-water mark.
 pub fn dispatch_busy() {
     counter!("aip_dispatch_busy_total").increment(1);
+}
+
+/// An event stream subscriber dropped for falling behind.
+pub fn subscriber_dropped() {
+    counter!("aip_event_subscribers_dropped_total").increment(1);
 }
 
 /// Cluster mode: this node cleaned up after a lost node.

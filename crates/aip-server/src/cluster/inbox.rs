@@ -16,6 +16,7 @@ use crate::registry::ClientEntry;
 use crate::session::{CancelReason, CreateError, OpenRequest};
 use crate::state::AppState;
 use crate::storage::redis::conn::BLOCK;
+use crate::storage::StoreError;
 
 /// The consumer group every inbox is read by (one consumer: its node).
 const GROUP: &str = "aip";
@@ -135,8 +136,13 @@ impl Cluster {
     }
 
     /// Sends the message `make` builds (given a request number) to `node` and waits for
-    /// its answer. `None`: not delivered (Redis) or not answered within `CALL_TIMEOUT`.
-    pub(super) async fn call(&self, node: &str, make: impl FnOnce(u64) -> Msg) -> Option<Outcome> {
+    /// its answer. `Ok(None)`: not answered within `CALL_TIMEOUT`; `Err`: Redis did not
+    /// take the message.
+    pub(super) async fn call(
+        &self,
+        node: &str,
+        make: impl FnOnce(u64) -> Msg,
+    ) -> Result<Option<Outcome>, StoreError> {
         self.call_within(node, CALL_TIMEOUT, make).await
     }
 
@@ -146,18 +152,19 @@ impl Cluster {
         node: &str,
         wait: Duration,
         make: impl FnOnce(u64) -> Msg,
-    ) -> Option<Outcome> {
+    ) -> Result<Option<Outcome>, StoreError> {
         let req = self.next_req();
         let (tx, rx) = oneshot::channel();
         self.pending.insert(req, tx);
-        let answer = match self.send(node, &make(req)).await {
-            Ok(()) => tokio::time::timeout(wait, rx)
+        let sent = self.send(node, &make(req)).await;
+        let answer = match sent {
+            Ok(()) => Ok(tokio::time::timeout(wait, rx)
                 .await
                 .ok()
-                .and_then(Result::ok),
+                .and_then(Result::ok)),
             Err(e) => {
                 tracing::warn!(node, cause = %e, "could not reach another node through Redis");
-                None
+                Err(StoreError::Database(format!("redis: {e}")))
             }
         };
         self.pending.remove(&req);

@@ -75,6 +75,8 @@ pub struct Cluster {
     pending: IdDashMap<u64, oneshot::Sender<Outcome>>,
     remote_sessions: IdDashMap<String, RemoteSession>,
     proxies: IdDashMap<String, ProxyOrigin>,
+    /// Where clients on other nodes were found lately (`route.rs`).
+    located: IdDashMap<String, (RemoteDevice, std::time::Instant)>,
     /// The last heartbeat reached Redis.
     redis_up: AtomicBool,
 }
@@ -109,6 +111,7 @@ impl Cluster {
             pending: IdDashMap::default(),
             remote_sessions: IdDashMap::default(),
             proxies: IdDashMap::default(),
+            located: IdDashMap::default(),
             redis_up: AtomicBool::new(true),
         });
         cluster.join().await.context("joining the cluster")?;

@@ -143,7 +143,9 @@ impl Cluster {
                     from: self.node.clone(),
                     client_id: id.to_owned(),
                 })
-                .await;
+                .await
+                .ok()
+                .flatten();
             match answer {
                 Some(super::Outcome::Alive { alive: false }) => {}
                 // No answer from a node that has stopped heartbeating meanwhile: gone.

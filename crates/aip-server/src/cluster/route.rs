@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aip_protocol::errors as text;
 use aip_protocol::{Command, ServerMessage};
@@ -12,6 +13,7 @@ use super::inbox::{Msg, OpenAsk, RemoteRequester};
 use super::{Cluster, Outcome, RemoteSession, CALL_TIMEOUT};
 use crate::registry::ClientEntry;
 use crate::state::AppState;
+use crate::storage::StoreError;
 
 /// A client connected to another node, as presence shows it.
 #[derive(Debug, Clone)]
@@ -22,6 +24,7 @@ pub struct RemoteDevice {
 }
 
 /// A session to open on another node's device.
+#[derive(Clone)]
 pub struct RemoteOpen {
     pub session_id: String,
     pub generated_id: bool,
@@ -35,10 +38,69 @@ fn deadline_ms() -> i64 {
     chrono::Utc::now().timestamp_millis().saturating_add(ms)
 }
 
+/// How long where a client is connected is remembered (a dispatch then skips the presence
+/// read); a node that answers `404` for it makes it looked up again.
+const LOCATE_TTL: Duration = Duration::from_secs(2);
+
 impl Cluster {
-    /// Opens a session on `device`'s node for the HTTP API. `None`: that node could not
-    /// be reached or did not answer in time.
-    pub async fn open_remote(&self, device: &RemoteDevice, open: RemoteOpen) -> Option<Outcome> {
+    /// Where `client_id` is connected, if on another node; remembered for `LOCATE_TTL`.
+    pub async fn locate(&self, client_id: &str) -> Result<Option<RemoteDevice>, StoreError> {
+        if let Some(hit) = self.located.get(client_id) {
+            if hit.1.elapsed() < LOCATE_TTL {
+                return Ok(Some(hit.0.clone()));
+            }
+        }
+        let found = self.lookup(client_id).await?.map(|(d, _)| d);
+        match &found {
+            Some(d) => {
+                if self.located.len() >= 100_000 {
+                    self.located.clear();
+                }
+                self.located
+                    .insert(client_id.to_owned(), (d.clone(), Instant::now()));
+            }
+            None => {
+                self.located.remove(client_id);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Opens a session on the device `client_id` for the HTTP API wherever it is
+    /// connected now: a node that no longer holds it (`404`) makes it looked up again,
+    /// once. `Ok(None)`: not connected anywhere.
+    pub async fn open_located(
+        &self,
+        client_id: &str,
+        open: RemoteOpen,
+    ) -> Result<Option<(RemoteDevice, Option<Outcome>)>, StoreError> {
+        let Some(device) = self.locate(client_id).await? else {
+            return Ok(None);
+        };
+        if !device.is_device {
+            return Ok(Some((device, None)));
+        }
+        let outcome = self.open_remote(&device, open.clone()).await?;
+        if !matches!(outcome, Some(Outcome::Refused { status: 404, .. })) {
+            return Ok(Some((device, outcome)));
+        }
+        self.located.remove(client_id);
+        match self.locate(client_id).await? {
+            Some(moved) if moved.node != device.node && moved.is_device => {
+                let outcome = self.open_remote(&moved, open).await?;
+                Ok(Some((moved, outcome)))
+            }
+            _ => Ok(Some((device, outcome))),
+        }
+    }
+
+    /// Opens a session on `device`'s node for the HTTP API. `Ok(None)`: that node did
+    /// not answer in time.
+    pub async fn open_remote(
+        &self,
+        device: &RemoteDevice,
+        open: RemoteOpen,
+    ) -> Result<Option<Outcome>, StoreError> {
         self.call(&device.node, |req| self.open_msg(req, device, open, None))
             .await
     }
@@ -73,7 +135,7 @@ impl Cluster {
         requester: &ClientEntry,
         device: &RemoteDevice,
         open: RemoteOpen,
-    ) -> Option<Outcome> {
+    ) -> Result<Option<Outcome>, StoreError> {
         let sid = open.session_id.clone();
         // Known before the node answers: its first frame may come before its answer.
         self.remote_sessions.insert(
@@ -94,7 +156,7 @@ impl Cluster {
                 self.open_msg(req, device, open, Some(asker))
             })
             .await;
-        if !matches!(outcome, Some(Outcome::Ok)) {
+        if !matches!(outcome, Ok(Some(Outcome::Ok))) {
             self.remote_sessions.remove(&sid);
         }
         outcome
@@ -105,7 +167,7 @@ impl Cluster {
     pub async fn cancel_remote(
         &self,
         session_id: &str,
-    ) -> Result<Option<Option<Outcome>>, crate::storage::StoreError> {
+    ) -> Result<Option<Option<Outcome>>, StoreError> {
         let Some(owner) = self.store.owner(session_id).await? else {
             return Ok(None);
         };
@@ -118,7 +180,7 @@ impl Cluster {
                 from: self.node.clone(),
                 session_id: session_id.to_owned(),
             })
-            .await,
+            .await?,
         ))
     }
 

@@ -17,6 +17,7 @@ use super::handle::{
     CancelReason, ClientEnd, Parked, ReportedResults, SessionEvent, SessionHandle,
 };
 use super::manager::SessionManager;
+use super::publish;
 use super::records::store_until_saved;
 use crate::config::fmt_secs;
 use crate::registry::ExecutorInfo;
@@ -242,6 +243,7 @@ impl SessionJob {
         self.record.started_at = Some(now);
         self.record.echo_received = true;
         self.persist().await;
+        publish::state(&self.manager.events, &self.record);
     }
 
     /// Writes the record; if the store refuses, keeps it unsaved (reads show it) and
@@ -286,6 +288,7 @@ impl SessionJob {
                             actions: Vec::new(),
                             action_results: results,
                         });
+                        publish::round(&self.manager.events, &self.record, &self.rounds);
                         self.record.result = Some(Box::new(rounds_result(&self.rounds)));
                         self.persist().await;
                     } else {
@@ -379,6 +382,7 @@ impl SessionJob {
                 actions,
                 action_results: results,
             });
+            publish::round(&self.manager.events, &self.record, &self.rounds);
         }
     }
 
@@ -452,6 +456,7 @@ impl SessionJob {
         // Stored before anyone is told; if the store refuses, the final state is kept in
         // memory (reads show it), everyone is told, and the write is retried below.
         let unsaved = self.persist().await;
+        publish::ended(&self.manager.events, &self.record);
         self.manager.release(&sid);
         self.manager.unindex(&self.handle);
 

@@ -12,6 +12,7 @@ use super::driver::DriverFactory;
 use super::handle::{CancelReason, SessionHandle};
 use super::unsaved::Unsaved;
 use crate::config::{PlatformMode, ServerConfig};
+use crate::events::EventBus;
 use crate::registry::Registry;
 use crate::storage::{SessionStore, StoreError};
 use crate::IdDashMap;
@@ -68,6 +69,8 @@ pub struct SessionManager {
     pub(super) drivers: Option<Arc<dyn DriverFactory>>,
     /// States the store refused, kept until a retried write lands.
     pub(super) unsaved: Unsaved,
+    /// Where sessions announce their changes (`GET /api/events`).
+    pub events: Arc<EventBus>,
 }
 
 impl SessionManager {
@@ -88,6 +91,7 @@ impl SessionManager {
             store,
             drivers,
             unsaved: Unsaved::default(),
+            events: Arc::new(EventBus::default()),
         })
     }
 

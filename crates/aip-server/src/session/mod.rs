@@ -32,6 +32,7 @@ mod job;
 pub mod llm;
 mod manager;
 mod open;
+mod publish;
 mod records;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

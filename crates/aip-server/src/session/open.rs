@@ -85,6 +85,7 @@ impl SessionManager {
             }
         }
         let handle = Arc::clone(&pending.handle);
+        super::publish::created(&self.events, &pending.record);
         pending.start();
         Ok(handle)
     }

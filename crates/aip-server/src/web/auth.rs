@@ -50,7 +50,7 @@ pub fn header_authorized(app: &AppState, headers: &HeaderMap) -> bool {
 }
 
 /// Middleware: `--local` first (every route), then the API key (all but health, ready,
-/// the OpenAPI document and docs page, and `/ws`, which checks `?token=` itself and
+/// the OpenAPI document and docs page, the dashboard's page and files, and `/ws`, which checks `?token=` itself and
 /// answers 403).
 pub async fn guard(
     State(app): State<Arc<AppState>>,
@@ -69,6 +69,7 @@ pub async fn guard(
         || path == "/api/ready"
         || path == "/ws"
         || super::openapi::is_public(path)
+        || super::ui::is_public(path)
         || (path == "/metrics" && app.config.metrics_public)
     {
         return next.run(req).await;

@@ -65,7 +65,8 @@ pub async fn clients(
             "last_seen": http_timestamp(c.conn.last_seen()),
             "platform": c.platform,
             "target_id": c.scope,
-            "tags": c.metadata.as_ref().and_then(|m| m.get("tags")).filter(|t| t.is_object()),
+            "tags": super::events::tags_of(c),
+            "sessions": c.as_executor.lock().len() + c.as_requester.lock().len(),
         })).collect::<Vec<_>>(),
     })))
 }

@@ -232,7 +232,14 @@ impl ClientConn {
             return;
         };
         let sid = valid.session_id.clone();
-        match cluster.open_remote_for(&self.entry, &device, valid).await {
+        let outcome = match cluster.open_remote_for(&self.entry, &device, valid).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(client_id = %self.id(), cause = %e, "could not reach the device's node");
+                return self.refuse(text::STORAGE_UNAVAILABLE);
+            }
+        };
+        match outcome {
             Some(Outcome::Ok) => {
                 tracing::info!(session_id = %sid, client_id = %self.id(), executor = %device.client_id, node = %device.node, "task accepted for a device on another node");
             }

@@ -217,13 +217,6 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
 async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Response, ApiError> {
     let not_online = || ApiError::not_found(detail::CLIENT_NOT_ONLINE);
     let cluster = app.cluster.as_ref().ok_or_else(not_online)?;
-    let (device, _) = cluster
-        .lookup(&valid.target)
-        .await?
-        .ok_or_else(not_online)?;
-    if !device.is_device {
-        return Err(ApiError::bad_request(detail::TARGET_NOT_DEVICE));
-    }
     if app.is_shutting_down() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -237,7 +230,14 @@ async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Resp
         request: valid.request,
         commands: valid.commands,
     };
-    match cluster.open_remote(&device, open).await {
+    let (device, outcome) = cluster
+        .open_located(&valid.target, open)
+        .await?
+        .ok_or_else(not_online)?;
+    if !device.is_device {
+        return Err(ApiError::bad_request(detail::TARGET_NOT_DEVICE));
+    }
+    match outcome {
         Some(Outcome::Ok) => {}
         Some(Outcome::Busy) => return Ok(device_busy()),
         Some(Outcome::Refused { status, detail }) => {
@@ -448,7 +448,15 @@ pub async fn get_session(
         .record(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(detail::TASK_NOT_FOUND))?;
-    Ok(shown(&app, &record))
+    // The request too (not on `task_result`, the hot path, nor in lists).
+    let step = (!record.state.is_terminal())
+        .then(|| app.sessions.get(&record.session_id).and_then(|h| h.step()))
+        .flatten();
+    let mut view = serde_json::to_value(SessionView(&record, step.as_deref())).unwrap_or_default();
+    if let Some(obj) = view.as_object_mut() {
+        obj.insert("request".into(), Value::String(record.request.clone()));
+    }
+    Ok(Json(view).into_response())
 }
 
 /// `DELETE /api/sessions/{id}`: cancels a live session and returns its final view.

@@ -1,4 +1,5 @@
-//! Web layer: the router for `/ws`, `/api/*` and the docs page (`openapi.rs`), with the
+//! Web layer: the router for `/ws`, `/api/*`, the docs page (`openapi.rs`) and the
+//! dashboard (`ui.rs`, served from the fallback: it is not part of the API), with the
 //! `--local` and API-key guards.
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::state::AppState;
 pub mod auth;
 pub mod clients;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod jobs;
 pub mod openapi;
@@ -26,6 +28,7 @@ mod handlers;
 mod job_schema;
 mod responses;
 mod schema;
+pub mod ui;
 
 /// The complete application.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -37,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/dispatch", axum::routing::post(http::dispatch))
         .route("/api/task_result/{id}", get(http::task_result))
         .route("/api/clients", get(clients::clients))
+        .route("/api/events", get(events::events))
         .route("/api/sessions", get(http::list_sessions))
         .route(
             "/api/sessions/{id}",
@@ -48,7 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(jobs::get_job).delete(jobs::cancel_job),
         )
         .merge(openapi::routes())
-        .fallback(http::not_found)
+        .fallback(ui::fallback)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))

@@ -17,7 +17,7 @@ use super::schema::{
     Build, Client, ClientList, Dispatched, ErrorBody, Health, Ready, ReadyChecks, Session,
     SessionList, Step,
 };
-use super::{clients, http, jobs, ops, ws};
+use super::{clients, events, http, jobs, ops, ws};
 
 /// Where the document is served.
 pub const DOCUMENT_PATH: &str = "/api/openapi.json";
@@ -60,6 +60,7 @@ pub fn is_public(path: &str) -> bool {
         jobs::list_jobs,
         jobs::get_job,
         jobs::cancel_job,
+        events::events,
         ops::health,
         ops::ready,
         ops::metrics,
@@ -75,6 +76,18 @@ pub fn is_public(path: &str) -> bool {
         (name = "tasks", description = "Dispatch tasks and read their sessions"),
         (name = "clients", description = "Who is connected"),
         (name = "jobs", description = "Fleet jobs: one request to every device a selector picks, rolled out in batches"),
+        (name = "events", description = "Live events as Server-Sent Events: \
+            `client_connected` {client_id, client_type, platform, tags, connected_at}, \
+            `client_disconnected` {client_id, client_type}, `session_created` {session_id, \
+            task_name, request (first 200 bytes), origin, requester, client_id, state, \
+            created_at, started_at}, `session_state` {session_id, client_id, state, \
+            started_at}, `session_round` {session_id, client_id, round, statuses}, \
+            `session_ended` {session_id, task_name, requester, client_id, state, reason, \
+            error, finished_at}; each data object also has `type`. Ids increase; send \
+            `Last-Event-ID` to resume after one (the last 1024 events are kept, for 60 s \
+            after the last subscriber left); when that is not possible the stream starts \
+            with `event: resync`: reload the state. Clients must ignore event types and \
+            fields they do not know."),
         (name = "operations", description = "Liveness, readiness and metrics"),
         (name = "aip", description = "The AIP WebSocket endpoint (protocol.md)"),
     )

@@ -291,3 +291,21 @@ pub enum WsResponses {
     ))]
     Unavailable(ErrorBody),
 }
+
+/// `GET /api/events`: Server-Sent Events (see the operation's description).
+#[derive(IntoResponses)]
+pub enum EventsResponses {
+    /// The stream: `retry:` and a comment first, then one frame per event —
+    /// `id: <n>`, `event: <type>` and one `data:` line, a JSON object with `type` and the
+    /// event's fields — and a `: keep-alive` comment every 15 s. It does not end while
+    /// the server runs; a subscriber that falls behind is disconnected.
+    #[response(status = 200, content_type = "text/event-stream",
+        headers(("Cache-Control" = String, description = "`no-cache`")),
+        example = json!("retry: 2000\n: aip events\n\nid: 1764584400000001\nevent: session_created\ndata: {\"session_id\":\"3f4a2b1c-9d8e-4f3a-b2c1-9a8b7c6d5e4f\",\"task_name\":\"disk\",\"request\":\"plan\",\"origin\":\"http\",\"requester\":null,\"client_id\":\"device_win_001\",\"state\":\"created\",\"created_at\":\"2025-01-01T10:03:20.330100Z\",\"started_at\":null,\"type\":\"session_created\"}\n\n"))]
+    Stream(String),
+    /// As many subscribers as the server keeps are connected; retry later.
+    #[response(status = 503,
+        headers(("Retry-After" = String, description = "Seconds to wait")),
+        example = json!({"detail": detail::TOO_MANY_SUBSCRIBERS}))]
+    Unavailable(ErrorBody),
+}

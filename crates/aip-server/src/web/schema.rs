@@ -208,6 +208,9 @@ pub struct Session {
     /// only): the round in progress.
     #[schema(required = false)]
     step: Step,
+    /// The task's request as given (`GET /api/sessions/{id}` only).
+    #[schema(required = false)]
+    request: String,
     /// The fleet job that opened it (`GET /api/jobs/{id}`), when one did.
     #[schema(required = false)]
     job_id: String,
@@ -275,9 +278,12 @@ pub struct Client {
     /// A constellation's scope, or `null`.
     #[schema(required = true)]
     target_id: Option<String>,
-    /// The `metadata.tags` it registered with (`aip device --tag k=v`), or `null`.
-    #[schema(required = true)]
-    tags: Option<BTreeMap<String, Value>>,
+    /// The string values of the registration's `metadata.tags` (`aip device --tag k=v`).
+    tags: BTreeMap<String, String>,
+    /// Live sessions it runs or requested (cluster mode: only for clients of the node
+    /// answering).
+    #[schema(minimum = 0, required = false)]
+    sessions: u64,
     /// Cluster mode only: the node the client is connected to.
     #[schema(required = false)]
     node: String,
@@ -292,7 +298,7 @@ fn client_type() -> RefOr<Schema> {
 #[schema(example = json!({"online_clients": ["device_win_001"],
     "clients": [{"client_id": "device_win_001", "type": "device",
         "connected_at": "2025-01-01T10:00:00.118230Z", "last_seen": "2025-01-01T10:05:12.004100Z",
-        "platform": "windows", "target_id": null, "tags": {"role": "desktop"}}]}))]
+        "platform": "windows", "target_id": null, "tags": {"rack": "4"}, "sessions": 1}]}))]
 pub struct ClientList {
     /// Ids only (reference format).
     online_clients: Vec<String>,

@@ -25,6 +25,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::IdDashMap;
 
+/// The route that streams (and may need to close its connection).
+const EVENTS_PATH: &str = "/api/events";
+
+/// In an event stream request's extensions: cancelling it closes its connection at once
+/// (the event stream drops a subscriber that fell behind this way, even while its socket
+/// takes nothing).
+#[derive(Clone)]
+pub struct ConnCloser(pub CancellationToken);
+
+/// In a response's extensions: its body streams for long, and the connection counts as
+/// busy (not idle) until the body ends.
+#[derive(Clone, Copy)]
+pub struct Streaming;
+
 /// A TLS handshake that has not finished by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -302,15 +316,28 @@ async fn serve_connection<IO>(
     use tower::ServiceExt;
     let activity = Activity::new();
     let act = Arc::clone(&activity);
+    let closer = CancellationToken::new();
+    let close = closer.clone();
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            // Only the event stream uses it: other requests pay one comparison.
+            if req.uri().path() == EVENTS_PATH {
+                req.extensions_mut().insert(ConnCloser(close.clone()));
+            }
             let busy = act.busy();
             let answer = app.clone().oneshot(req.map(axum::body::Body::new));
             async move {
                 let response = answer.await;
-                drop(busy);
-                response
+                match response {
+                    Ok(r) if r.extensions().get::<Streaming>().is_some() => {
+                        Ok(r.map(|body| busy_until_done(body, busy)))
+                    }
+                    other => {
+                        drop(busy);
+                        other
+                    }
+                }
             }
         });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -330,6 +357,10 @@ async fn serve_connection<IO>(
             .idle_deadline(first, idle)
             .map_or(step, |d| d.min(step));
         tokio::select! {
+            _ = closer.cancelled() => {
+                tracing::debug!(peer = %peer, "connection closed by the server");
+                return;
+            }
             ended = &mut conn => {
                 if let Err(e) = ended {
                     tracing::debug!(peer = %peer, cause = %e, "connection ended with an error");
@@ -347,6 +378,15 @@ async fn serve_connection<IO>(
             }
         }
     }
+}
+
+/// `body`, holding `busy` until it ends or is dropped.
+fn busy_until_done(body: axum::body::Body, busy: Busy) -> axum::body::Body {
+    use futures_util::StreamExt;
+    axum::body::Body::from_stream(body.into_data_stream().map(move |chunk| {
+        let _held = &busy;
+        chunk
+    }))
 }
 
 #[cfg(test)]

@@ -247,6 +247,7 @@ async fn register(
     }
     crate::metrics::registered(role.as_str());
     tracing::info!(client_id = %client_id, role = role.as_str(), key = %grant.name(), platform = entry.platform.as_deref().unwrap_or(""), "client registered");
+    super::events::client_connected(&app.sessions.events, &entry);
     Ok(entry)
 }
 
@@ -444,6 +445,7 @@ pub fn disconnect(app: &AppState, client_id: &str, conn_id: u64) {
         ),
     };
     tracing::info!(client_id, sessions = sessions.len(), "client disconnected");
+    super::events::client_disconnected(&app.sessions.events, &entry);
     if let Some(cluster) = &app.cluster {
         cluster.release(client_id, conn_id);
         cluster.client_gone(client_id, conn_id);
