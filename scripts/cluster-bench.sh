@@ -5,6 +5,7 @@
 # node B, HTTP on node A: every dispatch crosses Redis to B and back), RUNS times,
 # interleaved, each on fresh processes; then an idle hold on one node for RSS per device.
 # Prints the BENCHMARKS.md cluster table; results land in bench-results/cluster-*.json.
+# SKIP_BUILD=1 uses target/release/aip as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,7 @@ OUT=bench-results
 mkdir -p "$OUT"
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cargo build --release -q -p aip-cli
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p aip-cli
 AIP=target/release/aip
 DIR=$(mktemp -d)
 RPORT=6391
