@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::client::{close_all, ramp, Fail, Pending, Target};
+use crate::client::{ramp, Fail, Pending, Target};
 use crate::http::Http;
-use crate::report::{Meters, ProcUsage, Recorder, Window};
-use crate::run::{join_tasks, ramped_result, Device};
+use crate::report::{ProcUsage, Recorder, Window};
+use crate::run::{ramped_result, work_then_close, Device};
 use crate::{count, procstat, secs, Ctx, RunResult};
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
@@ -96,22 +96,17 @@ pub(crate) async fn run(ctx: &Ctx, args: &JobArgs) -> anyhow::Result<RunResult> 
         job_micros: AtomicU64::new(0),
     });
     let window = shared.window;
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| tokio::spawn(worker(shared.clone())))
-        .collect();
-    let cpu = Meters::over(&window, ctx.server_pid).await;
-    if let Some(s) = &mut server {
-        s.read_after();
-    }
-    join_tasks(tasks, &rec, "worker task died").await;
-    let _ = stop.send(true);
-    let mut open = Vec::new();
-    for task in device_tasks {
-        if let Ok(Some(conn)) = task.await {
-            open.push(conn);
-        }
-    }
-    close_all(open).await;
+    let cpu = work_then_close(
+        ctx,
+        &shared,
+        &window,
+        workers,
+        worker,
+        (&mut server, &rec),
+        stop,
+        device_tasks,
+    )
+    .await;
 
     let mut result = ramped_result(ctx, "jobs", &window, &rec, &registration, server, cpu);
     let members = shared.members.load(Ordering::Relaxed);

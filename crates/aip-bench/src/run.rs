@@ -205,14 +205,49 @@ where
         rec: rec.clone(),
     });
     let window = shared.window;
+    let cpu = work_then_close(
+        ctx,
+        &shared,
+        &window,
+        workers,
+        worker,
+        (&mut server, &rec),
+        stop,
+        device_tasks,
+    )
+    .await;
+
+    let mut result = ramped_result(ctx, unit, &window, &rec, &registration, server, cpu);
+    result.detail("devices", shared.devices.len());
+    result.detail("dispatched", shared.next.load(Ordering::Relaxed));
+    Ok((result, registration.details))
+}
+
+/// Runs `workers` copies of `worker` over `window` (the server's and the generator's CPU
+/// measured meanwhile, its RSS read after), then stops the device tasks and closes the
+/// connections they still hold. Returns the CPU figures.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn work_then_close<S, W>(
+    ctx: &Ctx,
+    shared: &Arc<S>,
+    window: &Window,
+    workers: usize,
+    worker: impl Fn(Arc<S>) -> W,
+    (server, rec): (&mut Option<ProcUsage>, &Recorder),
+    stop: watch::Sender<bool>,
+    device_tasks: Vec<JoinHandle<Option<Conn>>>,
+) -> (Option<f64>, Option<f64>)
+where
+    W: Future<Output = ()> + Send + 'static,
+{
     let tasks: Vec<_> = (0..workers)
-        .map(|_| tokio::spawn(worker(shared.clone())))
+        .map(|_| tokio::spawn(worker(Arc::clone(shared))))
         .collect();
-    let cpu = Meters::over(&window, ctx.server_pid).await;
-    if let Some(s) = &mut server {
+    let cpu = Meters::over(window, ctx.server_pid).await;
+    if let Some(s) = server {
         s.read_after();
     }
-    join_tasks(tasks, &rec, "worker task died").await;
+    join_tasks(tasks, rec, "worker task died").await;
     let _ = stop.send(true);
     let mut conns = Vec::new();
     for task in device_tasks {
@@ -221,9 +256,5 @@ where
         }
     }
     close_all(conns).await;
-
-    let mut result = ramped_result(ctx, unit, &window, &rec, &registration, server, cpu);
-    result.detail("devices", shared.devices.len());
-    result.detail("dispatched", shared.next.load(Ordering::Relaxed));
-    Ok((result, registration.details))
+    cpu
 }

@@ -109,6 +109,18 @@ fn stdout_of(result: &Value) -> String {
         .to_owned()
 }
 
+async fn constellation(srv: &Server, id: &str, target: Option<&str>) -> Ws {
+    let mut ws = Ws::connect(&srv.ws()).await;
+    ws.send(
+        json!({"type": "register", "status": "ok", "client_type": "constellation",
+        "client_id": id, "target_id": target}),
+    )
+    .await;
+    let ok = ws.recv().await;
+    assert_eq!(ok["status"], "ok", "{ok}");
+    ws
+}
+
 async fn device_ws(srv: &Server, id: &str) -> Ws {
     let mut ws = Ws::connect(&srv.ws()).await;
     ws.send(
@@ -201,13 +213,7 @@ async fn a_constellation_on_one_node_drives_a_device_on_another() {
     let mut dev = device_ws(&b, "dev").await;
     wait_client(&a, "dev", Some("b")).await;
 
-    let mut k = Ws::connect(&a.ws()).await;
-    k.send(
-        json!({"type": "register", "status": "ok", "client_type": "constellation",
-        "client_id": "galaxy@dev", "target_id": "dev"}),
-    )
-    .await;
-    assert_eq!(k.recv().await["status"], "ok");
+    let mut k = constellation(&a, "galaxy@dev", Some("dev")).await;
 
     // device_info_response from the device's registration on B.
     k.send(json!({"type": "device_info_request", "status": "ok", "client_type": "constellation", "client_id": "galaxy@dev",
@@ -262,13 +268,7 @@ async fn a_constellation_on_one_node_drives_a_device_on_another() {
     // The constellation comes back twice (the first time leaving nothing running): each
     // new connection hears its own sessions.
     for sid in ["k-3", "k-4"] {
-        let mut k = Ws::connect(&a.ws()).await;
-        k.send(
-            json!({"type": "register", "status": "ok", "client_type": "constellation",
-            "client_id": "galaxy@dev", "target_id": "dev"}),
-        )
-        .await;
-        assert_eq!(k.recv().await["status"], "ok");
+        let mut k = constellation(&a, "galaxy@dev", Some("dev")).await;
         k.send(task(sid)).await;
         assert_eq!(k.recv().await["session_id"], sid);
         let cmd = dev.recv().await;
@@ -353,13 +353,7 @@ async fn a_killed_node_s_sessions_fail_node_lost_and_its_devices_fail_over() {
     wait_result(&a, &before, |v| v["state"] == "completed").await;
     let running = started(&a, "dev", "sleep 60").await;
     wait_result(&a, &running, |v| v["state"] == "running").await;
-    let mut k = Ws::connect(&a.ws()).await;
-    k.send(
-        json!({"type": "register", "status": "ok", "client_type": "constellation",
-        "client_id": "galaxy"}),
-    )
-    .await;
-    assert_eq!(k.recv().await["status"], "ok");
+    let mut k = constellation(&a, "galaxy", None).await;
     k.send(
         json!({"type": "task", "status": "continue", "client_type": "constellation",
         "session_id": "k-1", "task_name": "t", "client_id": "galaxy", "target_id": "dev",
@@ -539,16 +533,7 @@ async fn a_node_stopped_gracefully_leaves_no_client_behind() {
     let a = node(&redis.url(), "a", tmp.path(), &[]);
     let mut b = node(&redis.url(), "b", tmp.path(), &[]);
     let _dev = device_ws(&b, "dev").await;
-    let _k = {
-        let mut k = Ws::connect(&b.ws()).await;
-        k.send(
-            json!({"type": "register", "status": "ok", "client_type": "constellation",
-            "client_id": "k"}),
-        )
-        .await;
-        assert_eq!(k.recv().await["status"], "ok");
-        k
-    };
+    let _k = constellation(&b, "k", None).await;
     wait_client(&a, "k", Some("b")).await;
     signal(b.proc.pid(), "-TERM");
     assert_eq!(b.proc.wait_exit(), Some(0), "{}", b.proc.output());
