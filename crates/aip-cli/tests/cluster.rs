@@ -202,6 +202,20 @@ async fn any_node_dispatches_to_serves_and_cancels_sessions_of_a_device_on_anoth
     // Unknown targets are still 404 everywhere.
     let (status, v) = dispatch(&a, plan("nobody", "true")).await;
     assert_eq!(status, 404, "{v}");
+
+    // Fleet jobs are not built for cluster mode: refused, clearly.
+    let job = json!({"selector": {"platform": "linux"}, "request": "uptime"});
+    let (status, v) = call(
+        reqwest::Method::POST,
+        &format!("{}/api/jobs", a.url()),
+        Some(job),
+    )
+    .await;
+    assert_eq!(status, 503, "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("cluster mode"),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

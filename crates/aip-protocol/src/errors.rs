@@ -180,7 +180,7 @@ pub mod http {
     pub const JOB_NOT_FOUND: &str = "Job not found";
     pub const JOB_ALREADY_FINISHED: &str = "Job already finished";
     pub const JOBS_UNAVAILABLE: &str =
-        "Fleet jobs are not available: this server's store does not keep them";
+        "Fleet jobs are not available in cluster mode yet (--cluster); run them on a single server";
     pub const SELECTOR_REQUIRED: &str =
         "Invalid selector: expected an object with client_ids, platform or tags";
     pub const INVALID_BATCH: &str =
