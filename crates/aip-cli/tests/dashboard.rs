@@ -4,7 +4,8 @@
 //! to the end on the page, its stdout shows, a long session is cancelled from its page, the
 //! device going offline shows without a reload, a refused key sends back to the form; a
 //! natural-language task planned by a scripted model shows its steps, tokens and answer;
-//! a fleet job made through the API is listed and followed live to its end on its page.
+//! a fleet job made through the API is listed and followed live to its end on its page,
+//! and a long one is cancelled from it.
 //!
 //! Needs `chromium` and `chromium-driver` (`apt-get install chromium chromium-driver`;
 //! `.ci/run` installs them); without them the test fails, saying so. Screenshots go to
@@ -500,6 +501,41 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
         .expect("url")
         .path()
         .starts_with("/ui/sessions/"));
+
+    // A long job is cancelled from its page.
+    let long: Value = reqwest::Client::new()
+        .post(format!("{base}/api/jobs"))
+        .header("X-API-Key", KEY)
+        .json(&json!({"selector": {"client_ids": "laptop"},
+            "commands": [{"tool_name": "execute_command", "tool_type": "action",
+                "parameters": {"command": "sleep 30"}}]}))
+        .send()
+        .await
+        .expect("POST /api/jobs")
+        .json()
+        .await
+        .expect("the job");
+    let long_id = long["job_id"].as_str().expect("job_id");
+    b.click("a[data-nav=jobs]").await;
+    let row = format!("#jobs tr[data-job='{long_id}'] a");
+    b.until(
+        "the long job in the list",
+        &format!("return document.querySelector(\"{row}\")"),
+    )
+    .await;
+    b.click(&row).await;
+    b.until(
+        "the job running",
+        "return document.querySelector('#members tr[data-client=laptop] .b-running') && document.querySelector('#cancel')",
+    )
+    .await;
+    b.click("#cancel").await;
+    b.c().accept_alert().await.expect("confirm the cancel");
+    b.until(
+        "the job cancelled",
+        "return document.querySelector('#view h1 .b-cancelled') && document.querySelector('#members tr[data-client=laptop] .b-cancelled') && !document.querySelector('#cancel')",
+    )
+    .await;
 
     // The device going offline shows on the fleet without a reload.
     b.click("a[data-nav=fleet]").await;
