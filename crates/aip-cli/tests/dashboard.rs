@@ -3,7 +3,9 @@
 //! in (a wrong key refused), a device appears live, a plan dispatched from the form runs
 //! to the end on the page, its stdout shows, a long session is cancelled from its page, the
 //! device going offline shows without a reload, a refused key sends back to the form; a
-//! natural-language task planned by a scripted model shows its steps, tokens and answer.
+//! natural-language task planned by a scripted model shows its steps, tokens and answer;
+//! a fleet job made through the API is listed and followed live to its end on its page,
+//! and a long one is cancelled from it.
 //!
 //! Needs `chromium` and `chromium-driver` (`apt-get install chromium chromium-driver`;
 //! `.ci/run` installs them); without them the test fails, saying so. Screenshots go to
@@ -416,6 +418,124 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
             .is_some_and(|c| c.contains("completed 3") && c.contains("cancelled 1")),
         "{counts}"
     );
+
+    // A fleet job over the real device, created through the API: listed, then followed
+    // live on its page until the device's row shows it completed with its output.
+    let job: Value = reqwest::Client::new()
+        .post(format!("{base}/api/jobs"))
+        .header("X-API-Key", KEY)
+        .json(
+            &json!({"selector": {"client_ids": "laptop"}, "task_name": "job-demo",
+            "commands": [{"tool_name": "execute_command", "tool_type": "action",
+                "parameters": {"command": "sleep 3; echo job-output; echo second-line"}}]}),
+        )
+        .send()
+        .await
+        .expect("POST /api/jobs")
+        .json()
+        .await
+        .expect("the job");
+    let job_id = job["job_id"].as_str().expect("job_id").to_owned();
+    b.click("a[data-nav=jobs]").await;
+    let row = format!("#jobs tr[data-job='{job_id}']");
+    b.until(
+        "the job in the list",
+        &format!("return document.querySelector(\"{row}\")"),
+    )
+    .await;
+    let listed = b.eval(&text_of(&row)).await;
+    assert!(
+        listed
+            .as_str()
+            .is_some_and(|r| r.contains(&job_id[..8]) && r.contains("job-demo")),
+        "{listed}"
+    );
+    b.click(&format!("{row} a")).await;
+    b.until(
+        "the job's page",
+        "return document.querySelector('#members tr[data-client=laptop]')",
+    )
+    .await;
+    assert_eq!(
+        b.c().current_url().await.expect("url").path(),
+        format!("/ui/jobs/{job_id}")
+    );
+    let running_at_first = b
+        .eval("return !!document.querySelector('#view h1 .b-running')")
+        .await;
+    eprintln!("job page opened while the job ran: {running_at_first}");
+    b.until(
+        "the job completed, without a reload",
+        "return document.querySelector('#view h1 .b-completed') && document.querySelector('#members tr[data-client=laptop] .b-completed')",
+    )
+    .await;
+    let member = b.eval(&text_of("#members tr[data-client=laptop]")).await;
+    let member = member.as_str().unwrap_or_default().to_owned();
+    assert!(
+        member.contains("completed")
+            && member.contains("job-output")
+            && !member.contains("second-line"),
+        "{member}"
+    );
+    let counts = b.eval(&text_of(".counts")).await;
+    assert!(
+        counts.as_str().is_some_and(|c| c.contains("completed 1")),
+        "{counts}"
+    );
+    b.screenshot("job").await;
+    b.c().set_window_size(390, 844).await.expect("resize");
+    b.until("the job page within a phone's width", overflow)
+        .await;
+    b.c().set_window_size(1280, 860).await.expect("resize");
+    // Its device's session is a link away.
+    b.click("#members tr[data-client=laptop] a").await;
+    b.until(
+        "the member's session",
+        "return document.querySelector('#view h1 .b-completed') && document.querySelector('pre.stdout')",
+    )
+    .await;
+    assert!(b
+        .c()
+        .current_url()
+        .await
+        .expect("url")
+        .path()
+        .starts_with("/ui/sessions/"));
+
+    // A long job is cancelled from its page.
+    let long: Value = reqwest::Client::new()
+        .post(format!("{base}/api/jobs"))
+        .header("X-API-Key", KEY)
+        .json(&json!({"selector": {"client_ids": "laptop"},
+            "commands": [{"tool_name": "execute_command", "tool_type": "action",
+                "parameters": {"command": "sleep 30"}}]}))
+        .send()
+        .await
+        .expect("POST /api/jobs")
+        .json()
+        .await
+        .expect("the job");
+    let long_id = long["job_id"].as_str().expect("job_id");
+    b.click("a[data-nav=jobs]").await;
+    let row = format!("#jobs tr[data-job='{long_id}'] a");
+    b.until(
+        "the long job in the list",
+        &format!("return document.querySelector(\"{row}\")"),
+    )
+    .await;
+    b.click(&row).await;
+    b.until(
+        "the job running",
+        "return document.querySelector('#members tr[data-client=laptop] .b-running') && document.querySelector('#cancel')",
+    )
+    .await;
+    b.click("#cancel").await;
+    b.c().accept_alert().await.expect("confirm the cancel");
+    b.until(
+        "the job cancelled",
+        "return document.querySelector('#view h1 .b-cancelled') && document.querySelector('#members tr[data-client=laptop] .b-cancelled') && !document.querySelector('#cancel')",
+    )
+    .await;
 
     // The device going offline shows on the fleet without a reload.
     b.click("a[data-nav=fleet]").await;

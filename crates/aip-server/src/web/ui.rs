@@ -40,7 +40,7 @@ macro_rules! asset {
 const JS: &str = "text/javascript; charset=utf-8";
 
 /// Every file of the dashboard; the first is the page.
-static ASSETS: [Asset; 9] = [
+static ASSETS: [Asset; 10] = [
     asset!("index.html", "text/html; charset=utf-8"),
     asset!("app.css", "text/css; charset=utf-8"),
     asset!("app.js", JS),
@@ -50,6 +50,7 @@ static ASSETS: [Asset; 9] = [
     asset!("sessions.js", JS),
     asset!("detail.js", JS),
     asset!("dispatch.js", JS),
+    asset!("jobs.js", JS),
 ];
 
 /// Each file's ETag: a digest of its content, computed once.
@@ -158,7 +159,14 @@ mod tests {
 
     #[test]
     fn the_dashboard_paths_are_public_and_nothing_else_is() {
-        for p in ["/", "/ui", "/ui/", "/ui/sessions/x", "/ui/assets/app.js"] {
+        for p in [
+            "/",
+            "/ui",
+            "/ui/",
+            "/ui/sessions/x",
+            "/ui/jobs/x",
+            "/ui/assets/jobs.js",
+        ] {
             assert!(is_public(p), "{p}");
         }
         for p in ["/uix", "/api/clients", "/metrics", "/api/events", "//"] {

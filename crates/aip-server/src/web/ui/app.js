@@ -7,6 +7,7 @@ import { fleetView } from "./fleet.js";
 import { sessionsView } from "./sessions.js";
 import { detailView } from "./detail.js";
 import { dispatchView } from "./dispatch.js";
+import { jobView, jobsView } from "./jobs.js";
 
 const $ = (id) => document.getElementById(id);
 let current = null; // the mounted view
@@ -18,8 +19,11 @@ function route(path) {
   if (p === "/ui" || p === "") return [fleetView];
   if (p === "/ui/sessions") return [sessionsView];
   if (p === "/ui/dispatch") return [dispatchView];
+  if (p === "/ui/jobs") return [jobsView];
   const m = p.match(/^\/ui\/sessions\/([^/]+)$/);
   if (m) return [detailView, decodeURIComponent(m[1])];
+  const j = p.match(/^\/ui\/jobs\/([^/]+)$/);
+  if (j) return [jobView, decodeURIComponent(j[1])];
   return [notFound];
 }
 
@@ -42,7 +46,8 @@ function render() {
   current = factory(root, param, new URLSearchParams(location.search)) || {};
   for (const a of document.querySelectorAll("[data-nav]")) {
     const active = a.getAttribute("href").replace(/\/$/, "") === location.pathname.replace(/\/$/, "")
-      || (a.dataset.nav === "sessions" && location.pathname.startsWith("/ui/sessions/"));
+      || (a.dataset.nav === "sessions" && location.pathname.startsWith("/ui/sessions/"))
+      || (a.dataset.nav === "jobs" && location.pathname.startsWith("/ui/jobs/"));
     if (active) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
