@@ -12,6 +12,14 @@ use aip_testkit::redis::{redis_cluster, RedisServer};
 use aip_testkit::{results_for, Ws};
 use serde_json::{json, Value};
 
+/// A persistent Redis under `dir` and two nodes on it, `a` and `b`.
+fn two_nodes(dir: &Path) -> (RedisServer, Server, Server) {
+    let redis = RedisServer::start(&dir.join("redis"));
+    let a = node(&redis.url(), "a", dir, &[]);
+    let b = node(&redis.url(), "b", dir, &[]);
+    (redis, a, b)
+}
+
 /// A node of the cluster on `redis` named `id`.
 fn node(redis: &str, id: &str, dir: &Path, extra: &[&str]) -> Server {
     let data = dir.join(id);
@@ -136,9 +144,7 @@ async fn device_ws(srv: &Server, id: &str) -> Ws {
 #[tokio::test(flavor = "multi_thread")]
 async fn any_node_dispatches_to_serves_and_cancels_sessions_of_a_device_on_another() {
     let tmp = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(&tmp.path().join("redis"));
-    let a = node(&redis.url(), "a", tmp.path(), &[]);
-    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let (redis, a, b) = two_nodes(tmp.path());
     let c = node(&redis.url(), "c", tmp.path(), &[]);
     let _dev = b.device("dev", &[]);
 
@@ -221,9 +227,7 @@ async fn any_node_dispatches_to_serves_and_cancels_sessions_of_a_device_on_anoth
 #[tokio::test(flavor = "multi_thread")]
 async fn a_constellation_on_one_node_drives_a_device_on_another() {
     let tmp = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(&tmp.path().join("redis"));
-    let a = node(&redis.url(), "a", tmp.path(), &[]);
-    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let (_redis, a, b) = two_nodes(tmp.path());
     let mut dev = device_ws(&b, "dev").await;
     wait_client(&a, "dev", Some("b")).await;
 
@@ -302,9 +306,7 @@ async fn a_constellation_on_one_node_drives_a_device_on_another() {
 async fn a_duplicate_id_on_another_node_is_refused_while_the_holder_lives_and_replaces_a_dead_one()
 {
     let tmp = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(&tmp.path().join("redis"));
-    let a = node(&redis.url(), "a", tmp.path(), &[]);
-    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let (_redis, a, b) = two_nodes(tmp.path());
     let mut first = device_ws(&a, "twin").await;
     wait_client(&b, "twin", Some("a")).await;
 
@@ -353,9 +355,7 @@ fn signal(pid: u32, sig: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_node_s_sessions_fail_node_lost_and_its_devices_fail_over() {
     let tmp = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(&tmp.path().join("redis"));
-    let a = node(&redis.url(), "a", tmp.path(), &[]);
-    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let (_redis, a, b) = two_nodes(tmp.path());
     // The real device agent, told both nodes: B first.
     let servers = format!("{},{}", b.ws(), a.ws());
     let _dev = b.device("dev", &["--server", &servers]);
@@ -409,9 +409,7 @@ async fn a_killed_node_s_sessions_fail_node_lost_and_its_devices_fail_over() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_declared_lost_that_comes_back_does_not_resurrect_its_sessions() {
     let tmp = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(&tmp.path().join("redis"));
-    let a = node(&redis.url(), "a", tmp.path(), &[]);
-    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let (_redis, a, b) = two_nodes(tmp.path());
     let mut dev = device_ws(&b, "dev").await;
     wait_client(&a, "dev", Some("b")).await;
     let sid = started(&a, "dev", "anything").await;
@@ -462,9 +460,7 @@ async fn a_node_declared_lost_that_comes_back_does_not_resurrect_its_sessions() 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_down_keeps_sockets_refuses_dispatches_fast_and_loses_no_reported_result() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut redis = RedisServer::start(&tmp.path().join("redis"));
-    let a = node(&redis.url(), "a", tmp.path(), &[]);
-    let b = node(&redis.url(), "b", tmp.path(), &[]);
+    let (mut redis, a, b) = two_nodes(tmp.path());
     let _dev = b.device("dev", &[]);
     wait_client(&a, "dev", Some("b")).await;
     let sid = started(&a, "dev", "echo kept").await;
@@ -543,9 +539,7 @@ async fn a_three_master_redis_cluster_serves_the_same_fleet() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_stopped_gracefully_leaves_no_client_behind() {
     let tmp = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(&tmp.path().join("redis"));
-    let a = node(&redis.url(), "a", tmp.path(), &[]);
-    let mut b = node(&redis.url(), "b", tmp.path(), &[]);
+    let (redis, a, mut b) = two_nodes(tmp.path());
     let _dev = device_ws(&b, "dev").await;
     let _k = constellation(&b, "k", None).await;
     wait_client(&a, "k", Some("b")).await;

@@ -111,6 +111,12 @@ impl Browser {
         el.send_keys(text).await.expect("type");
     }
 
+    /// Clicks the page's Cancel button and confirms it.
+    async fn confirm_cancel(&self) {
+        self.click("#cancel").await;
+        self.c().accept_alert().await.expect("confirm the cancel");
+    }
+
     async fn click(&self, css: &str) {
         let el = self.c().find(Locator::Css(css)).await.expect(css);
         el.click().await.expect("click");
@@ -369,8 +375,7 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
         "return document.querySelector('#cancel')",
     )
     .await;
-    b.click("#cancel").await;
-    b.c().accept_alert().await.expect("confirm the cancel");
+    b.confirm_cancel().await;
     b.until(
         "the session cancelled",
         "return document.querySelector('#view h1 .b-cancelled')",
@@ -529,8 +534,7 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
         "return document.querySelector('#members tr[data-client=laptop] .b-running') && document.querySelector('#cancel')",
     )
     .await;
-    b.click("#cancel").await;
-    b.c().accept_alert().await.expect("confirm the cancel");
+    b.confirm_cancel().await;
     b.until(
         "the job cancelled",
         "return document.querySelector('#view h1 .b-cancelled') && document.querySelector('#members tr[data-client=laptop] .b-cancelled') && !document.querySelector('#cancel')",

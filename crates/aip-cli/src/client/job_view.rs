@@ -10,7 +10,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use super::render::human_duration;
+use super::render::{human_duration, table};
 
 /// Most device lines drawn at once; the overall line counts the rest.
 const MAX_LINES: usize = 20;
@@ -230,31 +230,11 @@ pub fn summary(job: &Value) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut text = String::new();
-    let mut push_row = |cells: [&str; 5]| {
-        let mut line = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                line.push_str(cell);
-            } else {
-                let _ = write!(line, "{cell:<w$}  ");
-            }
-        }
-        text.push_str(line.trim_end());
-        text.push('\n');
+    let mut text = if rows.is_empty() {
+        String::new()
+    } else {
+        table(header, &rows)
     };
-    if !rows.is_empty() {
-        push_row(header);
-        for row in &rows {
-            push_row(row.each_ref().map(String::as_str));
-        }
-    }
     let state = job["state"].as_str().unwrap_or("?");
     let reason = job["reason"]
         .as_str()

@@ -293,17 +293,23 @@ pub fn sessions_table(sessions: &[Value], now: SystemTime) -> String {
             ]
         })
         .collect();
+    table(header, &rows)
+}
+
+/// `header` and `rows` as left-aligned columns two spaces apart (the last column not
+/// padded), one line each.
+pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut text = String::new();
-    let mut push_row = |cells: &[&str]| {
+    let mut push_row = |cells: [&str; N]| {
         let mut line = String::new();
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
+            if i + 1 == N {
                 line.push_str(cell);
             } else {
                 let _ = write!(line, "{cell:<w$}  ");
@@ -312,9 +318,9 @@ pub fn sessions_table(sessions: &[Value], now: SystemTime) -> String {
         text.push_str(line.trim_end());
         text.push('\n');
     };
-    push_row(&header);
-    for row in &rows {
-        push_row(&row.each_ref().map(String::as_str));
+    push_row(header);
+    for row in rows {
+        push_row(row.each_ref().map(String::as_str));
     }
     text
 }

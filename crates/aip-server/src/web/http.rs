@@ -398,6 +398,18 @@ pub async fn task_result(
     Ok(shown(&app, &record))
 }
 
+/// A list's `limit` query value: 1 to 1000, 100 when absent.
+pub(super) fn list_limit(given: Option<&str>) -> Result<usize, ApiError> {
+    match given {
+        None => Ok(100),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::bad_request(detail::INVALID_LIMIT)),
+    }
+}
+
 /// `GET /api/sessions?state=&client_id=&limit=`: newest first.
 #[utoipa::path(
     get,
@@ -416,14 +428,7 @@ pub async fn list_sessions(
             SessionState::parse(s).ok_or_else(|| ApiError::bad_request(detail::INVALID_STATE))?,
         ),
     };
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| ApiError::bad_request(detail::INVALID_LIMIT))?,
-    };
+    let limit = list_limit(q.get("limit").map(String::as_str))?;
     let filter = SessionFilter {
         state,
         client_id: q.get("client_id").filter(|s| !s.is_empty()).cloned(),

@@ -55,14 +55,8 @@ pub async fn list_jobs(
     State(app): State<Arc<AppState>>,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = match q.iter().rev().find(|(k, _)| k == "limit") {
-        None => 100,
-        Some((_, l)) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| ApiError::bad_request(detail::INVALID_LIMIT))?,
-    };
+    let last = q.iter().rev().find(|(k, _)| k == "limit");
+    let limit = super::http::list_limit(last.map(|(_, l)| l.as_str()))?;
     let jobs = app.jobs.list(limit).await?;
     Ok(Json(json!({
         "jobs": jobs.iter().map(|j| job_view(j, None)).collect::<Vec<_>>(),
