@@ -13,7 +13,7 @@ use super::inbox::{Msg, OpenAsk, RemoteRequester};
 use super::{Cluster, Outcome, RemoteSession, CALL_TIMEOUT};
 use crate::registry::ClientEntry;
 use crate::state::AppState;
-use crate::storage::StoreError;
+use crate::storage::{SessionStore, StoreError};
 
 /// A client connected to another node, as presence shows it.
 #[derive(Debug, Clone)]
@@ -101,8 +101,41 @@ impl Cluster {
         device: &RemoteDevice,
         open: RemoteOpen,
     ) -> Result<Option<Outcome>, StoreError> {
-        self.call(&device.node, |req| self.open_msg(req, device, open, None))
-            .await
+        let sid = open.session_id.clone();
+        let outcome = self
+            .call(&device.node, |req| self.open_msg(req, device, open, None))
+            .await?;
+        Ok(self.opened_anyway(outcome, &sid, device, None).await)
+    }
+
+    /// A node that did not answer in time may still have stored the session before it
+    /// went silent (it was killed between storing it and answering, or is slow): then
+    /// the session exists, its node owns it, and the loss of that node ends it like any
+    /// other of its sessions, so the dispatch counts as accepted. `requester`: the
+    /// client that asked, `None` for the HTTP API.
+    async fn opened_anyway(
+        &self,
+        outcome: Option<Outcome>,
+        session_id: &str,
+        device: &RemoteDevice,
+        requester: Option<&str>,
+    ) -> Option<Outcome> {
+        if outcome.is_some() {
+            return outcome;
+        }
+        match self.store.get(session_id).await {
+            Ok(Some(r))
+                if r.executor == device.client_id && r.requester.as_deref() == requester =>
+            {
+                tracing::warn!(session_id, node = %device.node, "the device's node stored the session but did not answer; counted as accepted");
+                Some(Outcome::Ok)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(session_id, cause = %e, "could not check whether a silent node stored the session");
+                None
+            }
+        }
     }
 
     /// The request to open `open` on `device`'s node.
@@ -156,10 +189,20 @@ impl Cluster {
                 self.open_msg(req, device, open, Some(asker))
             })
             .await;
-        if !matches!(outcome, Ok(Some(Outcome::Ok))) {
+        let outcome = match outcome {
+            Ok(o) => {
+                self.opened_anyway(o, &sid, device, Some(&requester.client_id))
+                    .await
+            }
+            Err(e) => {
+                self.remote_sessions.remove(&sid);
+                return Err(e);
+            }
+        };
+        if !matches!(outcome, Some(Outcome::Ok)) {
             self.remote_sessions.remove(&sid);
         }
-        outcome
+        Ok(outcome)
     }
 
     /// Asks the node that owns live session `session_id` to cancel it. `None`: not live
