@@ -3,7 +3,7 @@
 //! of another, the answers, and the frames for requesters connected elsewhere.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aip_protocol::errors::{self as text, http as detail};
 use aip_protocol::{ClientType, Command};
@@ -18,10 +18,8 @@ use crate::state::AppState;
 use crate::storage::redis::conn::BLOCK;
 use crate::storage::StoreError;
 
-/// The consumer group every inbox is read by (one consumer: its node).
-const GROUP: &str = "aip";
-/// Most entries kept in an inbox (a node that stops reading cannot fill Redis).
-const MAX_LEN: usize = 100_000;
+/// How often what was read is trimmed from the inbox.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Most entries read at once.
 const BATCH: usize = 512;
 
@@ -108,31 +106,12 @@ pub enum Outcome {
 }
 
 impl Cluster {
-    /// Adds `msg` to `node`'s inbox.
+    /// Adds `msg` to `node`'s inbox (through its outbox); returns once Redis took it.
     pub(super) async fn send(&self, node: &str, msg: &Msg) -> redis::RedisResult<()> {
         let json = serde_json::to_string(msg).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Client, "encode", e.to_string()))
         })?;
-        query::<()>(
-            &mut self.conn(),
-            redis::cmd("XADD")
-                .arg(inbox_key(node))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(MAX_LEN)
-                .arg("*")
-                .arg("m")
-                .arg(json),
-        )
-        .await
-        .map(drop)
-        .or_else(|e| {
-            if e.kind() == redis::ErrorKind::UnexpectedReturnType {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
+        self.post(node, json).await
     }
 
     /// Sends the message `make` builds (given a request number) to `node` and waits for
@@ -179,8 +158,15 @@ impl Cluster {
 }
 
 /// Reads this node's inbox until the process ends, reconnecting as needed.
+///
+/// Plain `XREAD` from the last entry read, kept here: a read writes nothing to Redis (a
+/// consumer group's would be logged and fsynced like any write), and entries added
+/// while the reader reconnects are read after it. What was read is trimmed away about
+/// once a second (`XTRIM … MINID`).
 pub(super) async fn run(cluster: Arc<Cluster>, app: Arc<AppState>) {
     let key = inbox_key(&cluster.node);
+    let mut last = cluster.inbox_from.lock().clone();
+    let mut trimmed = Instant::now();
     let mut wait = Duration::from_millis(100);
     loop {
         let mut conn = match cluster.target.connect_blocking().await {
@@ -197,76 +183,86 @@ pub(super) async fn run(cluster: Arc<Cluster>, app: Arc<AppState>) {
             if app.shutdown.is_cancelled() {
                 return;
             }
-            let read: redis::RedisResult<redis::streams::StreamReadReply> = query(
+            let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> = query(
                 &mut conn,
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&cluster.node)
+                redis::cmd("XREAD")
                     .arg("COUNT")
                     .arg(BATCH)
                     .arg("BLOCK")
                     .arg(BLOCK.as_millis() as u64)
                     .arg("STREAMS")
                     .arg(&key)
-                    .arg(">"),
+                    .arg(&last),
             )
             .await;
             let reply = match read {
-                Ok(r) => r,
-                Err(e) if e.to_string().contains("NOGROUP") => {
-                    // The stream went away (Redis restarted empty): make it again.
-                    let _ = create_group(&cluster).await;
-                    continue;
-                }
+                Ok(r) => r.unwrap_or_default(),
                 Err(e) => {
                     tracing::warn!(cause = %e, "inbox: read failed; reconnecting");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break;
                 }
             };
-            let mut ids = Vec::new();
             for stream in reply.keys {
                 for entry in stream.ids {
                     if let Some(redis::Value::BulkString(bytes)) = entry.map.get("m") {
-                        match serde_json::from_slice::<Msg>(bytes) {
-                            Ok(msg) => handle(&cluster, &app, msg),
+                        match parse(bytes) {
+                            Ok(msgs) => msgs.into_iter().for_each(|m| handle(&cluster, &app, m)),
                             Err(e) => {
-                                tracing::warn!(cause = %e, "inbox: unreadable message dropped")
+                                tracing::warn!(cause = %e, "inbox: unreadable entry dropped")
                             }
                         }
                     }
-                    ids.push(entry.id);
+                    last = entry.id;
                 }
             }
-            if !ids.is_empty() {
-                let mut pipe = redis::pipe();
-                pipe.cmd("XACK").arg(&key).arg(GROUP).arg(&ids).ignore();
-                pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
-                if let Err(e) = pipe.query_async::<()>(&mut cluster.conn()).await {
-                    tracing::debug!(cause = %e, "inbox: acknowledging failed");
-                }
+            if trimmed.elapsed() >= TRIM_EVERY {
+                trimmed = Instant::now();
+                // Not awaited: the next read need not wait for this write.
+                let trim = redis::cmd("XTRIM")
+                    .arg(&key)
+                    .arg("MINID")
+                    .arg(&last)
+                    .clone();
+                let mut conn = cluster.conn();
+                tokio::spawn(async move {
+                    if let Err(e) = query::<redis::Value>(&mut conn, &trim).await {
+                        tracing::debug!(cause = %e, "inbox: trimming failed");
+                    }
+                });
             }
         }
     }
 }
 
-/// Makes this node's inbox and its consumer group if they do not exist.
-pub(super) async fn create_group(cluster: &Cluster) -> redis::RedisResult<()> {
-    let made: redis::RedisResult<()> = query(
-        &mut cluster.conn(),
-        redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(inbox_key(&cluster.node))
-            .arg(GROUP)
-            .arg("$")
-            .arg("MKSTREAM"),
-    )
-    .await;
-    match made {
-        Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
-        other => other,
+/// The messages of one inbox entry: one message, or a JSON array of them (an outbox's
+/// batch, `outbox.rs`).
+fn parse(bytes: &[u8]) -> serde_json::Result<Vec<Msg>> {
+    if bytes.first() == Some(&b'[') {
+        serde_json::from_slice(bytes)
+    } else {
+        serde_json::from_slice(bytes).map(|m| vec![m])
     }
+}
+
+/// Where this node's inbox is to be read from: after its last entry now (what an
+/// earlier run under this id left is not for this one).
+pub(super) async fn inbox_start(cluster: &Cluster) -> redis::RedisResult<String> {
+    let last: Vec<redis::streams::StreamId> = query::<redis::streams::StreamRangeReply>(
+        &mut cluster.conn(),
+        redis::cmd("XREVRANGE")
+            .arg(inbox_key(&cluster.node))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1),
+    )
+    .await?
+    .ids;
+    Ok(last
+        .into_iter()
+        .next()
+        .map_or_else(|| "0-0".to_owned(), |e| e.id))
 }
 
 /// Handles one message; the ones that wait on something run as tasks of their own.

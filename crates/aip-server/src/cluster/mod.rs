@@ -8,8 +8,10 @@
 //!   with a TTL;
 //! - one inbox stream per node (`inbox.rs`): requests to the owner of a device or a
 //!   session (open, cancel, probe a duplicate id) and their replies, and the frames a
-//!   session sends to a requester connected elsewhere. Streams are acknowledged
-//!   (`XREADGROUP`/`XACK`): what was added before a reconnect is read after it.
+//!   session sends to a requester connected elsewhere. A reader keeps its place in its
+//!   stream (`XREAD` from the last entry read): what was added while it reconnected is
+//!   read after; a request is acknowledged by its reply. What one node sends another
+//!   goes through an outbox (`outbox.rs`) that puts everything waiting in one entry.
 //!
 //! `watch.rs` beats this node's heartbeat and notices the others' ending: the sessions
 //! of a lost node are failed (`node_lost`), its clients dropped from presence, and a
@@ -32,6 +34,7 @@ use crate::storage::redis::{Redis, RedisStore, RedisTarget};
 use crate::IdDashMap;
 
 mod inbox;
+mod outbox;
 mod presence;
 mod route;
 mod watch;
@@ -77,6 +80,10 @@ pub struct Cluster {
     proxies: IdDashMap<String, ProxyOrigin>,
     /// Where clients on other nodes were found lately (`route.rs`).
     located: IdDashMap<String, (RemoteDevice, std::time::Instant)>,
+    /// The inbox entry this node's reader starts after (set when it joins).
+    inbox_from: parking_lot::Mutex<String>,
+    /// One outbox per node this one sends to (`outbox.rs`).
+    outboxes: IdDashMap<String, outbox::Outbox>,
     /// The last heartbeat reached Redis.
     redis_up: AtomicBool,
 }
@@ -112,6 +119,8 @@ impl Cluster {
             remote_sessions: IdDashMap::default(),
             proxies: IdDashMap::default(),
             located: IdDashMap::default(),
+            outboxes: IdDashMap::default(),
+            inbox_from: parking_lot::Mutex::new("0-0".to_owned()),
             redis_up: AtomicBool::new(true),
         });
         cluster.join().await.context("joining the cluster")?;

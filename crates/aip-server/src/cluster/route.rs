@@ -302,6 +302,7 @@ impl Cluster {
     /// `node` was lost: requesters here whose sessions ran there are told they failed,
     /// and stand-ins of its requesters end the sessions they requested here.
     pub(super) fn node_lost_here(&self, app: &AppState, node: &str) {
+        self.drop_outbox(node);
         let mut ended = Vec::new();
         self.remote_sessions.retain(|sid, s| {
             if s.node == node {

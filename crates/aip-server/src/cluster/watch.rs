@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use aip_protocol::errors as text;
 
-use super::inbox::{create_group, inbox_key};
+use super::inbox::{inbox_key, inbox_start};
 use super::presence::{alive_key, lost_key, NODES};
 use super::{query, Cluster, HEARTBEAT};
 use crate::session::CancelReason;
@@ -28,7 +28,7 @@ impl Cluster {
             redis::cmd("DEL").arg(lost_key(&self.node)),
         )
         .await?;
-        create_group(self).await?;
+        *self.inbox_from.lock() = inbox_start(self).await?;
         self.beat().await.map(drop)
     }
 
@@ -161,7 +161,6 @@ pub(super) async fn run(cluster: Arc<Cluster>, app: Arc<AppState>) {
                 cluster.redis_up.store(true, Ordering::Release);
                 if !was_up || had == 0 {
                     // Redis came back (perhaps empty): presence is published again.
-                    let _ = create_group(&cluster).await;
                     cluster.republish(&app).await;
                 }
             }

@@ -4,7 +4,7 @@
 //! Redis or the seeds of a Redis Cluster is asked of the first one (`INFO cluster`), so
 //! the same flag serves both. Commands go through a [`Redis`]: a `ConnectionManager`
 //! (single) or a cluster connection, both reconnecting by themselves. Blocking reads
-//! (`XREADGROUP … BLOCK`) get a connection of their own ([`RedisTarget::connect_blocking`]):
+//! (`XREAD … BLOCK`) get a connection of their own ([`RedisTarget::connect_blocking`]):
 //! on a multiplexed connection they would hold every other command behind them.
 
 use std::time::Duration;
