@@ -188,6 +188,17 @@ async fn run_node(
     log_listening(&listener, &config, &keys);
     let state = AppState::with_cluster(config, store, drivers, Some(Arc::clone(&cluster)));
     cluster.start(Arc::clone(&state));
+    // After the sessions' own interruption (a member takes its session's end), and
+    // once the inbox runs (members still live on other nodes are cancelled there).
+    let jobs = cluster
+        .end_jobs_of(&state, &node, storage::JobReason::ServerRestarted)
+        .await;
+    if jobs > 0 {
+        tracing::warn!(
+            jobs,
+            "this node's jobs running at its last stop are now failed (server_restarted)"
+        );
+    }
     start(listener, state, keys, tls, shutdown).await
 }
 

@@ -334,7 +334,11 @@ async fn a_restart_ends_only_the_node_s_running_jobs_members_taking_their_sessio
     let (j, m) = s.get_job("j").await.unwrap().unwrap();
     assert_eq!(
         (j.state, j.reason, j.finished_at),
-        (JobState::Failed, Some(JobReason::ServerRestarted), Some(t(50)))
+        (
+            JobState::Failed,
+            Some(JobReason::ServerRestarted),
+            Some(t(50))
+        )
     );
     assert_eq!(j.counts, [0, 0, 2, 1, 0, 1]);
     let states: Vec<_> = m.iter().map(|m| (m.state, m.reason)).collect();

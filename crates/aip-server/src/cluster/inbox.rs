@@ -51,6 +51,47 @@ pub(super) struct OpenAsk {
     pub executor: String,
     pub commands: Option<Vec<Command>>,
     pub requester: Option<RemoteRequester>,
+    /// The fleet job the session belongs to; absent from nodes that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+/// Why a session another node owns is cancelled, when not for `DELETE
+/// /api/sessions/{id}`: the fleet job it belongs to, run by the asking node.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+pub enum RemoteCancel {
+    /// `DELETE /api/jobs/{id}` (or the job's node is gone).
+    Job,
+    /// The job's `timeout` (seconds) passed while it ran.
+    JobTimeout { secs: f64 },
+    /// The job's node shuts down.
+    Shutdown,
+}
+
+impl RemoteCancel {
+    /// The local cancel reason it stands for.
+    pub(super) fn reason(self) -> CancelReason {
+        match self {
+            Self::Job => CancelReason::Job,
+            Self::JobTimeout { secs } => CancelReason::JobTimeout(
+                Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO),
+            ),
+            Self::Shutdown => CancelReason::Shutdown,
+        }
+    }
+
+    /// The remote form of a job's cancel reason (`None`: not one a job sends).
+    pub fn of(reason: CancelReason) -> Option<Self> {
+        match reason {
+            CancelReason::Job => Some(Self::Job),
+            CancelReason::JobTimeout(t) => Some(Self::JobTimeout {
+                secs: t.as_secs_f64(),
+            }),
+            CancelReason::Shutdown => Some(Self::Shutdown),
+            _ => None,
+        }
+    }
 }
 
 /// A message between nodes.
@@ -64,6 +105,15 @@ pub(super) enum Msg {
         req: u64,
         from: String,
         session_id: String,
+        /// Absent: `DELETE /api/sessions/{id}`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        why: Option<RemoteCancel>,
+    },
+    /// Cancel a fleet job the receiving node runs.
+    CancelJob {
+        req: u64,
+        from: String,
+        job_id: String,
     },
     /// Is the receiving node's holder of `client_id` alive? A dead one is dropped.
     Probe {
@@ -311,11 +361,12 @@ async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
             req,
             from,
             session_id,
+            why,
         } => {
             // Only a session this node owns (runs) is cancelled here.
             let outcome = match app.sessions.get(&session_id) {
                 Some(h) => {
-                    h.cancel(CancelReason::Api);
+                    h.cancel(why.map_or(CancelReason::Api, RemoteCancel::reason));
                     let _ = tokio::time::timeout(Duration::from_secs(10), h.finished()).await;
                     Outcome::Ok
                 }
@@ -324,6 +375,10 @@ async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
                     detail: detail::ALREADY_FINISHED.to_owned(),
                 },
             };
+            cluster.reply(&from, req, outcome).await;
+        }
+        Msg::CancelJob { req, from, job_id } => {
+            let outcome = app.jobs.cancel_here(&job_id).await;
             cluster.reply(&from, req, outcome).await;
         }
         Msg::Probe {
@@ -360,6 +415,7 @@ async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) ->
         executor,
         commands,
         requester,
+        job_id,
         ..
     } = ask;
     let from = from.as_str();
@@ -390,7 +446,7 @@ async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) ->
             requester,
             executor: device,
             commands,
-            job_id: None,
+            job_id,
         })
         .await
     {

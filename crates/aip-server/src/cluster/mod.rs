@@ -36,7 +36,7 @@ mod presence;
 mod route;
 mod watch;
 
-pub use inbox::Outcome;
+pub use inbox::{Outcome, RemoteCancel};
 pub use route::{RemoteDevice, RemoteOpen};
 
 /// How often a node renews its heartbeat key and looks for lost nodes.

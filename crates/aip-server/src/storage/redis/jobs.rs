@@ -234,6 +234,20 @@ impl RedisStore {
             .map_err(redis_err)
     }
 
+    /// For each session id, the node that owns it while it is live (`None`: ended, or
+    /// never stored), in one read.
+    pub async fn live_owners(&self, ids: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        redis::cmd("HMGET")
+            .arg(super::LIVE)
+            .arg(ids)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)
+    }
+
     /// Records by id, in the order given (`None` where there is none), in one read.
     pub async fn records(
         &self,
