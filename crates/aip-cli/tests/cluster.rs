@@ -841,3 +841,53 @@ async fn every_node_checks_the_same_key_and_redis_holds_no_secret() {
         assert!(!dump.contains(KEY), "{key} holds the key: {dump}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_ends_only_its_own_jobs_server_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (redis, a, b) = two_nodes(tmp.path());
+    let _near = a.device("near", &[]);
+    let _far = b.device("far", &[]);
+    wait_client(&a, "far", Some("b")).await;
+    wait_client(&b, "near", Some("a")).await;
+    // A runs a job on both nodes' devices; B runs one on its own device.
+    let all = json!({"client_ids": ["near", "far"]});
+    let mine = create_job(&a, job_body(all, "sleep 60", json!({}))).await;
+    wait_job(&b, &mine, |j| j["counts"]["running"] == 2).await;
+    let far_sid = {
+        let (_, j) = get(&format!("{}/api/jobs/{mine}", b.url())).await;
+        j["members"][0]["session_id"].as_str().unwrap().to_owned()
+    };
+    let theirs = create_job(
+        &b,
+        job_body(
+            json!({"client_ids": "far"}),
+            "sleep 60",
+            json!({"max_failures": 1}),
+        ),
+    )
+    .await;
+    // Past a flush of A's job's progress (every 250 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    drop(a); // SIGKILL, then the same node id again, within the node TTL.
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let ended = wait_job(&b, &mine, |j| j["state"] != "running").await;
+    assert_eq!(
+        (&ended["state"], &ended["reason"]),
+        (&json!("failed"), &json!("server_restarted")),
+        "{ended}"
+    );
+    assert_eq!(
+        members(&ended),
+        [
+            ("far".into(), "failed".into(), json!("server_restarted")),
+            ("near".into(), "failed".into(), json!("server_restarted")),
+        ]
+    );
+    // Its member on B is cancelled there; B's own job runs on.
+    let session = wait_result(&a, &far_sid, |v| v["status"] == "done").await;
+    assert_eq!(session["state"], "cancelled", "{session}");
+    let (_, j) = get(&format!("{}/api/jobs/{theirs}?members=none", a.url())).await;
+    assert_eq!(j["state"], "running", "{j}");
+}
