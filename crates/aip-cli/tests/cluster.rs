@@ -428,24 +428,38 @@ async fn a_job_s_batch_max_failures_timeout_and_a_cancel_from_another_node_hold_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_job_whose_node_is_killed_fails_node_lost_and_its_remote_sessions_are_cancelled() {
+async fn a_member_whose_node_is_lost_fails_node_lost_and_so_does_a_job_whose_node_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_redis, a, b) = two_nodes(tmp.path());
-    let _dev = b.device("far", &[]);
+    let (redis, a, b) = two_nodes(tmp.path());
+    let c = node(&redis.url(), "c", tmp.path(), &[]);
+    let _far = b.device("far", &[]);
+    let _other = c.device("other", &[]);
     wait_client(&a, "far", Some("b")).await;
-    let id = create_job(
-        &a,
-        job_body(json!({"client_ids": "far"}), "sleep 60", json!({})),
-    )
-    .await;
-    let running = wait_job(&b, &id, |j| j["counts"]["running"] == 1).await;
-    let sid = running["members"][0]["session_id"]
+    wait_client(&a, "other", Some("c")).await;
+    let all = json!({"client_ids": ["far", "other"]});
+    let id = create_job(&a, job_body(all, "sleep 60", json!({}))).await;
+    let running = wait_job(&c, &id, |j| j["counts"]["running"] == 2).await;
+    let other_sid = running["members"][1]["session_id"]
         .as_str()
         .unwrap()
         .to_owned();
 
+    // B (a member's node) is lost: that member fails node_lost, the job runs on.
+    signal(b.proc.pid(), "-9");
+    let one_lost = wait_job(&c, &id, |j| j["counts"]["failed"] == 1).await;
+    assert_eq!(one_lost["state"], "running", "{one_lost}");
+    assert_eq!(
+        members(&one_lost),
+        [
+            ("far".into(), "failed".into(), json!("node_lost")),
+            ("other".into(), "running".into(), Value::Null),
+        ]
+    );
+
+    // A (the job's node) is lost: the job fails node_lost, and its member's session on
+    // C does not run on for a job that is gone.
     signal(a.proc.pid(), "-9");
-    let lost = wait_job(&b, &id, |j| j["state"] != "running").await;
+    let lost = wait_job(&c, &id, |j| j["state"] != "running").await;
     assert_eq!(
         (&lost["state"], &lost["reason"]),
         (&json!("failed"), &json!("node_lost")),
@@ -453,10 +467,12 @@ async fn a_job_whose_node_is_killed_fails_node_lost_and_its_remote_sessions_are_
     );
     assert_eq!(
         members(&lost),
-        [("far".into(), "failed".into(), json!("node_lost"))]
+        [
+            ("far".into(), "failed".into(), json!("node_lost")),
+            ("other".into(), "failed".into(), json!("node_lost")),
+        ]
     );
-    // The member's session, on B, does not run on for a job that is gone.
-    let session = wait_result(&b, &sid, |v| v["status"] == "done").await;
+    let session = wait_result(&c, &other_sid, |v| v["status"] == "done").await;
     assert_eq!(session["state"], "cancelled", "{session}");
 }
 
@@ -770,6 +786,14 @@ async fn a_three_master_redis_cluster_serves_the_same_fleet() {
     )
     .await;
     assert_eq!(status, 409);
+    // A job run from A over B's device, read on B.
+    let body = job_body(json!({"client_ids": "dev"}), "echo job", json!({}));
+    let id = create_job(&a, body).await;
+    let done = wait_job(&b, &id, |j| j["state"] != "running").await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["members"][0]["output"], "job", "{done}");
+    let (_, list) = get(&format!("{}/api/jobs", b.url())).await;
+    assert_eq!(list["jobs"][0]["job_id"], id.as_str(), "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -823,6 +847,40 @@ async fn every_node_checks_the_same_key_and_redis_holds_no_secret() {
             .unwrap();
         if v["status"] == "done" {
             assert_eq!(stdout_of(&v), "keyed\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A fleet job, so that its records are read back too.
+    let job = client
+        .post(format!("{}/api/jobs", a.url()))
+        .header("X-API-Key", KEY)
+        .json(&job_body(
+            json!({"client_ids": "dev"}),
+            "echo job",
+            json!({}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(job.status(), 200);
+    let job_id = job.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v: Value = client
+            .get(format!("{}/api/jobs/{job_id}", b.url()))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["state"] == "completed" {
             break;
         }
         assert!(Instant::now() < deadline, "{v}");
