@@ -11,7 +11,9 @@
 //!   job (`session/job.rs`), the timer of parked sessions (`session/alarm.rs`), drivers
 //!   ([`session::driver`]: the plan driver; [`session::llm`]: the LLM agent driver).
 //! - [`fleet`]: fleet jobs (one request to the devices a selector picks, rolled out in
-//!   batches): the [`fleet::JobManager`], one rollout task per job.
+//!   batches): the [`fleet::JobManager`], one rollout task per job (in cluster mode on
+//!   the node that received the job, its members' sessions opened on their devices'
+//!   nodes through [`cluster`]).
 //! - [`registry`]: who is connected and what a session keeps of its executor;
 //!   [`conn`]: the bounded outgoing queue of a socket.
 //! - [`storage`]: session records, `SessionState`, `EndReason`, the store trait;

@@ -593,3 +593,43 @@ async fn forward(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn messages_of_a_node_that_predates_jobs_still_parse() {
+        // An open without `job_id`, a cancel without `why`: a plain dispatch and cancel.
+        let open = json!({"type": "open", "req": 1, "from": "old", "deadline_ms": 0,
+            "session_id": "s", "generated_id": true, "task_name": "t", "request": "r",
+            "executor": "dev", "commands": null, "requester": null});
+        let Msg::Open(ask) = serde_json::from_value(open).unwrap() else {
+            panic!("not an open");
+        };
+        assert_eq!(ask.job_id, None);
+        let cancel = json!({"type": "cancel", "req": 2, "from": "old", "session_id": "s"});
+        let Msg::Cancel { why, .. } = serde_json::from_value(cancel).unwrap() else {
+            panic!("not a cancel");
+        };
+        assert!(why.is_none());
+    }
+
+    #[test]
+    fn a_job_s_cancel_reasons_cross_nodes_as_themselves() {
+        let limit = Duration::from_millis(1500);
+        for reason in [
+            CancelReason::Job,
+            CancelReason::JobTimeout(limit),
+            CancelReason::Shutdown,
+        ] {
+            let why = RemoteCancel::of(reason).unwrap();
+            let text = serde_json::to_string(&why).unwrap();
+            let back: RemoteCancel = serde_json::from_str(&text).unwrap();
+            assert_eq!(format!("{:?}", back.reason()), format!("{reason:?}"));
+        }
+        assert!(RemoteCancel::of(CancelReason::Api).is_none());
+    }
+}

@@ -3,11 +3,13 @@
 //! Each node keeps its own WebSockets and runs the sessions of the devices connected to
 //! it (the device's node owns the session). What the nodes share lives in Redis:
 //! - the session store ([`crate::storage::redis::RedisStore`]): any node serves any
-//!   result, lists, deletes;
+//!   result, lists, deletes; and the fleet jobs (any node lists and reads any job; the
+//!   node that received a job's `POST` runs it, see [`crate::fleet`]);
 //! - presence (`presence.rs`): who is connected where, and each node's heartbeat key
 //!   with a TTL;
 //! - one inbox stream per node (`inbox.rs`): requests to the owner of a device or a
-//!   session (open, cancel, probe a duplicate id) and their replies, and the frames a
+//!   session (open, cancel, probe a duplicate id) or of a fleet job (cancel) and their
+//!   replies, and the frames a
 //!   session sends to a requester connected elsewhere. Streams are acknowledged
 //!   (`XREADGROUP`/`XACK`): what was added before a reconnect is read after it.
 //!

@@ -2,7 +2,8 @@
 //! device, their closed sets of states and reasons, and the [`JobStore`] trait.
 //!
 //! Kept apart from [`super::SessionStore`] so that a backend implements jobs when it is
-//! ready to (the embedded SQLite store does, `sqlite/jobs.rs`). A member's session is an
+//! ready to (the embedded SQLite store does, `sqlite/jobs.rs`; the shared Redis store of
+//! cluster mode too, `redis/jobs.rs`). A member's session is an
 //! ordinary session record carrying the `job_id`; the job store keeps only what the
 //! aggregate needs (state, reason, exit code, a line of output), so reading a job never
 //! reads its sessions.
