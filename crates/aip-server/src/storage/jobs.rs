@@ -230,8 +230,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// At most `limit` jobs, newest first, without their members.
     async fn list_jobs(&self, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
     /// At start-up: every running job becomes failed / `server_restarted`, its pending
-    /// members skipped and its running ones failed, with that reason. Returns how many
-    /// jobs were running.
+    /// members skipped and its running ones failed, with that reason (a running member
+    /// whose session is stored ended takes that end). On a store shared by several
+    /// nodes, only the jobs this node ran. Returns how many jobs were running.
     async fn interrupt_jobs(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Deletes ended jobs (and their members) finished before `finished_before`.
     async fn purge_jobs(&self, finished_before: DateTime<Utc>) -> Result<u64, StoreError>;
