@@ -123,14 +123,7 @@ impl JobManager {
                 .fleet()
                 .await?
                 .into_iter()
-                .filter(|c| {
-                    selector.matches_fields(
-                        c["type"] == "device",
-                        c["client_id"].as_str().unwrap_or_default(),
-                        c["platform"].as_str(),
-                        c["metadata"]["tags"].as_object(),
-                    )
-                })
+                .filter(|c| selector.matches_presence(c))
                 .filter_map(|c| c["client_id"].as_str().map(str::to_owned))
                 .collect(),
             None => self
