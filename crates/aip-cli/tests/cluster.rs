@@ -949,3 +949,35 @@ async fn a_restarted_node_ends_only_its_own_jobs_server_restarted() {
     let (_, j) = get(&format!("{}/api/jobs/{theirs}?members=none", a.url())).await;
     assert_eq!(j["state"], "running", "{j}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_node_declared_lost_that_comes_back_does_not_overwrite_its_ended_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, mut a, b) = two_nodes(tmp.path());
+    let _near = a.device("near", &[]);
+    wait_client(&b, "near", Some("a")).await;
+    let id = create_job(
+        &a,
+        job_body(json!({"client_ids": "near"}), "sleep 60", json!({})),
+    )
+    .await;
+    wait_job(&b, &id, |j| j["counts"]["running"] == 1).await;
+
+    // A stops (a partition, as B sees it) long enough to be declared lost.
+    signal(a.proc.pid(), "-STOP");
+    let lost = wait_job(&b, &id, |j| j["state"] != "running").await;
+    assert_eq!(lost["reason"], "node_lost", "{lost}");
+    signal(a.proc.pid(), "-CONT");
+
+    // Back, A finds itself fenced: its job stops, and what it would write is refused.
+    let a_ref = &mut a;
+    tokio::task::block_in_place(|| a_ref.proc.wait_for_line("job progress not stored"));
+    let (_, after) = get(&format!("{}/api/jobs/{id}", b.url())).await;
+    assert_eq!(after["state"], "failed", "{after}");
+    assert_eq!(after["reason"], "node_lost", "{after}");
+    assert_eq!(
+        members(&after),
+        [("near".into(), "failed".into(), json!("node_lost"))]
+    );
+    assert_eq!(after["finished_at"], lost["finished_at"], "{after}");
+}
