@@ -208,20 +208,272 @@ async fn any_node_dispatches_to_serves_and_cancels_sessions_of_a_device_on_anoth
     // Unknown targets are still 404 everywhere.
     let (status, v) = dispatch(&a, plan("nobody", "true")).await;
     assert_eq!(status, 404, "{v}");
+}
 
-    // Fleet jobs are not built for cluster mode: refused, clearly.
-    let job = json!({"selector": {"platform": "linux"}, "request": "uptime"});
+/// A job body running `command` on the devices `selector` picks.
+fn job_body(selector: Value, command: &str, extra: Value) -> Value {
+    let mut body = json!({"selector": selector, "commands": [{"tool_name": "execute_command",
+        "tool_type": "action", "parameters": {"command": command}}]});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    body
+}
+
+/// Creates a job on `srv` (200); its id.
+async fn create_job(srv: &Server, body: Value) -> String {
     let (status, v) = call(
         reqwest::Method::POST,
-        &format!("{}/api/jobs", a.url()),
-        Some(job),
+        &format!("{}/api/jobs", srv.url()),
+        Some(body),
     )
     .await;
-    assert_eq!(status, 503, "{v}");
-    assert!(
-        v["detail"].as_str().unwrap().contains("cluster mode"),
-        "{v}"
+    assert_eq!(status, 200, "{v}");
+    v["job_id"].as_str().unwrap().to_owned()
+}
+
+/// Polls `GET /api/jobs/{id}` on `srv` until `pred` holds (20 s).
+async fn wait_job(srv: &Server, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = get(&format!("{}/api/jobs/{id}", srv.url())).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "job never matched: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A job's members as (client id, state, reason).
+fn members(job: &Value) -> Vec<(String, String, Value)> {
+    job["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["client_id"].as_str().unwrap().to_owned(),
+                m["state"].as_str().unwrap().to_owned(),
+                m["reason"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_created_on_one_node_runs_devices_on_both_and_every_node_shows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, a, b) = two_nodes(tmp.path());
+    let tag = |role: &str| ["--tag".to_owned(), format!("role={role}")];
+    let web = tag("web");
+    let web: Vec<&str> = web.iter().map(String::as_str).collect();
+    let db = tag("db");
+    let db: Vec<&str> = db.iter().map(String::as_str).collect();
+    let _devices = [
+        a.device("web-a", &web),
+        b.device("web-b1", &web),
+        b.device("web-b2", &web),
+        b.device("db-b", &db),
+    ];
+    for (id, n) in [
+        ("web-a", "a"),
+        ("web-b1", "b"),
+        ("web-b2", "b"),
+        ("db-b", "b"),
+    ] {
+        wait_client(&a, id, Some(n)).await;
+    }
+
+    let id = create_job(
+        &a,
+        job_body(json!({"tags": {"role": "web"}}), "echo job-ran", json!({})),
+    )
+    .await;
+    let done = wait_job(&a, &id, |j| j["state"] != "running").await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["counts"]["completed"], 3, "{done}");
+    let expected = ["web-a", "web-b1", "web-b2"];
+    for (m, client) in done["members"].as_array().unwrap().iter().zip(expected) {
+        assert_eq!(m["client_id"], client, "{done}");
+        assert_eq!(m["state"], "completed", "{done}");
+        assert_eq!(m["exit_code"], 0, "{done}");
+        assert_eq!(m["output"], "job-ran", "{done}");
+        // Each member's session is an ordinary one, run on its device's node, with the
+        // job's id; any node serves it.
+        let sid = m["session_id"].as_str().unwrap();
+        let r = wait_result(&b, sid, |v| v["status"] == "done").await;
+        assert_eq!(r["job_id"], id.as_str(), "{r}");
+        assert_eq!(stdout_of(&r), "job-ran\n");
+    }
+
+    // Node B shows the same job, and lists it first.
+    let on_b = wait_job(&b, &id, |j| j["state"] == "completed").await;
+    assert_eq!(on_b["counts"], done["counts"]);
+    assert_eq!(members(&on_b), members(&done));
+    let (_, list) = get(&format!("{}/api/jobs", b.url())).await;
+    assert_eq!(list["jobs"][0]["job_id"], id.as_str(), "{list}");
+    assert_eq!(list["jobs"][0]["counts"], done["counts"], "{list}");
+    assert!(list["jobs"][0].get("members").is_none(), "{list}");
+
+    // A selector that matches nothing anywhere is still a 404 naming it.
+    let (status, v) = call(
+        reqwest::Method::POST,
+        &format!("{}/api/jobs", b.url()),
+        Some(job_body(
+            json!({"tags": {"role": "cache"}}),
+            "true",
+            json!({}),
+        )),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("role=cache"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_s_batch_max_failures_timeout_and_a_cancel_from_another_node_hold_across_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, a, b) = two_nodes(tmp.path());
+    // Rollout order c-1 (on B), c-2 (on A), c-3 (on B).
+    let _devices = [
+        b.device("c-1", &[]),
+        a.device("c-2", &[]),
+        b.device("c-3", &[]),
+    ];
+    for (id, n) in [("c-1", "b"), ("c-2", "a"), ("c-3", "b")] {
+        wait_client(&a, id, Some(n)).await;
+    }
+    let all = json!({"client_ids": "c-*"});
+
+    // Two at a time: one remote and one local member run, the third waits.
+    let id = create_job(&a, job_body(all.clone(), "sleep 30", json!({"batch": 2}))).await;
+    let running = wait_job(&b, &id, |j| j["counts"]["running"] == 2).await;
+    assert_eq!(running["counts"]["pending"], 1, "{running}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, still) = get(&format!("{}/api/jobs/{id}?members=none", b.url())).await;
+    assert_eq!(still["counts"]["running"], 2, "{still}");
+    assert_eq!(still["counts"]["pending"], 1, "{still}");
+    let remote_sid = running["members"][0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Cancelled from B (A runs it): the remote and the local session end cancelled, the
+    // waiting member is skipped.
+    let (status, v) = call(
+        reqwest::Method::DELETE,
+        &format!("{}/api/jobs/{id}", b.url()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "cancelled", "{v}");
+    assert_eq!(
+        members(&v),
+        [
+            ("c-1".into(), "cancelled".into(), json!("cancelled")),
+            ("c-2".into(), "cancelled".into(), json!("cancelled")),
+            ("c-3".into(), "skipped".into(), json!("cancelled")),
+        ]
     );
+    let session = wait_result(&a, &remote_sid, |v| v["status"] == "done").await;
+    assert_eq!(session["state"], "cancelled", "{session}");
+    let (status, v) = call(
+        reqwest::Method::DELETE,
+        &format!("{}/api/jobs/{id}", b.url()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+
+    // One at a time with max_failures 1: the remote first member fails, the rest are
+    // skipped.
+    let body = job_body(
+        all.clone(),
+        "echo broken >&2; exit 3",
+        json!({"batch": 1, "max_failures": 1}),
+    );
+    let id = create_job(&a, body).await;
+    let failed = wait_job(&b, &id, |j| j["state"] != "running").await;
+    assert_eq!(
+        (&failed["state"], &failed["reason"]),
+        (&json!("failed"), &json!("max_failures")),
+        "{failed}"
+    );
+    assert_eq!(
+        members(&failed),
+        [
+            ("c-1".into(), "failed".into(), Value::Null),
+            ("c-2".into(), "skipped".into(), json!("max_failures")),
+            ("c-3".into(), "skipped".into(), json!("max_failures")),
+        ]
+    );
+    assert_eq!(failed["members"][0]["exit_code"], 3, "{failed}");
+    assert_eq!(failed["members"][0]["output"], "broken", "{failed}");
+
+    // A remote member past the job's timeout fails with reason timeout.
+    let body = job_body(
+        json!({"client_ids": "c-3"}),
+        "sleep 30",
+        json!({"timeout": 1}),
+    );
+    let id = create_job(&b, body).await;
+    let timed = wait_job(&a, &id, |j| j["state"] != "running").await;
+    assert_eq!(
+        members(&timed),
+        [("c-3".into(), "failed".into(), json!("timeout"))],
+        "{timed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_whose_node_is_lost_fails_node_lost_and_so_does_a_job_whose_node_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (redis, a, b) = two_nodes(tmp.path());
+    let c = node(&redis.url(), "c", tmp.path(), &[]);
+    let _far = b.device("far", &[]);
+    let _other = c.device("other", &[]);
+    wait_client(&a, "far", Some("b")).await;
+    wait_client(&a, "other", Some("c")).await;
+    let all = json!({"client_ids": ["far", "other"]});
+    let id = create_job(&a, job_body(all, "sleep 60", json!({}))).await;
+    let running = wait_job(&c, &id, |j| j["counts"]["running"] == 2).await;
+    let other_sid = running["members"][1]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // B (a member's node) is lost: that member fails node_lost, the job runs on.
+    signal(b.proc.pid(), "-9");
+    let one_lost = wait_job(&c, &id, |j| j["counts"]["failed"] == 1).await;
+    assert_eq!(one_lost["state"], "running", "{one_lost}");
+    assert_eq!(
+        members(&one_lost),
+        [
+            ("far".into(), "failed".into(), json!("node_lost")),
+            ("other".into(), "running".into(), Value::Null),
+        ]
+    );
+
+    // A (the job's node) is lost: the job fails node_lost, and its member's session on
+    // C does not run on for a job that is gone.
+    signal(a.proc.pid(), "-9");
+    let lost = wait_job(&c, &id, |j| j["state"] != "running").await;
+    assert_eq!(
+        (&lost["state"], &lost["reason"]),
+        (&json!("failed"), &json!("node_lost")),
+        "{lost}"
+    );
+    assert_eq!(
+        members(&lost),
+        [
+            ("far".into(), "failed".into(), json!("node_lost")),
+            ("other".into(), "failed".into(), json!("node_lost")),
+        ]
+    );
+    let session = wait_result(&c, &other_sid, |v| v["status"] == "done").await;
+    assert_eq!(session["state"], "cancelled", "{session}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -534,6 +786,14 @@ async fn a_three_master_redis_cluster_serves_the_same_fleet() {
     )
     .await;
     assert_eq!(status, 409);
+    // A job run from A over B's device, read on B.
+    let body = job_body(json!({"client_ids": "dev"}), "echo job", json!({}));
+    let id = create_job(&a, body).await;
+    let done = wait_job(&b, &id, |j| j["state"] != "running").await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["members"][0]["output"], "job", "{done}");
+    let (_, list) = get(&format!("{}/api/jobs", b.url())).await;
+    assert_eq!(list["jobs"][0]["job_id"], id.as_str(), "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -592,6 +852,40 @@ async fn every_node_checks_the_same_key_and_redis_holds_no_secret() {
         assert!(Instant::now() < deadline, "{v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A fleet job, so that its records are read back too.
+    let job = client
+        .post(format!("{}/api/jobs", a.url()))
+        .header("X-API-Key", KEY)
+        .json(&job_body(
+            json!({"client_ids": "dev"}),
+            "echo job",
+            json!({}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(job.status(), 200);
+    let job_id = job.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v: Value = client
+            .get(format!("{}/api/jobs/{job_id}", b.url()))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["state"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Everything Redis holds, read back: no key anywhere.
     for key in redis.cli(&["--scan"]).lines() {
         let kind = redis.cli(&["TYPE", key]);
@@ -604,4 +898,86 @@ async fn every_node_checks_the_same_key_and_redis_holds_no_secret() {
         };
         assert!(!dump.contains(KEY), "{key} holds the key: {dump}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_ends_only_its_own_jobs_server_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (redis, a, b) = two_nodes(tmp.path());
+    let _near = a.device("near", &[]);
+    let _far = b.device("far", &[]);
+    wait_client(&a, "far", Some("b")).await;
+    wait_client(&b, "near", Some("a")).await;
+    // A runs a job on both nodes' devices; B runs one on its own device.
+    let all = json!({"client_ids": ["near", "far"]});
+    let mine = create_job(&a, job_body(all, "sleep 60", json!({}))).await;
+    wait_job(&b, &mine, |j| j["counts"]["running"] == 2).await;
+    let far_sid = {
+        let (_, j) = get(&format!("{}/api/jobs/{mine}", b.url())).await;
+        j["members"][0]["session_id"].as_str().unwrap().to_owned()
+    };
+    let theirs = create_job(
+        &b,
+        job_body(
+            json!({"client_ids": "far"}),
+            "sleep 60",
+            json!({"max_failures": 1}),
+        ),
+    )
+    .await;
+    // Past a flush of A's job's progress (every 250 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    drop(a); // SIGKILL, then the same node id again, within the node TTL.
+    let a = node(&redis.url(), "a", tmp.path(), &[]);
+    let ended = wait_job(&b, &mine, |j| j["state"] != "running").await;
+    assert_eq!(
+        (&ended["state"], &ended["reason"]),
+        (&json!("failed"), &json!("server_restarted")),
+        "{ended}"
+    );
+    assert_eq!(
+        members(&ended),
+        [
+            ("far".into(), "failed".into(), json!("server_restarted")),
+            ("near".into(), "failed".into(), json!("server_restarted")),
+        ]
+    );
+    // Its member on B is cancelled there; B's own job runs on.
+    let session = wait_result(&a, &far_sid, |v| v["status"] == "done").await;
+    assert_eq!(session["state"], "cancelled", "{session}");
+    let (_, j) = get(&format!("{}/api/jobs/{theirs}?members=none", a.url())).await;
+    assert_eq!(j["state"], "running", "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_node_declared_lost_that_comes_back_does_not_overwrite_its_ended_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, mut a, b) = two_nodes(tmp.path());
+    let _near = a.device("near", &[]);
+    wait_client(&b, "near", Some("a")).await;
+    let id = create_job(
+        &a,
+        job_body(json!({"client_ids": "near"}), "sleep 60", json!({})),
+    )
+    .await;
+    wait_job(&b, &id, |j| j["counts"]["running"] == 1).await;
+
+    // A stops (a partition, as B sees it) long enough to be declared lost.
+    signal(a.proc.pid(), "-STOP");
+    let lost = wait_job(&b, &id, |j| j["state"] != "running").await;
+    assert_eq!(lost["reason"], "node_lost", "{lost}");
+    signal(a.proc.pid(), "-CONT");
+
+    // Back, A finds itself fenced: its job stops, and what it would write is refused.
+    let a_ref = &mut a;
+    tokio::task::block_in_place(|| a_ref.proc.wait_for_line("job progress not stored"));
+    let (_, after) = get(&format!("{}/api/jobs/{id}", b.url())).await;
+    assert_eq!(after["state"], "failed", "{after}");
+    assert_eq!(after["reason"], "node_lost", "{after}");
+    assert_eq!(
+        members(&after),
+        [("near".into(), "failed".into(), json!("node_lost"))]
+    );
+    assert_eq!(after["finished_at"], lost["finished_at"], "{after}");
 }

@@ -179,8 +179,11 @@ pub mod http {
     // Fleet jobs (`/api/jobs`) and device selectors (`/api/clients?tag=…`).
     pub const JOB_NOT_FOUND: &str = "Job not found";
     pub const JOB_ALREADY_FINISHED: &str = "Job already finished";
-    pub const JOBS_UNAVAILABLE: &str =
-        "Fleet jobs are not available in cluster mode yet (--cluster); run them on a single server";
+    /// A server built without a job store (an embedding of the library).
+    pub const JOBS_UNAVAILABLE: &str = "Fleet jobs are not available on this server";
+    /// Cluster mode: the node running the job did not answer a cancel.
+    pub const JOB_NODE_UNAVAILABLE: &str =
+        "The server node running this job did not answer; try again later";
     pub const SELECTOR_REQUIRED: &str =
         "Invalid selector: expected an object with client_ids, platform or tags";
     pub const INVALID_BATCH: &str =

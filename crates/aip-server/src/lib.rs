@@ -11,7 +11,9 @@
 //!   job (`session/job.rs`), the timer of parked sessions (`session/alarm.rs`), drivers
 //!   ([`session::driver`]: the plan driver; [`session::llm`]: the LLM agent driver).
 //! - [`fleet`]: fleet jobs (one request to the devices a selector picks, rolled out in
-//!   batches): the [`fleet::JobManager`], one rollout task per job.
+//!   batches): the [`fleet::JobManager`], one rollout task per job (in cluster mode on
+//!   the node that received the job, its members' sessions opened on their devices'
+//!   nodes through [`cluster`]).
 //! - [`registry`]: who is connected and what a session keeps of its executor;
 //!   [`conn`]: the bounded outgoing queue of a socket.
 //! - [`storage`]: session records, `SessionState`, `EndReason`, the store trait;
@@ -188,6 +190,17 @@ async fn run_node(
     log_listening(&listener, &config, &keys);
     let state = AppState::with_cluster(config, store, drivers, Some(Arc::clone(&cluster)));
     cluster.start(Arc::clone(&state));
+    // After the sessions' own interruption (a member takes its session's end), and
+    // once the inbox runs (members still live on other nodes are cancelled there).
+    let jobs = cluster
+        .end_jobs_of(&state, &node, storage::JobReason::ServerRestarted)
+        .await;
+    if jobs > 0 {
+        tracing::warn!(
+            jobs,
+            "this node's jobs running at its last stop are now failed (server_restarted)"
+        );
+    }
     start(listener, state, keys, tls, shutdown).await
 }
 

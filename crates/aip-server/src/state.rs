@@ -103,14 +103,15 @@ impl AppState {
     }
 
     /// State for one node of a cluster (`cluster`), or a single server (`None`). Fleet
-    /// jobs need a `JobStore` on the cluster's store: until it has one they answer 503.
+    /// jobs are kept in the cluster's store (Redis), beside the sessions.
     pub fn with_cluster(
         config: ServerConfig,
         store: Arc<dyn SessionStore>,
         drivers: Option<Arc<dyn DriverFactory>>,
         cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Arc<Self> {
-        Self::build(config, store, None, drivers, cluster)
+        let jobs = cluster.as_ref().map(|c| c.store() as Arc<dyn JobStore>);
+        Self::build(config, store, jobs, drivers, cluster)
     }
 
     fn build(
@@ -127,7 +128,12 @@ impl AppState {
             Arc::clone(&store),
             drivers,
         );
-        let jobs = JobManager::new(Arc::clone(&sessions), Arc::clone(&registry), jobs);
+        let jobs = JobManager::new(
+            Arc::clone(&sessions),
+            Arc::clone(&registry),
+            jobs,
+            cluster.clone(),
+        );
         let keys = KeyStore::new(
             KeySource::of(&config),
             KeySet::from_api_key(config.api_key.as_deref()),

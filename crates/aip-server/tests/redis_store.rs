@@ -1,11 +1,13 @@
 //! The session store of cluster mode against a real `redis-server` (started here on a
-//! free port): the trait's operations, purge, and the fencing of a node declared lost.
+//! free port): the trait's operations, purge, and the fencing of a node declared lost;
+//! and the job store's contract (as the SQLite store's tests state it).
 
 #![allow(clippy::unwrap_used)]
 
 use aip_server::storage::redis::{RedisStore, RedisTarget};
 use aip_server::storage::{
-    EndReason, Origin, SessionFilter, SessionRecord, SessionState, SessionStore,
+    EndReason, JobReason, JobRecord, JobState, JobStore, MemberRecord, MemberState, Origin,
+    SessionFilter, SessionRecord, SessionState, SessionStore,
 };
 use aip_testkit::redis::RedisServer;
 use chrono::{DateTime, Utc};
@@ -203,4 +205,163 @@ async fn a_lost_node_s_live_sessions_fail_and_its_later_writes_are_refused() {
     assert_eq!(other.mark_interrupted(Utc::now()).await.unwrap(), 1);
     let o1 = lost.get("o1").await.unwrap().unwrap();
     assert_eq!(o1.reason, Some(EndReason::ServerRestarted));
+}
+
+fn job(id: &str, created: i64, counts: [u32; 6]) -> JobRecord {
+    JobRecord {
+        job_id: id.into(),
+        spec: json!({"selector": {"platform": "linux"}, "request": "uptime", "timeout": 300.0}),
+        state: JobState::Running,
+        reason: None,
+        counts,
+        created_at: t(created),
+        finished_at: None,
+    }
+}
+
+fn member(seq: u32, state: MemberState, session: Option<&str>) -> MemberRecord {
+    MemberRecord {
+        seq,
+        client_id: format!("d{seq}"),
+        state,
+        reason: None,
+        session_id: session.map(str::to_owned),
+        exit_code: None,
+        output: None,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+/// The job store's contract, as the SQLite store's tests state it
+/// (`storage/sqlite/tests/jobs.rs`).
+#[tokio::test]
+async fn a_job_and_its_members_round_trip_list_newest_first_and_purge_ended_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(tmp.path());
+    let s = store(&redis, "n1").await;
+    let other = store(&redis, "n2").await;
+    let members = (0..3)
+        .map(|i| member(i, MemberState::Pending, None))
+        .collect();
+    s.create_job(job("j1", 1, [3, 0, 0, 0, 0, 0]), members)
+        .await
+        .unwrap();
+    let mut done = member(1, MemberState::Completed, Some("s1"));
+    done.exit_code = Some(0);
+    done.output = Some("up 3 days".into());
+    done.started_at = Some(t(5));
+    done.finished_at = Some(t(9));
+    let mut j = job("j1", 1, [2, 0, 1, 0, 0, 0]);
+    j.state = JobState::Failed;
+    j.reason = Some(JobReason::MaxFailures);
+    j.finished_at = Some(t(10));
+    s.update_job(j.clone(), vec![done.clone()]).await.unwrap();
+    // Any node reads it.
+    let (got, members) = other.get_job("j1").await.unwrap().unwrap();
+    assert_eq!(got, j);
+    assert_eq!(members.len(), 3);
+    assert_eq!(members[1], done);
+    assert_eq!(members[2], member(2, MemberState::Pending, None));
+    assert!(other.get_job("nope").await.unwrap().is_none());
+
+    other
+        .create_job(job("j2", 2, [1, 0, 0, 0, 0, 0]), vec![])
+        .await
+        .unwrap();
+    let listed: Vec<_> = s
+        .list_jobs(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(listed, ["j2", "j1"]);
+    assert_eq!(s.list_jobs(1).await.unwrap().len(), 1);
+    assert!(s.list_jobs(0).await.unwrap().is_empty());
+
+    // Only the node running a job writes its progress.
+    let mut stolen = job("j2", 2, [0, 1, 0, 0, 0, 0]);
+    stolen.counts = [0, 1, 0, 0, 0, 0];
+    s.update_job(stolen, vec![]).await.unwrap();
+    assert_eq!(
+        other.get_job("j2").await.unwrap().unwrap().0.counts,
+        [1, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(s.job_runner("j2").await.unwrap().as_deref(), Some("n2"));
+    assert!(s.job_runner("j1").await.unwrap().is_none(), "ended");
+
+    // Purging removes ended jobs finished before the cutoff, never a running one.
+    assert_eq!(s.purge_jobs(t(100)).await.unwrap(), 1);
+    assert!(s.get_job("j1").await.unwrap().is_none());
+    assert!(s.get_job("j2").await.unwrap().is_some());
+    assert_eq!(s.list_jobs(10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_restart_ends_only_the_node_s_running_jobs_members_taking_their_sessions_outcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(tmp.path());
+    let s = store(&redis, "n1").await;
+    let other = store(&redis, "n2").await;
+    let members = vec![
+        member(0, MemberState::Completed, Some("s0")),
+        // Its session ended, but the member's change was not written before the stop.
+        member(1, MemberState::Running, Some("s1")),
+        // Its session was live at the stop (on another node: it is still live).
+        member(2, MemberState::Running, Some("s2")),
+        member(3, MemberState::Pending, None),
+    ];
+    s.create_job(job("j", 1, [1, 2, 1, 0, 0, 0]), members)
+        .await
+        .unwrap();
+    other
+        .create_job(
+            job("theirs", 2, [1, 0, 0, 0, 0, 0]),
+            vec![member(0, MemberState::Pending, None)],
+        )
+        .await
+        .unwrap();
+    s.upsert(rec("s1", "t", SessionState::Completed, 2))
+        .await
+        .unwrap();
+    other
+        .upsert(rec("s2", "t", SessionState::Running, 3))
+        .await
+        .unwrap();
+
+    assert_eq!(s.interrupt_jobs(t(50)).await.unwrap(), 1);
+    let (j, m) = s.get_job("j").await.unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.reason, j.finished_at),
+        (
+            JobState::Failed,
+            Some(JobReason::ServerRestarted),
+            Some(t(50))
+        )
+    );
+    assert_eq!(j.counts, [0, 0, 2, 1, 0, 1]);
+    let states: Vec<_> = m.iter().map(|m| (m.state, m.reason)).collect();
+    assert_eq!(
+        states,
+        [
+            (MemberState::Completed, None),
+            (MemberState::Completed, None),
+            (MemberState::Failed, Some(JobReason::ServerRestarted)),
+            (MemberState::Skipped, Some(JobReason::ServerRestarted)),
+        ]
+    );
+    assert_eq!(s.interrupt_jobs(t(60)).await.unwrap(), 0, "once");
+    let (theirs, _) = s.get_job("theirs").await.unwrap().unwrap();
+    assert_eq!(theirs.state, JobState::Running, "another node's job");
+
+    // A lost node's jobs: failed node_lost by another, the live sessions named.
+    let ended = s
+        .interrupt_jobs_of("n2", aip_server::storage::redis::NODE_LOST, t(70))
+        .await
+        .unwrap();
+    assert_eq!(ended, [("theirs".to_owned(), vec![])]);
+    let (theirs, _) = s.get_job("theirs").await.unwrap().unwrap();
+    assert_eq!(theirs.reason.unwrap().as_str(), "node_lost");
+    assert_eq!(theirs.counts, [0, 0, 0, 0, 0, 1]);
 }

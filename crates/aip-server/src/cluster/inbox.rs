@@ -1,6 +1,7 @@
-//! Each node's inbox: a Redis stream read by a consumer group (`XREADGROUP`, `XACK`),
-//! so a message added while the reader reconnects is read after it. What one node asks
-//! of another, the answers, and the frames for requesters connected elsewhere.
+//! Each node's inbox: a Redis stream its node reads with `XREAD` from the last entry
+//! read, so a message added while the reader reconnects is read after it. What one node
+//! asks of another, the answers, and the frames for requesters connected elsewhere; an
+//! entry holds one message or an outbox's batch of them (`outbox.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +50,47 @@ pub(super) struct OpenAsk {
     pub executor: String,
     pub commands: Option<Vec<Command>>,
     pub requester: Option<RemoteRequester>,
+    /// The fleet job the session belongs to; absent from nodes that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+/// Why a session another node owns is cancelled, when not for `DELETE
+/// /api/sessions/{id}`: the fleet job it belongs to, run by the asking node.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+pub enum RemoteCancel {
+    /// `DELETE /api/jobs/{id}` (or the job's node is gone).
+    Job,
+    /// The job's `timeout` (seconds) passed while it ran.
+    JobTimeout { secs: f64 },
+    /// The job's node shuts down.
+    Shutdown,
+}
+
+impl RemoteCancel {
+    /// The local cancel reason it stands for.
+    pub(super) fn reason(self) -> CancelReason {
+        match self {
+            Self::Job => CancelReason::Job,
+            Self::JobTimeout { secs } => CancelReason::JobTimeout(
+                Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO),
+            ),
+            Self::Shutdown => CancelReason::Shutdown,
+        }
+    }
+
+    /// The remote form of a job's cancel reason (`None`: not one a job sends).
+    pub fn of(reason: CancelReason) -> Option<Self> {
+        match reason {
+            CancelReason::Job => Some(Self::Job),
+            CancelReason::JobTimeout(t) => Some(Self::JobTimeout {
+                secs: t.as_secs_f64(),
+            }),
+            CancelReason::Shutdown => Some(Self::Shutdown),
+            _ => None,
+        }
+    }
 }
 
 /// A message between nodes.
@@ -62,6 +104,15 @@ pub(super) enum Msg {
         req: u64,
         from: String,
         session_id: String,
+        /// Absent: `DELETE /api/sessions/{id}`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        why: Option<RemoteCancel>,
+    },
+    /// Cancel a fleet job the receiving node runs.
+    CancelJob {
+        req: u64,
+        from: String,
+        job_id: String,
     },
     /// Is the receiving node's holder of `client_id` alive? A dead one is dropped.
     Probe {
@@ -307,11 +358,12 @@ async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
             req,
             from,
             session_id,
+            why,
         } => {
             // Only a session this node owns (runs) is cancelled here.
             let outcome = match app.sessions.get(&session_id) {
                 Some(h) => {
-                    h.cancel(CancelReason::Api);
+                    h.cancel(why.map_or(CancelReason::Api, RemoteCancel::reason));
                     let _ = tokio::time::timeout(Duration::from_secs(10), h.finished()).await;
                     Outcome::Ok
                 }
@@ -320,6 +372,10 @@ async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
                     detail: detail::ALREADY_FINISHED.to_owned(),
                 },
             };
+            cluster.reply(&from, req, outcome).await;
+        }
+        Msg::CancelJob { req, from, job_id } => {
+            let outcome = app.jobs.cancel_here(&job_id).await;
             cluster.reply(&from, req, outcome).await;
         }
         Msg::Probe {
@@ -356,6 +412,7 @@ async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) ->
         executor,
         commands,
         requester,
+        job_id,
         ..
     } = ask;
     let from = from.as_str();
@@ -386,7 +443,7 @@ async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) ->
             requester,
             executor: device,
             commands,
-            job_id: None,
+            job_id,
         })
         .await
     {
@@ -531,5 +588,64 @@ async fn forward(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn messages_of_a_node_that_predates_jobs_still_parse() {
+        // An open without `job_id`, a cancel without `why`: a plain dispatch and cancel.
+        let open = json!({"type": "open", "req": 1, "from": "old", "deadline_ms": 0,
+            "session_id": "s", "generated_id": true, "task_name": "t", "request": "r",
+            "executor": "dev", "commands": null, "requester": null});
+        let Msg::Open(ask) = serde_json::from_value(open).unwrap() else {
+            panic!("not an open");
+        };
+        assert_eq!(ask.job_id, None);
+        let cancel = json!({"type": "cancel", "req": 2, "from": "old", "session_id": "s"});
+        let Msg::Cancel { why, .. } = serde_json::from_value(cancel).unwrap() else {
+            panic!("not a cancel");
+        };
+        assert!(why.is_none());
+    }
+
+    #[test]
+    fn an_entry_holds_one_message_or_an_outbox_s_batch_in_order() {
+        let reply = |req: u64| json!({"type": "reply", "req": req, "outcome": {"outcome": "ok"}});
+        let one = parse(reply(1).to_string().as_bytes()).unwrap();
+        assert!(matches!(one[..], [Msg::Reply { req: 1, .. }]));
+        let batch = json!([reply(2), {"type": "frame", "from": "b", "client_id": "k",
+            "conn_id": 7, "text": "{}"}, reply(3)]);
+        let many = parse(batch.to_string().as_bytes()).unwrap();
+        assert!(matches!(
+            many[..],
+            [
+                Msg::Reply { req: 2, .. },
+                Msg::Frame { conn_id: 7, .. },
+                Msg::Reply { req: 3, .. }
+            ]
+        ));
+        assert!(parse(b"[{\"type\": \"nonsense\"}]").is_err());
+    }
+
+    #[test]
+    fn a_job_s_cancel_reasons_cross_nodes_as_themselves() {
+        let limit = Duration::from_millis(1500);
+        for reason in [
+            CancelReason::Job,
+            CancelReason::JobTimeout(limit),
+            CancelReason::Shutdown,
+        ] {
+            let why = RemoteCancel::of(reason).unwrap();
+            let text = serde_json::to_string(&why).unwrap();
+            let back: RemoteCancel = serde_json::from_str(&text).unwrap();
+            assert_eq!(format!("{:?}", back.reason()), format!("{reason:?}"));
+        }
+        assert!(RemoteCancel::of(CancelReason::Api).is_none());
     }
 }

@@ -3,15 +3,17 @@
 //! Each node keeps its own WebSockets and runs the sessions of the devices connected to
 //! it (the device's node owns the session). What the nodes share lives in Redis:
 //! - the session store ([`crate::storage::redis::RedisStore`]): any node serves any
-//!   result, lists, deletes;
+//!   result, lists, deletes; and the fleet jobs (any node lists and reads any job; the
+//!   node that received a job's `POST` runs it, see [`crate::fleet`]);
 //! - presence (`presence.rs`): who is connected where, and each node's heartbeat key
 //!   with a TTL;
 //! - one inbox stream per node (`inbox.rs`): requests to the owner of a device or a
-//!   session (open, cancel, probe a duplicate id) and their replies, and the frames a
-//!   session sends to a requester connected elsewhere. A reader keeps its place in its
-//!   stream (`XREAD` from the last entry read): what was added while it reconnected is
-//!   read after; a request is acknowledged by its reply. What one node sends another
-//!   goes through an outbox (`outbox.rs`) that puts everything waiting in one entry.
+//!   session (open, cancel, probe a duplicate id) or of a fleet job (cancel) and their
+//!   replies, and the frames a session sends to a requester connected elsewhere. A
+//!   reader keeps its place in its stream (`XREAD` from the last entry read): what was
+//!   added while it reconnected is read after; a request is acknowledged by its reply.
+//!   What one node sends another goes through an outbox (`outbox.rs`) that puts
+//!   everything waiting in one entry.
 //!
 //! `watch.rs` beats this node's heartbeat and notices the others' ending: the sessions
 //! of a lost node are failed (`node_lost`), its clients dropped from presence, and a
@@ -39,7 +41,7 @@ mod presence;
 mod route;
 mod watch;
 
-pub use inbox::Outcome;
+pub use inbox::{Outcome, RemoteCancel};
 pub use route::{RemoteDevice, RemoteOpen};
 
 /// How often a node renews its heartbeat key and looks for lost nodes.

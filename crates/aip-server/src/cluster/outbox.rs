@@ -133,3 +133,24 @@ async fn add(conn: &mut Redis, key: &str, entry: String) -> RedisResult<()> {
     .await
     .map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(json: &str) -> Item {
+        (json.to_owned(), oneshot::channel().0)
+    }
+
+    #[test]
+    fn one_message_is_sent_as_itself_and_several_as_one_array_in_order() {
+        let one = r#"{"type":"reply","req":1,"outcome":{"outcome":"ok"}}"#;
+        assert_eq!(encode(&mut [item(one)], one.len()), one);
+        let two = r#"{"type":"reply","req":2,"outcome":{"outcome":"busy"}}"#;
+        let mut batch = [item(one), item(two)];
+        let entry = encode(&mut batch, one.len() + two.len());
+        let back: Vec<serde_json::Value> = serde_json::from_str(&entry).unwrap();
+        assert_eq!(back[0]["req"], 1);
+        assert_eq!(back[1]["outcome"]["outcome"], "busy");
+    }
+}

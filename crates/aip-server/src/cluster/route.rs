@@ -9,7 +9,7 @@ use aip_protocol::errors as text;
 use aip_protocol::{Command, ServerMessage};
 use serde::Deserialize;
 
-use super::inbox::{Msg, OpenAsk, RemoteRequester};
+use super::inbox::{Msg, OpenAsk, RemoteCancel, RemoteRequester};
 use super::{Cluster, Outcome, RemoteSession, CALL_TIMEOUT};
 use crate::registry::ClientEntry;
 use crate::state::AppState;
@@ -31,6 +31,8 @@ pub struct RemoteOpen {
     pub task_name: String,
     pub request: String,
     pub commands: Option<Vec<Command>>,
+    /// The fleet job the session belongs to (`None`: a plain dispatch).
+    pub job_id: Option<String>,
 }
 
 fn deadline_ms() -> i64 {
@@ -157,6 +159,7 @@ impl Cluster {
             executor: device.client_id.clone(),
             commands: open.commands,
             requester,
+            job_id: open.job_id,
         }))
     }
 
@@ -211,6 +214,16 @@ impl Cluster {
         &self,
         session_id: &str,
     ) -> Result<Option<Option<Outcome>>, StoreError> {
+        self.cancel_remote_as(session_id, None).await
+    }
+
+    /// [`Cluster::cancel_remote`] with the reason its node cancels it for (`None`:
+    /// `DELETE /api/sessions/{id}`).
+    pub async fn cancel_remote_as(
+        &self,
+        session_id: &str,
+        why: Option<RemoteCancel>,
+    ) -> Result<Option<Option<Outcome>>, StoreError> {
         let Some(owner) = self.store.owner(session_id).await? else {
             return Ok(None);
         };
@@ -222,9 +235,60 @@ impl Cluster {
                 req,
                 from: self.node.clone(),
                 session_id: session_id.to_owned(),
+                why,
             })
             .await?,
         ))
+    }
+
+    /// Asks `node`, which runs fleet job `job_id`, to cancel it, and waits for the job's
+    /// end there (its own cancel waits up to 10 s). `None`: that node did not answer.
+    pub async fn cancel_job_remote(
+        &self,
+        node: &str,
+        job_id: &str,
+    ) -> Result<Option<Outcome>, StoreError> {
+        self.call_within(node, CALL_TIMEOUT + Duration::from_secs(10), |req| {
+            Msg::CancelJob {
+                req,
+                from: self.node.clone(),
+                job_id: job_id.to_owned(),
+            }
+        })
+        .await
+    }
+
+    /// Cancels, as `why`, live sessions wherever they run: here through `app`, on
+    /// another node through its inbox. One task for them all; answers are not awaited
+    /// by the caller (each session's end is written to the store by its node).
+    pub fn cancel_sessions(
+        self: &Arc<Self>,
+        app: Option<&AppState>,
+        session_ids: Vec<String>,
+        why: RemoteCancel,
+    ) {
+        let mut remote = Vec::with_capacity(session_ids.len());
+        for sid in session_ids {
+            match app.and_then(|a| a.sessions.get(&sid)) {
+                Some(h) => h.cancel(why.reason()),
+                None => remote.push(sid),
+            }
+        }
+        if remote.is_empty() {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let calls = remote.iter().map(|sid| me.cancel_remote_as(sid, Some(why)));
+            for (sid, done) in remote
+                .iter()
+                .zip(futures_util::future::join_all(calls).await)
+            {
+                if let Err(e) = done {
+                    tracing::warn!(session_id = %sid, cause = %e, "could not cancel a job's session on another node");
+                }
+            }
+        });
     }
 
     /// A frame from `from` for a requester here: delivered only if that requester opened

@@ -1,7 +1,9 @@
 //! This node's heartbeat, and the watch of the others: a node whose heartbeat key
 //! expired (`NODE_TTL` after its last beat; looked for every `HEARTBEAT`) is lost. One
 //! node (whoever claims `{aip}:reap:<node>` first) fails its live sessions (`node_lost`),
-//! drops its clients from presence, deletes its inbox and marks it `{aip}:lost:<node>`;
+//! ends the fleet jobs it ran (failed, `node_lost`; their members' sessions still live on
+//! other nodes are cancelled), drops its clients from presence, deletes its inbox and
+//! marks it `{aip}:lost:<node>`;
 //! every node tells its own requesters whose sessions ran there. A node that finds itself
 //! marked lost (a partition that healed) is fenced: it ends its sessions without writing
 //! them (the store keeps them failed) and drops its connections, which register again.
@@ -12,12 +14,13 @@ use std::sync::Arc;
 
 use aip_protocol::errors as text;
 
-use super::inbox::{inbox_key, inbox_start};
+use super::inbox::{inbox_key, inbox_start, RemoteCancel};
 use super::presence::{alive_key, lost_key, NODES};
 use super::{query, Cluster, HEARTBEAT};
 use crate::session::CancelReason;
 use crate::state::AppState;
-use crate::storage::EndReason;
+use crate::storage::redis::NODE_LOST;
+use crate::storage::{EndReason, JobReason};
 
 impl Cluster {
     /// Joins the cluster: clears a mark an earlier run under this id may have left (a new
@@ -67,7 +70,7 @@ impl Cluster {
     }
 
     /// Cleans up after lost `node` if no other node is doing it.
-    async fn reap(&self, node: &str) -> redis::RedisResult<()> {
+    async fn reap(self: &Arc<Self>, app: &AppState, node: &str) -> redis::RedisResult<()> {
         let claimed: Option<String> = query(
             &mut self.conn(),
             redis::cmd("SET")
@@ -107,6 +110,7 @@ impl Cluster {
                 0
             }
         };
+        let jobs = self.end_jobs_of(app, node, NODE_LOST).await;
         let clients = self.release_node(node).await.unwrap_or(0);
         let mut pipe = redis::pipe();
         pipe.cmd("HDEL").arg(NODES).arg(node).ignore();
@@ -115,6 +119,7 @@ impl Cluster {
         tracing::warn!(
             node,
             sessions_failed = failed,
+            jobs_failed = jobs,
             clients_dropped = clients,
             "node lost: no heartbeat within the node TTL"
         );
@@ -122,11 +127,44 @@ impl Cluster {
         Ok(())
     }
 
+    /// Ends the jobs `node` ran (its restart: `server_restarted`; its loss: `node_lost`)
+    /// and cancels their members' sessions that were still live (on other nodes, or on
+    /// this one). Returns how many jobs were ended.
+    pub async fn end_jobs_of(
+        self: &Arc<Self>,
+        app: &AppState,
+        node: &str,
+        reason: JobReason,
+    ) -> usize {
+        let ended = match self
+            .store
+            .interrupt_jobs_of(node, reason, chrono::Utc::now())
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(node, cause = %e, "could not end a node's jobs");
+                return 0;
+            }
+        };
+        let orphans: Vec<String> = ended.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
+        if !orphans.is_empty() {
+            tracing::warn!(
+                node,
+                sessions = orphans.len(),
+                "cancelling the live sessions of jobs whose node is gone"
+            );
+            self.cancel_sessions(Some(app), orphans, RemoteCancel::Job);
+        }
+        ended.len()
+    }
+
     /// This node was declared lost while it could not reach Redis: what it was running
     /// is failed already. It ends its sessions (their writes are refused) and drops its
     /// connections; clients register again and are published anew.
     async fn fenced(&self, app: &AppState) {
         tracing::error!(node = %self.node, "this node was declared lost by the cluster; ending its sessions and connections");
+        app.jobs.fenced();
         for h in app.sessions.all() {
             h.cancel(CancelReason::NodeLost);
         }
@@ -182,7 +220,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, app: Arc<AppState>) {
             Err(_) => continue,
         };
         for node in &lost {
-            if let Err(e) = cluster.reap(node).await {
+            if let Err(e) = cluster.reap(&app, node).await {
                 tracing::warn!(node, cause = %e, "could not clean up after a lost node");
             }
         }

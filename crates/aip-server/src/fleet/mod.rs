@@ -10,9 +10,13 @@
 //! session), this file (the [`JobManager`]: live jobs, create, read, cancel).
 //!
 //! Dependencies point one way: `web` → `fleet` → `session` → {`registry`, `storage`}.
-//! Cluster mode: a job drives the devices connected to this node only; with a shared
-//! store the job store must be implemented by that backend too (until then
-//! [`JobManager::new`] takes `None` and job routes answer 503).
+//!
+//! Cluster mode: jobs are stored in Redis beside the sessions (any node lists and reads
+//! any job); the selector picks from the whole fleet's presence; the node that received
+//! the `POST` runs the job, opening a remote member's session on its device's node
+//! through that node's inbox ([`Cluster::open_located`], the session carrying the
+//! `job_id`) and learning its end from the shared session store on the flush tick (one
+//! batched read per tick). A cancel on another node is routed to the job's node.
 
 mod outcome;
 mod progress;
@@ -30,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 pub use selector::Selector;
 pub use spec::{Batch, JobSpec};
 
-use crate::registry::{ClientEntry, Registry};
+use crate::cluster::{Cluster, Outcome};
+use crate::registry::Registry;
 use crate::session::SessionManager;
 use crate::storage::{JobRecord, JobState, JobStore, MemberRecord, MemberState, StoreError};
 use crate::IdDashMap;
@@ -51,6 +56,9 @@ pub enum JobError {
     AlreadyFinished,
     #[error("shutting down")]
     ShuttingDown,
+    /// Cluster mode: the node running the job did not answer.
+    #[error("the job's node did not answer")]
+    NodeUnavailable,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -70,6 +78,8 @@ pub struct JobManager {
     sessions: Arc<SessionManager>,
     registry: Arc<Registry>,
     store: Option<Arc<dyn JobStore>>,
+    /// Cluster mode: the fleet across nodes.
+    cluster: Option<Arc<Cluster>>,
     live: IdDashMap<Arc<str>, Arc<LiveJob>>,
     shutdown: CancellationToken,
 }
@@ -83,17 +93,19 @@ pub enum Members {
 }
 
 impl JobManager {
-    /// Jobs over `sessions`, finding devices in `registry`, stored in `store` (`None`:
-    /// jobs are refused as unavailable).
+    /// Jobs over `sessions`, finding devices in `registry` (and in cluster mode in
+    /// `cluster`'s presence), stored in `store` (`None`: jobs are refused as unavailable).
     pub fn new(
         sessions: Arc<SessionManager>,
         registry: Arc<Registry>,
         store: Option<Arc<dyn JobStore>>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             sessions,
             registry,
             store,
+            cluster,
             live: IdDashMap::default(),
             shutdown: CancellationToken::new(),
         })
@@ -103,16 +115,28 @@ impl JobManager {
         self.store.as_ref().ok_or(JobError::Unavailable)
     }
 
-    /// The connected devices `selector` picks, by client id.
-    pub fn select(&self, selector: &Selector) -> Vec<Arc<ClientEntry>> {
-        let mut devices: Vec<_> = self
-            .registry
-            .list()
-            .into_iter()
-            .filter(|e| selector.matches(e))
-            .collect();
-        devices.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        devices
+    /// The client ids of the connected devices `selector` picks, in order: this
+    /// server's, or in cluster mode the whole fleet's (from presence).
+    pub async fn select(&self, selector: &Selector) -> Result<Vec<String>, JobError> {
+        let mut ids: Vec<String> = match &self.cluster {
+            Some(cluster) => cluster
+                .fleet()
+                .await?
+                .into_iter()
+                .filter(|c| selector.matches_presence(c))
+                .filter_map(|c| c["client_id"].as_str().map(str::to_owned))
+                .collect(),
+            None => self
+                .registry
+                .list()
+                .into_iter()
+                .filter(|e| selector.matches(e))
+                .map(|e| e.client_id.clone())
+                .collect(),
+        };
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Creates a job over the devices `spec` selects (stored before it returns) and
@@ -122,16 +146,16 @@ impl JobManager {
         if self.shutdown.is_cancelled() {
             return Err(JobError::ShuttingDown);
         }
-        let devices = self.select(&spec.selector);
+        let devices = self.select(&spec.selector).await?;
         if devices.is_empty() {
             return Err(JobError::NoMatch(spec.selector.to_string()));
         }
         let members: Vec<MemberRecord> = devices
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, d)| MemberRecord {
+            .map(|(i, client_id)| MemberRecord {
                 seq: u32::try_from(i).unwrap_or(u32::MAX),
-                client_id: d.client_id.clone(),
+                client_id,
                 state: MemberState::Pending,
                 reason: None,
                 session_id: None,
@@ -141,7 +165,6 @@ impl JobManager {
                 finished_at: None,
             })
             .collect();
-        drop(devices);
         let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
         let progress = Progress::new(id.to_string(), spec.to_json(), Utc::now(), members);
         store
@@ -160,6 +183,7 @@ impl JobManager {
             spec,
             sessions: Arc::clone(&self.sessions),
             registry: Arc::clone(&self.registry),
+            cluster: self.cluster.clone(),
             store,
             shutdown: self.shutdown.child_token(),
         };
@@ -214,14 +238,58 @@ impl JobManager {
     }
 
     /// Cancels what of the job has not finished, and waits (at most 10 s) for its end.
+    /// In cluster mode a job another node runs is cancelled by that node.
     pub async fn cancel(&self, job_id: &str) -> Result<(), JobError> {
         let store = self.store()?;
         let Some(job) = self.live.get(job_id).map(|j| Arc::clone(&j)) else {
             return match store.get_job(job_id).await? {
+                Some((j, _)) if j.state == JobState::Running => self.cancel_elsewhere(job_id).await,
                 Some(_) => Err(JobError::AlreadyFinished),
                 None => Err(JobError::NotFound),
             };
         };
+        self.cancel_live(&job).await
+    }
+
+    /// Cluster mode: cancels a running job this node does not run, through its node.
+    async fn cancel_elsewhere(&self, job_id: &str) -> Result<(), JobError> {
+        let Some(cluster) = &self.cluster else {
+            return Err(JobError::AlreadyFinished);
+        };
+        let runner = cluster.store().job_runner(job_id).await?;
+        let Some(node) = runner.filter(|n| n != cluster.node()) else {
+            // Ended meanwhile (or a leftover of this node's earlier run, ended at start).
+            return Err(JobError::AlreadyFinished);
+        };
+        match cluster.cancel_job_remote(&node, job_id).await? {
+            Some(Outcome::Ok) => {
+                tracing::info!(job_id, node = %node, "job cancelled over HTTP on its node");
+                Ok(())
+            }
+            Some(Outcome::Refused { status: 404, .. }) => Err(JobError::NotFound),
+            Some(Outcome::Refused { status: 409, .. }) => Err(JobError::AlreadyFinished),
+            Some(_) | None => Err(JobError::NodeUnavailable),
+        }
+    }
+
+    /// Another node's request to cancel job `job_id`, which this node runs.
+    pub async fn cancel_here(&self, job_id: &str) -> Outcome {
+        let refused = |status: u16, detail: &str| Outcome::Refused {
+            status,
+            detail: detail.to_owned(),
+        };
+        let Some(job) = self.live.get(job_id).map(|j| Arc::clone(&j)) else {
+            return refused(409, aip_protocol::errors::http::JOB_ALREADY_FINISHED);
+        };
+        match self.cancel_live(&job).await {
+            Ok(()) => Outcome::Ok,
+            Err(_) => refused(409, aip_protocol::errors::http::JOB_ALREADY_FINISHED),
+        }
+    }
+
+    /// Cancels live job `job` and waits (at most 10 s) for its end.
+    async fn cancel_live(&self, job: &LiveJob) -> Result<(), JobError> {
+        let job_id = &*job.id;
         if job.progress.lock().state != JobState::Running {
             return Err(JobError::AlreadyFinished);
         }
@@ -229,6 +297,14 @@ impl JobManager {
         let _ = tokio::time::timeout(Duration::from_secs(10), job.done.cancelled()).await;
         tracing::info!(job_id = %job_id, "job cancelled over HTTP");
         Ok(())
+    }
+
+    /// Cluster mode: this node was declared lost, and its jobs ended by another node:
+    /// each running job stops (its members' sessions cancelled; its writes are refused).
+    pub fn fenced(&self) {
+        for j in self.live.iter() {
+            j.cancel.cancel();
+        }
     }
 
     /// Deletes the ended jobs finished before `cutoff` (`--retention`); how many.

@@ -17,6 +17,16 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// A member whose session's final record could not be read.
+    pub(crate) fn missing() -> Outcome {
+        Outcome {
+            state: MemberState::Failed,
+            reason: None,
+            exit_code: None,
+            output: Some(aip_protocol::errors::http::STORAGE_UNAVAILABLE.to_owned()),
+        }
+    }
+
     /// The outcome of the ended session `r`.
     pub(crate) fn of(r: &SessionRecord) -> Outcome {
         let state = match r.state {

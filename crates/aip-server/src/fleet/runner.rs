@@ -6,6 +6,16 @@
 //! No task per member: a waiting member is a row in [`Progress`]; a running one is one
 //! future in the set. Sessions are opened through [`SessionManager::open`] like any HTTP
 //! dispatch, so results, cancellation and durability are those of every session.
+//!
+//! Cluster mode: a member whose device is connected to another node is opened there
+//! ([`Cluster::open_located`], as an HTTP dispatch to it is) and kept as a
+//! [`RemoteMember`], a row with no future: its session's end is read on the flush tick
+//! from the shared store, for every remote member in one read (`HMGET` of the live
+//! index, then `MGET` of the ended records). Polling, rather than an end message
+//! through the inbox, because the store is where every end is written anyway, the
+//! node-lost failure included (written by whichever node reaps the lost one): nothing
+//! new has to be delivered reliably, and a message lost with a node cannot leave a
+//! member running forever. It costs at most one tick (250 ms) of latency per end.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,6 +29,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use super::outcome::Outcome;
 use super::spec::JobSpec;
 use super::LiveJob;
+use crate::cluster::{Cluster, Outcome as RemoteOutcome, RemoteCancel, RemoteOpen};
 use crate::registry::Registry;
 use crate::session::{CancelReason, CreateError, OpenRequest, SessionHandle, SessionManager};
 use crate::storage::{JobReason, JobState, JobStore, MemberState};
@@ -34,9 +45,20 @@ const OPEN_AT_ONCE: usize = 256;
 /// as failed / `timeout`): `(seq, handle)`.
 type Running = BoxFuture<'static, (u32, Arc<SessionHandle>)>;
 
+/// A running member whose session runs on another node.
+struct RemoteMember {
+    seq: u32,
+    session_id: String,
+    started: tokio::time::Instant,
+    /// Its job's `timeout` passed and its cancel was sent.
+    timed_out: bool,
+}
+
 /// What starting one member did.
 enum Started {
     Running(Running),
+    /// Opened on another node: this session id.
+    Remote(String),
     /// Not started, with this state, reason and text.
     Not(MemberState, JobReason, String),
     /// No room for another session now: try it again later.
@@ -49,6 +71,8 @@ pub(super) struct Runner {
     pub(super) spec: JobSpec,
     pub(super) sessions: Arc<SessionManager>,
     pub(super) registry: Arc<Registry>,
+    /// Cluster mode: devices on other nodes.
+    pub(super) cluster: Option<Arc<Cluster>>,
     pub(super) store: Arc<dyn JobStore>,
     pub(super) shutdown: tokio_util::sync::CancellationToken,
 }
@@ -59,6 +83,7 @@ impl Runner {
         let total = self.job.progress.lock().members.len();
         let batch = self.spec.batch.size(total);
         let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+        let mut remote: Vec<RemoteMember> = Vec::new();
         // Members to start: those that found no room last time, then `next..total`.
         let mut retry: VecDeque<usize> = VecDeque::new();
         let mut next = 0usize;
@@ -67,7 +92,8 @@ impl Runner {
         loop {
             let mut blocked = false;
             if stop.is_none() {
-                let room = batch.saturating_sub(running.len()).min(OPEN_AT_ONCE);
+                let busy = running.len() + remote.len();
+                let room = batch.saturating_sub(busy).min(OPEN_AT_ONCE);
                 let mut picks = Vec::with_capacity(room);
                 while picks.len() < room {
                     match retry.pop_front() {
@@ -84,6 +110,12 @@ impl Runner {
                 for (i, outcome) in picks.into_iter().zip(started) {
                     match outcome {
                         Started::Running(f) => running.push(f),
+                        Started::Remote(session_id) => remote.push(RemoteMember {
+                            seq: u32::try_from(i).unwrap_or(u32::MAX),
+                            session_id,
+                            started: tokio::time::Instant::now(),
+                            timed_out: false,
+                        }),
                         Started::Not(state, reason, why) => self.not_started(i, state, reason, why),
                         Started::Later => {
                             retry.push_back(i);
@@ -93,7 +125,7 @@ impl Runner {
                 }
             }
             let nothing_left = retry.is_empty() && next >= total;
-            if running.is_empty() && (nothing_left || stop.is_some()) {
+            if running.is_empty() && remote.is_empty() && (nothing_left || stop.is_some()) {
                 break;
             }
             tokio::select! {
@@ -116,7 +148,15 @@ impl Runner {
                     self.cancel_running(CancelReason::Shutdown);
                 }
                 _ = tokio::time::sleep(RETRY_AFTER), if blocked => {}
-                _ = flush.tick() => self.flush().await,
+                _ = flush.tick() => {
+                    if !remote.is_empty() {
+                        self.poll_remote(&mut remote).await;
+                        if stop.is_none() && self.max_failures_reached() {
+                            stop = Some(JobReason::MaxFailures);
+                        }
+                    }
+                    self.flush().await;
+                }
             }
         }
         self.finish(stop).await;
@@ -132,6 +172,9 @@ impl Runner {
             }
         };
         let Some(device) = self.registry.device(&client_id) else {
+            if let Some(cluster) = &self.cluster {
+                return self.start_remote(cluster, seq, &client_id).await;
+            }
             let why = text::DEVICE_OFFLINE.to_owned();
             return Started::Not(MemberState::Skipped, JobReason::DeviceOffline, why);
         };
@@ -188,6 +231,125 @@ impl Runner {
         }))
     }
 
+    /// Cluster mode: opens member `seq`'s session on the node its device `client_id` is
+    /// connected to, wherever that is now.
+    async fn start_remote(&self, cluster: &Cluster, seq: usize, client_id: &str) -> Started {
+        let open = RemoteOpen {
+            session_id: uuid::Uuid::new_v4().to_string(),
+            generated_id: true,
+            task_name: self
+                .spec
+                .task_name
+                .clone()
+                .unwrap_or_else(|| self.job.id.to_string()),
+            request: self.spec.request.clone(),
+            commands: self.spec.commands.clone(),
+            job_id: Some(self.job.id.to_string()),
+        };
+        let session_id = open.session_id.clone();
+        let offline = || {
+            let why = text::DEVICE_OFFLINE.to_owned();
+            Started::Not(MemberState::Skipped, JobReason::DeviceOffline, why)
+        };
+        let failed = |d: &str| {
+            Started::Not(
+                MemberState::Failed,
+                JobReason::NotStarted,
+                text::not_started(d),
+            )
+        };
+        let outcome = match cluster.open_located(client_id, open).await {
+            Ok(Some((device, _))) if !device.is_device => return offline(),
+            Ok(Some((_, outcome))) => outcome,
+            Ok(None) => return offline(),
+            Err(e) => {
+                tracing::warn!(job_id = %self.job.id, client_id, cause = %e, "could not open a member's session on another node");
+                return failed(detail::STORAGE_UNAVAILABLE);
+            }
+        };
+        match outcome {
+            Some(RemoteOutcome::Ok) => {}
+            Some(RemoteOutcome::Busy) => return failed(detail::DEVICE_BUSY),
+            Some(RemoteOutcome::Refused { status: 404, .. }) => return offline(),
+            Some(RemoteOutcome::Refused { detail: d, .. }) if d == detail::TOO_MANY_SESSIONS => {
+                return Started::Later
+            }
+            Some(RemoteOutcome::Refused { detail: d, .. }) => return failed(&d),
+            Some(RemoteOutcome::Alive { .. }) | None => return failed(detail::NODE_UNAVAILABLE),
+        }
+        let seq = u32::try_from(seq).unwrap_or(u32::MAX);
+        self.job.progress.lock().set(seq, |m| {
+            m.state = MemberState::Running;
+            m.session_id = Some(session_id.clone());
+            m.started_at = Some(Utc::now());
+        });
+        Started::Remote(session_id)
+    }
+
+    /// Cluster mode: records the ends of the remote members' sessions, read from the
+    /// shared store in one batch, and cancels those past the job's `timeout`.
+    async fn poll_remote(&self, remote: &mut Vec<RemoteMember>) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let store = cluster.store();
+        let ids: Vec<String> = remote.iter().map(|r| r.session_id.clone()).collect();
+        let owners = match store.live_owners(&ids).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(job_id = %self.job.id, cause = %e, "could not read the remote members' sessions; retrying");
+                return;
+            }
+        };
+        let ended: Vec<usize> = (0..ids.len()).filter(|&i| owners[i].is_none()).collect();
+        let ended_ids: Vec<String> = ended.iter().map(|&i| ids[i].clone()).collect();
+        let records = match store.records(&ended_ids).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(job_id = %self.job.id, cause = %e, "could not read the remote members' results; retrying");
+                return;
+            }
+        };
+        let mut done = vec![false; remote.len()];
+        for (&i, record) in ended.iter().zip(records) {
+            let outcome = match record {
+                Some(r) if r.state.is_terminal() => Outcome::of(&r),
+                // Stored live but no longer indexed live: its final write is on its way.
+                Some(_) => continue,
+                None => Outcome::missing(),
+            };
+            self.record_outcome(remote[i].seq, outcome);
+            done[i] = true;
+        }
+        let mut i = 0;
+        remote.retain(|_| {
+            i += 1;
+            !done[i - 1]
+        });
+        self.time_out_remote(cluster, remote);
+    }
+
+    /// Cancels the remote members whose session has run past the job's `timeout`.
+    fn time_out_remote(&self, cluster: &Arc<Cluster>, remote: &mut [RemoteMember]) {
+        let Some(limit) = self.spec.timeout else {
+            return;
+        };
+        let late: Vec<String> = remote
+            .iter_mut()
+            .filter(|r| !r.timed_out && r.started.elapsed() >= limit)
+            .map(|r| {
+                r.timed_out = true;
+                r.session_id.clone()
+            })
+            .collect();
+        if !late.is_empty() {
+            let why = RemoteCancel::JobTimeout {
+                secs: limit.as_secs_f64(),
+            };
+            cluster.cancel_sessions(None, late, why);
+        }
+    }
+
     /// Records a member that was not started.
     fn not_started(&self, seq: usize, state: MemberState, reason: JobReason, why: String) {
         let seq = u32::try_from(seq).unwrap_or(u32::MAX);
@@ -204,13 +366,13 @@ impl Runner {
         let record = self.sessions.record(&handle.session_id).await;
         let outcome = match record {
             Ok(Some(r)) => Outcome::of(&r),
-            _ => Outcome {
-                state: MemberState::Failed,
-                reason: None,
-                exit_code: None,
-                output: Some(detail::STORAGE_UNAVAILABLE.to_owned()),
-            },
+            _ => Outcome::missing(),
         };
+        self.record_outcome(seq, outcome);
+    }
+
+    /// Records member `seq`'s end.
+    fn record_outcome(&self, seq: u32, outcome: Outcome) {
         self.job.progress.lock().set(seq, |m| {
             m.state = outcome.state;
             m.reason = outcome.reason;
@@ -225,7 +387,8 @@ impl Runner {
         self.spec.max_failures.is_some_and(|max| failures >= max)
     }
 
-    /// Cancels the sessions of the running members (their ends arrive as usual).
+    /// Cancels the sessions of the running members (their ends arrive as usual), on
+    /// other nodes through theirs.
     fn cancel_running(&self, reason: CancelReason) {
         let ids: Vec<String> = {
             let p = self.job.progress.lock();
@@ -235,9 +398,16 @@ impl Runner {
                 .filter_map(|m| m.session_id.clone())
                 .collect()
         };
+        let mut elsewhere = Vec::new();
         for id in ids {
-            if let Some(h) = self.sessions.get(&id) {
-                h.cancel(reason);
+            match self.sessions.get(&id) {
+                Some(h) => h.cancel(reason),
+                None => elsewhere.push(id),
+            }
+        }
+        if let (Some(cluster), Some(why)) = (&self.cluster, RemoteCancel::of(reason)) {
+            if !elsewhere.is_empty() {
+                cluster.cancel_sessions(None, elsewhere, why);
             }
         }
     }

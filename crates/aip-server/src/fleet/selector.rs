@@ -160,6 +160,17 @@ impl Selector {
         })
     }
 
+    /// True when `c`, a client as cluster presence shows it (`Cluster::fleet`), is a
+    /// device this selector picks.
+    pub fn matches_presence(&self, c: &Value) -> bool {
+        self.matches_fields(
+            c["type"] == "device",
+            c["client_id"].as_str().unwrap_or_default(),
+            c["platform"].as_str(),
+            c["metadata"]["tags"].as_object(),
+        )
+    }
+
     /// The JSON form, as a job shows it back.
     pub fn to_json(&self) -> Value {
         let mut map = serde_json::Map::new();

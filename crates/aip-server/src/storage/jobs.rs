@@ -2,7 +2,8 @@
 //! device, their closed sets of states and reasons, and the [`JobStore`] trait.
 //!
 //! Kept apart from [`super::SessionStore`] so that a backend implements jobs when it is
-//! ready to (the embedded SQLite store does, `sqlite/jobs.rs`). A member's session is an
+//! ready to (the embedded SQLite store does, `sqlite/jobs.rs`; the shared Redis store of
+//! cluster mode too, `redis/jobs.rs`). A member's session is an
 //! ordinary session record carrying the `job_id`; the job store keeps only what the
 //! aggregate needs (state, reason, exit code, a line of output), so reading a job never
 //! reads its sessions.
@@ -229,8 +230,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// At most `limit` jobs, newest first, without their members.
     async fn list_jobs(&self, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
     /// At start-up: every running job becomes failed / `server_restarted`, its pending
-    /// members skipped and its running ones failed, with that reason. Returns how many
-    /// jobs were running.
+    /// members skipped and its running ones failed, with that reason (a running member
+    /// whose session is stored ended takes that end). On a store shared by several
+    /// nodes, only the jobs this node ran. Returns how many jobs were running.
     async fn interrupt_jobs(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Deletes ended jobs (and their members) finished before `finished_before`.
     async fn purge_jobs(&self, finished_before: DateTime<Utc>) -> Result<u64, StoreError>;

@@ -85,14 +85,7 @@ async fn fleet(
 ) -> Result<Value, ApiError> {
     let mut all = cluster.fleet().await?;
     if let Some(s) = selector {
-        all.retain(|c| {
-            s.matches_fields(
-                c["type"] == "device",
-                c["client_id"].as_str().unwrap_or_default(),
-                c["platform"].as_str(),
-                c["metadata"]["tags"].as_object(),
-            )
-        });
+        all.retain(|c| s.matches_presence(c));
         if all.is_empty() {
             return Err(no_match(s));
         }

@@ -77,6 +77,10 @@ impl From<JobError> for ApiError {
             JobError::AlreadyFinished => {
                 Self::new(StatusCode::CONFLICT, detail::JOB_ALREADY_FINISHED)
             }
+            JobError::NodeUnavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                detail::JOB_NODE_UNAVAILABLE,
+            ),
             JobError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, detail::SHUTTING_DOWN)
             }

@@ -218,6 +218,7 @@ impl ClientConn {
             task_name: sanitize_task_name(msg.task_name.as_deref()),
             request,
             commands,
+            job_id: None,
         })
     }
 

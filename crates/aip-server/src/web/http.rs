@@ -229,6 +229,7 @@ async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Resp
         task_name: valid.task_name.clone(),
         request: valid.request,
         commands: valid.commands,
+        job_id: None,
     };
     let (device, outcome) = cluster
         .open_located(&valid.target, open)

@@ -207,7 +207,8 @@ pub struct Job {
     job_id: String,
     #[schema(schema_with = job_state)]
     state: String,
-    /// `max_failures`, `cancelled`, `shutdown`, `server_restarted`, or `null`.
+    /// `max_failures`, `cancelled`, `shutdown`, `server_restarted`, `node_lost` (cluster
+    /// mode: the node running it was lost), or `null`.
     #[schema(schema_with = job_reason, required = true)]
     reason: Option<String>,
     #[schema(format = DateTime)]

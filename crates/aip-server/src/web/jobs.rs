@@ -92,7 +92,7 @@ pub async fn get_job(
 /// ones; answers the job as it ended.
 #[utoipa::path(delete, path = "/api/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "A job id")),
-    responses(JobCancelResponses, Guarded, StoreFailed))]
+    responses(JobCancelResponses, Guarded))]
 pub async fn cancel_job(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,

@@ -181,7 +181,8 @@ pub enum CreateJobResponses {
     /// The body is not a JSON object.
     #[response(status = 422, example = json!({"detail": detail::BODY_NOT_OBJECT}))]
     NotAnObject(ErrorBody),
-    /// Shutting down, the store refused the write, or this server's store keeps no jobs.
+    /// Shutting down, the store refused the write (in cluster mode: Redis did not
+    /// answer), or this server keeps no jobs (an embedding without a job store).
     #[response(status = 503, examples(
         ("shutting_down" = (value = json!({"detail": detail::SHUTTING_DOWN}))),
         ("storage" = (value = json!({"detail": detail::STORAGE_UNAVAILABLE}))),
@@ -216,6 +217,12 @@ pub enum JobCancelResponses {
     /// The job had already ended.
     #[response(status = 409, example = json!({"detail": detail::JOB_ALREADY_FINISHED}))]
     Finished(ErrorBody),
+    /// The store refused a read, or (cluster mode) the node running the job did not answer.
+    #[response(status = 503, examples(
+        ("storage" = (value = json!({"detail": detail::STORAGE_UNAVAILABLE}))),
+        ("node" = (value = json!({"detail": detail::JOB_NODE_UNAVAILABLE}))),
+    ))]
+    Unavailable(ErrorBody),
 }
 
 /// `GET /api/jobs`.

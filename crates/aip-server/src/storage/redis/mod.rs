@@ -12,6 +12,9 @@
 //! | `{aip}:live` | hash: live session id → the node that owns it |
 //! | `{aip}:finished` | zset of ended ids by end time (retention, max-results) |
 //!
+//!
+//! Fleet jobs live beside the sessions, under the same tag (`jobs.rs`).
+//!
 //! A write is one Lua script (record and indexes together); a write is durable when it
 //! returns as far as Redis's persistence makes it (README: "Running several nodes").
 
@@ -27,9 +30,11 @@ use super::{
 };
 
 pub mod conn;
+mod jobs;
 mod scripts;
 
 pub use conn::{Redis, RedisTarget};
+pub use jobs::NODE_LOST;
 
 /// The key of a session's record.
 fn record_key(session_id: &str) -> String {
