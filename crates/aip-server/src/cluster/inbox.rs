@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use aip_protocol::errors::{self as text, http as detail};
 use aip_protocol::{ClientType, Command};
+use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -254,11 +255,15 @@ pub(super) async fn run(cluster: Arc<Cluster>, app: Arc<AppState>) {
                     break;
                 }
             };
+            let mut asks = Vec::new();
             for stream in reply.keys {
                 for entry in stream.ids {
                     if let Some(redis::Value::BulkString(bytes)) = entry.map.get("m") {
                         match parse(bytes) {
-                            Ok(msgs) => msgs.into_iter().for_each(|m| handle(&cluster, &app, m)),
+                            Ok(msgs) => msgs
+                                .into_iter()
+                                .filter_map(|m| handle(&cluster, &app, m))
+                                .for_each(|ask| asks.push(ask)),
                             Err(e) => {
                                 tracing::warn!(cause = %e, "inbox: unreadable entry dropped")
                             }
@@ -266,6 +271,14 @@ pub(super) async fn run(cluster: Arc<Cluster>, app: Arc<AppState>) {
                     }
                     last = entry.id;
                 }
+            }
+            if !asks.is_empty() {
+                // One task answers everything this read asked, side by side: their store
+                // writes and replies go out together.
+                let (cluster, app) = (Arc::clone(&cluster), Arc::clone(&app));
+                tokio::spawn(async move {
+                    join_all(asks.into_iter().map(|m| answer(&cluster, &app, m))).await;
+                });
             }
             if trimmed.elapsed() >= TRIM_EVERY {
                 trimmed = Instant::now();
@@ -316,8 +329,9 @@ pub(super) async fn inbox_start(cluster: &Cluster) -> redis::RedisResult<String>
         .map_or_else(|| "0-0".to_owned(), |e| e.id))
 }
 
-/// Handles one message; the ones that wait on something run as tasks of their own.
-fn handle(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
+/// Handles one message at once, or returns it when answering it waits on something
+/// (the read's requests are then answered together, [`answer`]).
+fn handle(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) -> Option<Msg> {
     match msg {
         Msg::Reply { req, outcome } => {
             if let Some((_, tx)) = cluster.pending.remove(&req) {
@@ -335,11 +349,9 @@ fn handle(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
             client_id,
             conn_id,
         } => cluster.drop_proxy(app, &client_id, |o| o.node == from && o.conn_id == conn_id),
-        msg => {
-            let (cluster, app) = (Arc::clone(cluster), Arc::clone(app));
-            tokio::spawn(async move { answer(&cluster, &app, msg).await });
-        }
+        msg => return Some(msg),
     }
+    None
 }
 
 /// Runs a request of another node and replies.
