@@ -29,10 +29,23 @@ fn node(redis: &str, id: &str, dir: &Path, extra: &[&str]) -> Server {
 }
 
 async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    call_keyed(method, url, body, None).await
+}
+
+/// [`call`] with `X-API-Key: key`.
+async fn call_keyed(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut req = client.request(method, url).timeout(Duration::from_secs(20));
     if let Some(b) = body {
         req = req.json(&b);
+    }
+    if let Some(k) = key {
+        req = req.header("X-API-Key", k);
     }
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
@@ -75,13 +88,24 @@ async fn ran(srv: &Server, target: &str, command: &str) -> Value {
 
 /// Polls `GET /api/task_result/{sid}` on `srv` until `pred` holds (15 s).
 async fn wait_result(srv: &Server, sid: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let url = format!("{}/api/task_result/{sid}", srv.url());
+    poll(&url, None, Duration::from_secs(15), pred).await
+}
+
+/// Polls `GET url` (with `key`, if any) until `pred` holds, for at most `within`.
+async fn poll(
+    url: &str,
+    key: Option<&str>,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
     loop {
-        let (_, v) = get(&format!("{}/api/task_result/{sid}", srv.url())).await;
+        let (_, v) = call_keyed(reqwest::Method::GET, url, None, key).await;
         if pred(&v) {
             return v;
         }
-        assert!(Instant::now() < deadline, "result never matched: {v}");
+        assert!(Instant::now() < deadline, "{url} never matched: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -234,15 +258,8 @@ async fn create_job(srv: &Server, body: Value) -> String {
 
 /// Polls `GET /api/jobs/{id}` on `srv` until `pred` holds (20 s).
 async fn wait_job(srv: &Server, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, v) = get(&format!("{}/api/jobs/{id}", srv.url())).await;
-        if pred(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "job never matched: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let url = format!("{}/api/jobs/{id}", srv.url());
+    poll(&url, None, Duration::from_secs(20), pred).await
 }
 
 /// A job's members as (client id, state, reason).
@@ -819,73 +836,25 @@ async fn every_node_checks_the_same_key_and_redis_holds_no_secret() {
     let a = node(&redis.url(), "a", tmp.path(), &["--api-key", KEY]);
     let b = node(&redis.url(), "b", tmp.path(), &["--api-key", KEY]);
     let _dev = b.device("dev", &["--api-key", KEY]);
-    let client = reqwest::Client::new();
     let (status, body) = dispatch(&a, plan("dev", "echo x")).await;
     assert_eq!(status, 401, "{body}");
-    let answer = client
-        .post(format!("{}/api/dispatch", a.url()))
-        .header("X-API-Key", KEY)
-        .json(&plan("dev", "echo keyed"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
-    let sid = answer.json::<Value>().await.unwrap()["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let v: Value = client
-            .get(format!("{}/api/task_result/{sid}", b.url()))
-            .header("X-API-Key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["status"] == "done" {
-            assert_eq!(stdout_of(&v), "keyed\n");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let post = |path: &str, body: Value| {
+        let url = format!("{}{path}", a.url());
+        async move { call_keyed(reqwest::Method::POST, &url, Some(body), Some(KEY)).await }
+    };
+    let (status, answer) = post("/api/dispatch", plan("dev", "echo keyed")).await;
+    assert_eq!(status, 200, "{answer}");
+    let sid = answer["session_id"].as_str().unwrap();
+    let within = Duration::from_secs(15);
+    let url = format!("{}/api/task_result/{sid}", b.url());
+    let v = poll(&url, Some(KEY), within, |v| v["status"] == "done").await;
+    assert_eq!(stdout_of(&v), "keyed\n");
     // A fleet job, so that its records are read back too.
-    let job = client
-        .post(format!("{}/api/jobs", a.url()))
-        .header("X-API-Key", KEY)
-        .json(&job_body(
-            json!({"client_ids": "dev"}),
-            "echo job",
-            json!({}),
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(job.status(), 200);
-    let job_id = job.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let v: Value = client
-            .get(format!("{}/api/jobs/{job_id}", b.url()))
-            .header("X-API-Key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["state"] == "completed" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let body = job_body(json!({"client_ids": "dev"}), "echo job", json!({}));
+    let (status, job) = post("/api/jobs", body).await;
+    assert_eq!(status, 200, "{job}");
+    let url = format!("{}/api/jobs/{}", b.url(), job["job_id"].as_str().unwrap());
+    poll(&url, Some(KEY), within, |v| v["state"] == "completed").await;
     // Everything Redis holds, read back: no key anywhere.
     for key in redis.cli(&["--scan"]).lines() {
         let kind = redis.cli(&["TYPE", key]);

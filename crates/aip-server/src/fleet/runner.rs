@@ -182,19 +182,16 @@ impl Runner {
             let why = text::not_started(detail::DEVICE_BUSY);
             return Started::Not(MemberState::Failed, JobReason::NotStarted, why);
         }
+        let m = self.member_session();
         let open = self.sessions.open(OpenRequest {
-            session_id: uuid::Uuid::new_v4().to_string(),
-            generated_id: true,
-            task_name: self
-                .spec
-                .task_name
-                .clone()
-                .unwrap_or_else(|| self.job.id.to_string()),
-            request: self.spec.request.clone(),
+            session_id: m.session_id,
+            generated_id: m.generated_id,
+            task_name: m.task_name,
+            request: m.request,
             requester: None,
             executor: device,
-            commands: self.spec.commands.clone(),
-            job_id: Some(self.job.id.to_string()),
+            commands: m.commands,
+            job_id: m.job_id,
         });
         let handle = match open.await {
             Ok(h) => h,
@@ -208,12 +205,7 @@ impl Runner {
                 return Started::Not(MemberState::Failed, JobReason::NotStarted, why);
             }
         };
-        let seq = u32::try_from(seq).unwrap_or(u32::MAX);
-        self.job.progress.lock().set(seq, |m| {
-            m.state = MemberState::Running;
-            m.session_id = Some(handle.session_id.to_string());
-            m.started_at = Some(Utc::now());
-        });
+        let seq = self.started(seq, handle.session_id.to_string());
         let timeout = self.spec.timeout;
         Started::Running(Box::pin(async move {
             let timed_out = match timeout {
@@ -234,18 +226,7 @@ impl Runner {
     /// Cluster mode: opens member `seq`'s session on the node its device `client_id` is
     /// connected to, wherever that is now.
     async fn start_remote(&self, cluster: &Cluster, seq: usize, client_id: &str) -> Started {
-        let open = RemoteOpen {
-            session_id: uuid::Uuid::new_v4().to_string(),
-            generated_id: true,
-            task_name: self
-                .spec
-                .task_name
-                .clone()
-                .unwrap_or_else(|| self.job.id.to_string()),
-            request: self.spec.request.clone(),
-            commands: self.spec.commands.clone(),
-            job_id: Some(self.job.id.to_string()),
-        };
+        let open = self.member_session();
         let session_id = open.session_id.clone();
         let offline = || {
             let why = text::DEVICE_OFFLINE.to_owned();
@@ -277,13 +258,36 @@ impl Runner {
             Some(RemoteOutcome::Refused { detail: d, .. }) => return failed(&d),
             Some(RemoteOutcome::Alive { .. }) | None => return failed(detail::NODE_UNAVAILABLE),
         }
+        self.started(seq, session_id.clone());
+        Started::Remote(session_id)
+    }
+
+    /// The session a member gets, wherever its device is: a new id, the job's request or
+    /// plan, its task name (the job id by default) and `job_id`.
+    fn member_session(&self) -> RemoteOpen {
+        RemoteOpen {
+            session_id: uuid::Uuid::new_v4().to_string(),
+            generated_id: true,
+            task_name: self
+                .spec
+                .task_name
+                .clone()
+                .unwrap_or_else(|| self.job.id.to_string()),
+            request: self.spec.request.clone(),
+            commands: self.spec.commands.clone(),
+            job_id: Some(self.job.id.to_string()),
+        }
+    }
+
+    /// Member `seq` is running session `session_id`; returns `seq` as stored.
+    fn started(&self, seq: usize, session_id: String) -> u32 {
         let seq = u32::try_from(seq).unwrap_or(u32::MAX);
         self.job.progress.lock().set(seq, |m| {
             m.state = MemberState::Running;
-            m.session_id = Some(session_id.clone());
+            m.session_id = Some(session_id);
             m.started_at = Some(Utc::now());
         });
-        Started::Remote(session_id)
+        seq
     }
 
     /// Cluster mode: records the ends of the remote members' sessions, read from the
