@@ -92,6 +92,11 @@ impl Runner {
         loop {
             let mut blocked = false;
             if stop.is_none() {
+                // A shutdown (or cancel) may have ended a member before the wait below saw
+                // it: no member is started after it.
+                stop = self.stopped();
+            }
+            if stop.is_none() {
                 let busy = running.len() + remote.len();
                 let room = batch.saturating_sub(busy).min(OPEN_AT_ONCE);
                 let mut picks = Vec::with_capacity(room);
@@ -139,14 +144,8 @@ impl Runner {
                         stop = Some(JobReason::MaxFailures);
                     }
                 }
-                _ = self.job.cancel.cancelled(), if stop.is_none() => {
-                    stop = Some(JobReason::Cancelled);
-                    self.cancel_running(CancelReason::Job);
-                }
-                _ = self.shutdown.cancelled(), if stop.is_none() => {
-                    stop = Some(JobReason::Shutdown);
-                    self.cancel_running(CancelReason::Shutdown);
-                }
+                _ = self.job.cancel.cancelled(), if stop.is_none() => stop = self.stopped(),
+                _ = self.shutdown.cancelled(), if stop.is_none() => stop = self.stopped(),
                 _ = tokio::time::sleep(RETRY_AFTER), if blocked => {}
                 _ = flush.tick() => {
                     if !remote.is_empty() {
@@ -160,6 +159,20 @@ impl Runner {
             }
         }
         self.finish(stop).await;
+    }
+
+    /// Why the rollout stops now, the job cancelled or the server shutting down (its
+    /// running members are then cancelled); `None`: neither.
+    fn stopped(&self) -> Option<JobReason> {
+        let (reason, why) = if self.shutdown.is_cancelled() {
+            (JobReason::Shutdown, CancelReason::Shutdown)
+        } else if self.job.cancel.is_cancelled() {
+            (JobReason::Cancelled, CancelReason::Job)
+        } else {
+            return None;
+        };
+        self.cancel_running(why);
+        Some(reason)
     }
 
     /// Opens member `seq`'s session, unless its device is gone.

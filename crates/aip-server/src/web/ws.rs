@@ -149,9 +149,12 @@ async fn connection(
         let _ = conn.send_raw(Outgoing::Close(code, ""));
     }
     drop(conn);
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
-        .await
-        .is_err()
+    // A writer that already ended (the message loop may have awaited it to the end) is
+    // not waited for again: a finished `JoinHandle` must not be polled twice.
+    if !writer.is_finished()
+        && tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
     {
         writer.abort();
     }
