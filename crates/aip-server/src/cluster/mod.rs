@@ -39,6 +39,7 @@ mod inbox;
 mod outbox;
 mod presence;
 mod route;
+mod serve;
 mod watch;
 
 pub use inbox::{Outcome, RemoteCancel};
