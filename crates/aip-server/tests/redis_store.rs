@@ -221,15 +221,9 @@ fn job(id: &str, created: i64, counts: [u32; 6]) -> JobRecord {
 
 fn member(seq: u32, state: MemberState, session: Option<&str>) -> MemberRecord {
     MemberRecord {
-        seq,
-        client_id: format!("d{seq}"),
         state,
-        reason: None,
         session_id: session.map(str::to_owned),
-        exit_code: None,
-        output: None,
-        started_at: None,
-        finished_at: None,
+        ..MemberRecord::pending(seq, format!("d{seq}"))
     }
 }
 

@@ -153,16 +153,8 @@ impl JobManager {
         let members: Vec<MemberRecord> = devices
             .into_iter()
             .enumerate()
-            .map(|(i, client_id)| MemberRecord {
-                seq: u32::try_from(i).unwrap_or(u32::MAX),
-                client_id,
-                state: MemberState::Pending,
-                reason: None,
-                session_id: None,
-                exit_code: None,
-                output: None,
-                started_at: None,
-                finished_at: None,
+            .map(|(i, client_id)| {
+                MemberRecord::pending(u32::try_from(i).unwrap_or(u32::MAX), client_id)
             })
             .collect();
         let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());

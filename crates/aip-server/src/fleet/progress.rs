@@ -134,17 +134,7 @@ mod tests {
     use super::*;
 
     fn member(seq: u32) -> MemberRecord {
-        MemberRecord {
-            seq,
-            client_id: format!("d{seq}"),
-            state: MemberState::Pending,
-            reason: None,
-            session_id: None,
-            exit_code: None,
-            output: None,
-            started_at: None,
-            finished_at: None,
-        }
+        MemberRecord::pending(seq, format!("d{seq}"))
     }
 
     #[test]

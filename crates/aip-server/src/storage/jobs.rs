@@ -207,6 +207,23 @@ pub struct MemberRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+impl MemberRecord {
+    /// Device `client_id` at place `seq`, waiting for its turn.
+    pub fn pending(seq: u32, client_id: String) -> Self {
+        Self {
+            seq,
+            client_id,
+            state: MemberState::Pending,
+            reason: None,
+            session_id: None,
+            exit_code: None,
+            output: None,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 /// Durable jobs.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
