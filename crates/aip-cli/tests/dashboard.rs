@@ -85,6 +85,17 @@ impl Browser {
     }
 
     /// Evaluates `js` (a function body returning a value) in the page.
+    /// Asserts that the page's main view shows every one of `wanted`.
+    async fn assert_shows(&self, wanted: &[&str]) {
+        let page = self
+            .eval("return document.getElementById('view').innerText")
+            .await;
+        let page = page.as_str().unwrap_or_default();
+        for w in wanted {
+            assert!(page.contains(w), "{w:?} not on the page:\n{page}");
+        }
+    }
+
     async fn eval(&self, js: &str) -> Value {
         self.c().execute(js, vec![]).await.unwrap_or(Value::Null)
     }
@@ -278,20 +289,15 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
     assert!(path.starts_with("/ui/sessions/"), "{path}");
     let stdout = b.until("the stdout", &text_of("pre.stdout")).await;
     assert_eq!(stdout, "hello-from-the-dashboard\n");
-    let page = b
-        .eval("return document.getElementById('view').innerText")
-        .await;
-    let page = page.as_str().unwrap_or_default();
-    for wanted in [
+    b.assert_shows(&[
         "$ echo hello-from-the-dashboard",
         "$ uname -s",
         "exit 0",
         "Round 1",
         "Round 2",
         "laptop",
-    ] {
-        assert!(page.contains(wanted), "{wanted:?} not on the page:\n{page}");
-    }
+    ])
+    .await;
     b.screenshot("session").await;
     // Readable on a phone: nothing wider than the screen.
     b.c().set_window_size(390, 844).await.expect("resize");
@@ -338,19 +344,14 @@ async fn the_dashboard_follows_the_fleet_and_its_sessions_live_in_a_real_browser
         agent.as_str().is_some_and(|a| a.contains("All good.")),
         "{agent}"
     );
-    let page = b
-        .eval("return document.getElementById('view').innerText")
-        .await;
-    let page = page.as_str().unwrap_or_default();
-    for wanted in [
+    b.assert_shows(&[
         "Step 1",
         "→ execute_command",
         "from-the-model",
         "Tokens: 200 prompt + 40 completion",
         "$ echo from-the-model",
-    ] {
-        assert!(page.contains(wanted), "{wanted:?} not on the page:\n{page}");
-    }
+    ])
+    .await;
 
     // A long session is cancelled from its page.
     b.click("a[data-nav=dispatch]").await;
