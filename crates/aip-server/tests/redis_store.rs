@@ -7,7 +7,7 @@
 use aip_server::storage::redis::{RedisStore, RedisTarget};
 use aip_server::storage::{
     EndReason, JobReason, JobRecord, JobState, JobStore, MemberRecord, MemberState, Origin,
-    SessionFilter, SessionRecord, SessionState, SessionStore,
+    Refusal, SessionFilter, SessionRecord, SessionState, SessionStore,
 };
 use aip_testkit::redis::RedisServer;
 use chrono::{DateTime, Utc};
@@ -192,10 +192,12 @@ async fn a_lost_node_s_live_sessions_fail_and_its_later_writes_are_refused() {
     );
     assert!(other.owner("l1").await.unwrap().is_none());
 
-    // The lost node, back, reports the session completed: not written.
-    lost.upsert(rec("l1", "t", SessionState::Completed, 1))
+    // The lost node, back, reports the session completed: refused, not written.
+    let refused = lost
+        .upsert(rec("l1", "t", SessionState::Completed, 1))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(refused.refusal(), Some(Refusal::Ended), "{refused}");
     assert_eq!(
         other.get("l1").await.unwrap().unwrap().reason,
         Some(EndReason::NodeLost)
@@ -205,6 +207,80 @@ async fn a_lost_node_s_live_sessions_fail_and_its_later_writes_are_refused() {
     assert_eq!(other.mark_interrupted(Utc::now()).await.unwrap(), 1);
     let o1 = lost.get("o1").await.unwrap().unwrap();
     assert_eq!(o1.reason, Some(EndReason::ServerRestarted));
+}
+
+/// An ended session is final whoever writes: no node's write changes it (a late end, a
+/// late live state, a stale node's retry), enforced inside the store's atomic write; only
+/// a new run of its id replaces it (protocol.md §4.5).
+#[tokio::test]
+async fn an_ended_session_is_final_for_every_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(tmp.path());
+    let a = store(&redis, "a").await;
+    let b = store(&redis, "b").await;
+    let mut done = rec("s", "t", SessionState::Completed, 1);
+    done.result = Some(Box::new(json!({"stdout": "token-1"})));
+    a.upsert(rec("s", "t", SessionState::Running, 1))
+        .await
+        .unwrap();
+    a.upsert(done.clone()).await.unwrap();
+    for late in [
+        rec("s", "t", SessionState::Failed, 1),
+        rec("s", "t", SessionState::Running, 1),
+        rec("s", "t", SessionState::Cancelled, 1),
+    ] {
+        for node in [&a, &b] {
+            let e = node.upsert(late.clone()).await.unwrap_err();
+            assert_eq!(e.refusal(), Some(Refusal::Ended), "{e}");
+        }
+    }
+    let failed = b
+        .fail_live_of("a", EndReason::NodeLost, "gone", Utc::now())
+        .await
+        .unwrap();
+    assert!(failed.is_empty());
+    assert_eq!(*b.get("s").await.unwrap().unwrap(), done);
+    assert!(b.owner("s").await.unwrap().is_none());
+
+    // A new run of the id replaces it.
+    let again = rec("s", "t", SessionState::Running, 5);
+    b.insert_new(again.clone()).await.unwrap();
+    assert_eq!(*a.get("s").await.unwrap().unwrap(), again);
+    assert_eq!(a.owner("s").await.unwrap().as_deref(), Some("b"));
+}
+
+/// A fenced node's writes are refused by the store while the cluster has it marked lost,
+/// and an id the asking node voided is never stored by a late open.
+#[tokio::test]
+async fn a_fenced_node_s_writes_and_a_voided_id_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(tmp.path());
+    let a = store(&redis, "a").await;
+    let b = store(&redis, "b").await;
+    redis.cli(&["SET", "{aip}:lost:a", "b"]);
+    let e = a
+        .upsert(rec("x", "t", SessionState::Running, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.refusal(), Some(Refusal::Fenced), "{e}");
+    assert!(b.get("x").await.unwrap().is_none());
+
+    // Voided before it was stored: the owner's late first write is refused.
+    assert!(!b.stored_or_void("v").await.unwrap());
+    let e = b
+        .insert_new(rec("v", "t", SessionState::Created, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.refusal(), Some(Refusal::Voided), "{e}");
+    assert!(b.get("v").await.unwrap().is_none());
+    // Stored before the asker gave up: it stands.
+    b.insert_new(rec("w", "t", SessionState::Created, 1))
+        .await
+        .unwrap();
+    assert!(b.stored_or_void("w").await.unwrap());
+    b.upsert(rec("w", "t", SessionState::Running, 1))
+        .await
+        .unwrap();
 }
 
 fn job(id: &str, created: i64, counts: [u32; 6]) -> JobRecord {

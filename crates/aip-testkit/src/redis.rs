@@ -103,6 +103,27 @@ impl RedisServer {
         }
     }
 
+    /// `kill -STOP` (`resume` continues it): a Redis that answers nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// `kill -CONT` after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill {sig} redis-server");
+        }
+    }
+
     /// Starts again on the same port and directory (after [`RedisServer::kill9`]).
     pub fn restart(&mut self) {
         self.kill9();

@@ -28,17 +28,28 @@ pub(super) fn lost_key(node: &str) -> String {
     format!("{{aip}}:lost:{node}")
 }
 
-/// Claims `client_id` for this node unless another node holds it (then returns that
-/// node), or with 'force' whatever holds it. The owner hash holds `node|conn`, so that
-/// a late release of an earlier connection leaves a newer one alone. KEYS: owner.
-/// ARGV: id, node, entry JSON, seen (µs), 'force' or '', conn id.
+pub(super) fn left_key(node: &str) -> String {
+    format!("{{aip}}:left:{node}")
+}
+
+/// Claims `client_id` for this node's connection. The owner hash holds `node|conn`, so
+/// that a late release of an earlier connection leaves a newer one alone. Without an
+/// expected holder, the claim succeeds if nobody or this node holds the id; with one
+/// (the holder found dead), only if that holder still holds it (compare-and-set: a
+/// holder that changed meanwhile, another node's newer claim, is never overwritten).
+/// Returns '' when claimed, else the current holder (`node|conn`). KEYS: owner.
+/// ARGV: id, node, entry JSON, seen (µs), expected holder or '', conn id.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local node = string.match(cur, '^(.*)|') or cur
-  if node ~= ARGV[2] and ARGV[5] ~= 'force' then return node end
+  if ARGV[5] ~= '' then
+    if cur ~= ARGV[5] then return cur end
+  elseif node ~= ARGV[2] then
+    return cur
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[6])
 redis.call('HSET', '{aip}:clients', ARGV[1], ARGV[3])
@@ -83,15 +94,38 @@ return n
 });
 
 /// Renews this node's heartbeat. KEYS: alive key. ARGV: node, ttl (ms), now (ms).
-/// Returns -1 when the cluster declared this node lost, else whether the key existed.
+/// Returns -1 when the cluster declared this node lost, -2 when the node has left (its
+/// graceful leave; a beat still in flight must not bring it back), else whether the key
+/// existed (0: Redis saw no beat of this node for a whole TTL, or lost its data).
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('EXISTS', '{aip}:lost:' .. ARGV[1]) == 1 then return -1 end
+if redis.call('EXISTS', '{aip}:left:' .. ARGV[1]) == 1 then return -2 end
 local had = redis.call('EXISTS', KEYS[1])
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
 redis.call('HSET', '{aip}:nodes', ARGV[1], ARGV[3])
 return had
+"#,
+    )
+});
+
+/// Writes the last frame time of this node's clients that it holds in presence, and
+/// returns the ids of those missing from presence (to be claimed again). KEYS: owner.
+/// ARGV: node, then (client id, conn id, last seen µs) triples.
+static AUDIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local missing = {}
+for i = 2, #ARGV, 3 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur == ARGV[1] .. '|' .. ARGV[i + 1] then
+    redis.call('HSET', '{aip}:seen', ARGV[i], ARGV[i + 2])
+  elseif not cur then
+    missing[#missing + 1] = ARGV[i]
+  end
+end
+return missing
 "#,
     )
 });
@@ -118,47 +152,63 @@ fn entry_json(e: &ClientEntry, node: &str) -> String {
 impl Cluster {
     /// Publishes `e` as this node's, unless a live client on another node holds its id
     /// (protocol.md §4.2 across nodes: the holder is probed through its node; a dead
-    /// one, or one on a node that is gone, is replaced). `Err`: the refusal text.
+    /// one, or one on a node that is gone, is replaced, only if it still holds the id
+    /// when replaced). `Err`: the refusal text.
     pub async fn claim(
         &self,
         e: &ClientEntry,
         probe_timeout: std::time::Duration,
     ) -> Result<(), String> {
         let id = e.client_id.as_str();
-        let holder = match self.claim_as(e, false).await {
-            Ok(None) => return Ok(()),
-            Ok(Some(node)) => node,
-            Err(err) => {
-                tracing::error!(client_id = id, cause = %err, "presence: could not publish a client");
-                // Presence is republished when Redis answers again; the client stays.
-                return Ok(());
+        let mut expected: Option<String> = None;
+        // A holder replaced meanwhile by a third claim is probed in its turn, a few times.
+        for _ in 0..3 {
+            let holder = match self.claim_as(e, expected.as_deref()).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(holder)) => holder,
+                Err(err) => {
+                    tracing::error!(client_id = id, cause = %err, "presence: could not publish a client");
+                    // Presence is republished when Redis answers again (the audit of
+                    // every heartbeat claims what is missing); the client stays.
+                    return Ok(());
+                }
+            };
+            let node = holder.split('|').next().unwrap_or_default().to_owned();
+            if node == self.node {
+                // This node's own earlier connection: the local registry decided.
+                expected = Some(holder);
+                continue;
             }
-        };
-        if self.node_alive(&holder).await {
-            // The holder's node probes for up to `probe_timeout`; its answer comes after.
-            let wait = probe_timeout + std::time::Duration::from_secs(2);
-            let answer = self
-                .call_within(&holder, wait, |req| super::inbox::Msg::Probe {
-                    req,
-                    from: self.node.clone(),
-                    client_id: id.to_owned(),
-                })
-                .await
-                .ok()
-                .flatten();
-            match answer {
-                Some(super::Outcome::Alive { alive: false }) => {}
-                // No answer from a node that has stopped heartbeating meanwhile: gone.
-                None if !self.node_alive(&holder).await => {}
-                _ => {
-                    tracing::warn!(client_id = id, node = %holder, "duplicate registration refused; the client is live on another node");
-                    return Err(aip_protocol::errors::duplicate_client(id));
+            if self.node_alive(&node).await {
+                // The holder's node probes for up to `probe_timeout`; its answer comes after.
+                let wait = probe_timeout + std::time::Duration::from_secs(2);
+                let answer = self
+                    .call_within(&node, wait, |req| super::inbox::Msg::Probe {
+                        req,
+                        from: self.node.clone(),
+                        client_id: id.to_owned(),
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                match answer {
+                    Some(super::Outcome::Alive { alive: false }) => {}
+                    // No answer from a node that has stopped heartbeating meanwhile: gone.
+                    None if !self.node_alive(&node).await => {}
+                    _ => {
+                        tracing::warn!(client_id = id, node = %node, "duplicate registration refused; the client is live on another node");
+                        return Err(aip_protocol::errors::duplicate_client(id));
+                    }
                 }
             }
+            tracing::warn!(client_id = id, node = %node, "the previous holder on another node is dead; replacing it");
+            expected = Some(holder);
         }
-        tracing::warn!(client_id = id, node = %holder, "the previous holder on another node is dead; replacing it");
-        let _ = self.claim_as(e, true).await;
-        Ok(())
+        tracing::warn!(
+            client_id = id,
+            "duplicate registration refused; the id changed hands while it was claimed"
+        );
+        Err(aip_protocol::errors::duplicate_client(id))
     }
 
     /// Whether `node`'s heartbeat key is there (true when Redis cannot say).
@@ -168,14 +218,19 @@ impl Cluster {
             .unwrap_or(true)
     }
 
-    async fn claim_as(&self, e: &ClientEntry, force: bool) -> Result<Option<String>, StoreError> {
+    /// [`CLAIM`]: `Ok(None)` when claimed, else the holder (`node|conn`).
+    async fn claim_as(
+        &self,
+        e: &ClientEntry,
+        expected: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
         let holder: String = CLAIM
             .key(OWNER)
             .arg(&e.client_id)
             .arg(&self.node)
             .arg(entry_json(e, &self.node))
             .arg(e.conn.last_seen_micros())
-            .arg(if force { "force" } else { "" })
+            .arg(expected.unwrap_or(""))
             .arg(e.conn.id())
             .invoke_async(&mut self.conn())
             .await
@@ -209,30 +264,42 @@ impl Cluster {
             .map_err(redis_err)
     }
 
-    /// Publishes every client connected here again (after Redis lost or missed them).
-    pub(super) async fn republish(&self, app: &AppState) {
+    /// Writes every local client's last frame time, and claims again those missing from
+    /// presence (Redis lost them, or a stale release removed them): a client connected
+    /// here is never absent from the fleet view for longer than this audit's period. One
+    /// held by another node is left to it.
+    pub(super) async fn audit_presence(&self, app: &AppState) -> Result<(), StoreError> {
         let all = app.registry.list();
-        for e in &all {
-            if let Err(err) = self.claim_as(e, true).await {
-                tracing::warn!(cause = %err, "presence: republishing failed");
-                return;
-            }
-        }
-        tracing::info!(clients = all.len(), "presence republished");
-    }
-
-    /// Writes every local client's last frame time.
-    pub(super) async fn flush_seen(&self, app: &AppState) -> Result<(), StoreError> {
-        let all = app.registry.list();
+        let mut reclaimed = 0usize;
         for chunk in all.chunks(1000) {
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(SEEN);
+            let mut call = AUDIT.key(OWNER);
+            call.arg(&self.node);
             for e in chunk {
-                cmd.arg(&e.client_id).arg(e.conn.last_seen_micros());
+                call.arg(&e.client_id)
+                    .arg(e.conn.id())
+                    .arg(e.conn.last_seen_micros());
             }
-            query::<()>(&mut self.conn(), &cmd)
+            let missing: Vec<String> = call
+                .invoke_async(&mut self.conn())
                 .await
                 .map_err(redis_err)?;
+            for id in missing {
+                let Some(e) = chunk.iter().find(|e| e.client_id == id) else {
+                    continue;
+                };
+                if app.registry.get_conn(&e.client_id, e.conn.id()).is_none() {
+                    continue;
+                }
+                if self.claim_as(e, None).await?.is_none() {
+                    reclaimed += 1;
+                }
+            }
+        }
+        if reclaimed > 0 {
+            tracing::warn!(
+                clients = reclaimed,
+                "presence: clients connected here were missing and are published again"
+            );
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use crate::conn::{ConnHandle, Outgoing};
 use crate::registry::ClientEntry;
 use crate::session::{CancelReason, CreateError, OpenRequest};
 use crate::state::AppState;
+use crate::storage::{Refusal, StoreError};
 
 /// Runs a request of another node and replies.
 pub(super) async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg) {
@@ -133,6 +134,9 @@ async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) ->
                 }
                 CreateError::Live { .. } => (409, detail::SESSION_ID_IN_USE.to_owned()),
                 CreateError::ExecutorGone => (404, detail::CLIENT_NOT_ONLINE.to_owned()),
+                CreateError::Store(StoreError::Refused(Refusal::Ended)) => {
+                    (409, detail::SESSION_ID_IN_USE.to_owned())
+                }
                 CreateError::Store(e) => {
                     tracing::error!(cause = %e, "could not store a session another node asked for");
                     (503, detail::STORAGE_UNAVAILABLE.to_owned())

@@ -10,25 +10,85 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use aip_protocol::errors as text;
 
 use super::inbox::{inbox_key, inbox_start, RemoteCancel};
-use super::presence::{alive_key, lost_key, NODES};
-use super::{query, Cluster, HEARTBEAT};
+use redis::Script;
+
+use super::presence::{alive_key, left_key, lost_key, NODES};
+use super::{query, Cluster, HEARTBEAT, NODE_TTL};
 use crate::session::CancelReason;
 use crate::state::AppState;
 use crate::storage::redis::NODE_LOST;
 use crate::storage::{EndReason, JobReason};
 
+/// The lost nodes among the others in `{aip}:nodes`, read atomically with their
+/// heartbeat keys: each with its last beat (ms), which names the incarnation lost. A
+/// node that left gracefully is not among them. ARGV: this node.
+static LOST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local all = redis.call('HGETALL', '{aip}:nodes')
+local out = {}
+for i = 1, #all, 2 do
+  local n = all[i]
+  if n ~= ARGV[1] and redis.call('EXISTS', '{aip}:alive:' .. n) == 0
+     and redis.call('EXISTS', '{aip}:left:' .. n) == 0 then
+    out[#out + 1] = n
+    out[#out + 1] = all[i + 1]
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Marks `node` lost, only if it still is: no heartbeat key, not left, and its last beat
+/// still the one judged (a restart beats anew). Returns 1 when marked. ARGV: node, last
+/// beat, the reaping node.
+static MARK_LOST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', '{aip}:alive:' .. ARGV[1]) == 1 then return 0 end
+if redis.call('EXISTS', '{aip}:left:' .. ARGV[1]) == 1 then return 0 end
+if redis.call('HGET', '{aip}:nodes', ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('SET', '{aip}:lost:' .. ARGV[1], ARGV[3], 'EX', 86400)
+return 1
+"#,
+    )
+});
+
+/// A graceful leave, in one step: the node is marked left (a beat still in flight does
+/// not bring it back, and no node reaps it) and its heartbeat and entry go. ARGV: node.
+static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('SET', '{aip}:left:' .. ARGV[1], '1', 'PX', 60000)
+redis.call('DEL', '{aip}:alive:' .. ARGV[1])
+redis.call('HDEL', '{aip}:nodes', ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// How long this node must have reached Redis without a break, its own heartbeat never
+/// missing, before it may judge another node lost: a full liveness period in which
+/// every live node has beaten too. A Redis outage or restart (every heartbeat key
+/// expired at once) is no evidence that anyone died.
+const JUDGE_AFTER: Duration = Duration::from_millis(NODE_TTL.as_millis() as u64 + 1_000);
+
 impl Cluster {
-    /// Joins the cluster: clears a mark an earlier run under this id may have left (a new
-    /// process has nothing to resurrect), makes the inbox, beats once.
+    /// Joins the cluster: clears the marks an earlier run under this id may have left (a
+    /// new process has nothing to resurrect), makes the inbox, beats once.
     pub(super) async fn join(&self) -> redis::RedisResult<()> {
         query::<()>(
             &mut self.conn(),
-            redis::cmd("DEL").arg(lost_key(&self.node)),
+            redis::cmd("DEL")
+                .arg(lost_key(&self.node))
+                .arg(left_key(&self.node)),
         )
         .await?;
         *self.inbox_from.lock() = inbox_start(self).await?;
@@ -38,62 +98,74 @@ impl Cluster {
     /// Leaves the cluster at shutdown: the others see the node gone, not lost, and none
     /// of its clients stays listed.
     pub async fn leave(&self) {
+        let _ = LEAVE
+            .arg(&self.node)
+            .invoke_async::<i64>(&mut self.conn())
+            .await;
         let _ = self.release_node(&self.node).await;
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(alive_key(&self.node)).ignore();
-        pipe.cmd("HDEL").arg(NODES).arg(&self.node).ignore();
-        pipe.cmd("DEL").arg(inbox_key(&self.node)).ignore();
-        let _ = pipe.query_async::<()>(&mut self.conn()).await;
+        let _ = query::<()>(
+            &mut self.conn(),
+            redis::cmd("DEL").arg(inbox_key(&self.node)),
+        )
+        .await;
     }
 
-    /// The other nodes in `{aip}:nodes`, split into alive and lost.
-    async fn others(&self) -> redis::RedisResult<(Vec<String>, Vec<String>)> {
+    /// The lost nodes among the others, each with its last beat.
+    async fn lost_nodes(&self) -> redis::RedisResult<Vec<(String, String)>> {
+        LOST.arg(&self.node).invoke_async(&mut self.conn()).await
+    }
+
+    /// The other nodes whose heartbeat key is there.
+    async fn up_nodes(&self) -> redis::RedisResult<Vec<String>> {
         let nodes: Vec<String> = query(&mut self.conn(), redis::cmd("HKEYS").arg(NODES)).await?;
         let nodes: Vec<String> = nodes.into_iter().filter(|n| *n != self.node).collect();
         if nodes.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for n in &nodes {
             pipe.cmd("EXISTS").arg(alive_key(n));
         }
         let alive: Vec<bool> = pipe.query_async(&mut self.conn()).await?;
-        let (mut up, mut lost) = (Vec::new(), Vec::new());
-        for (n, a) in nodes.into_iter().zip(alive) {
-            if a {
-                up.push(n);
-            } else {
-                lost.push(n);
-            }
-        }
-        Ok((up, lost))
+        Ok(nodes
+            .into_iter()
+            .zip(alive)
+            .filter_map(|(n, a)| a.then_some(n))
+            .collect())
     }
 
-    /// Cleans up after lost `node` if no other node is doing it.
-    async fn reap(self: &Arc<Self>, app: &AppState, node: &str) -> redis::RedisResult<()> {
+    /// Cleans up after `node`, lost since its beat `last_beat`, if no other node is doing
+    /// it. The clean-up's lock names that incarnation (node and last beat): a node lost
+    /// again after a restart is reaped as promptly as the first time.
+    async fn reap(
+        self: &Arc<Self>,
+        app: &AppState,
+        node: &str,
+        last_beat: &str,
+    ) -> redis::RedisResult<()> {
         let claimed: Option<String> = query(
             &mut self.conn(),
             redis::cmd("SET")
-                .arg(format!("{{aip}}:reap:{node}"))
+                .arg(format!("{{aip}}:reap:{node}:{last_beat}"))
                 .arg(&self.node)
                 .arg("NX")
                 .arg("PX")
-                .arg(30_000),
+                .arg(60_000),
         )
         .await?;
         if claimed.is_none() {
             return Ok(());
         }
-        // Marked first: from now on its writes to these sessions are refused.
-        query::<()>(
-            &mut self.conn(),
-            redis::cmd("SET")
-                .arg(lost_key(node))
-                .arg(&self.node)
-                .arg("EX")
-                .arg(86_400),
-        )
-        .await?;
+        // Marked first, if still lost: from now on its writes are refused by the store.
+        let marked: i64 = MARK_LOST
+            .arg(node)
+            .arg(last_beat)
+            .arg(&self.node)
+            .invoke_async(&mut self.conn())
+            .await?;
+        if marked == 0 {
+            return Ok(());
+        }
         let failed = match self
             .store
             .fail_live_of(
@@ -185,6 +257,9 @@ pub(super) async fn run(cluster: Arc<Cluster>, app: Arc<AppState>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut known: HashSet<String> = HashSet::new();
     let mut ticks: u64 = 0;
+    // Since when this node has reached Redis without a break (`None`: not now).
+    let mut steady_since: Option<Instant> = Some(Instant::now());
+    let mut last_ok = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -193,43 +268,71 @@ pub(super) async fn run(cluster: Arc<Cluster>, app: Arc<AppState>) {
         }
         ticks += 1;
         let was_up = cluster.redis_up.load(Ordering::Acquire);
+        let mut audit = ticks.is_multiple_of(2);
         match cluster.beat().await {
-            Ok(-1) => cluster.fenced(&app).await,
+            Ok(-1) => {
+                cluster.fenced(&app).await;
+                steady_since = None;
+                continue;
+            }
+            // Left (shutting down): nothing more to watch.
+            Ok(-2) => return,
             Ok(had) => {
                 cluster.redis_up.store(true, Ordering::Release);
-                if !was_up || had == 0 {
-                    // Redis came back (perhaps empty): presence is published again.
-                    cluster.republish(&app).await;
+                // Its own key gone (Redis saw no beat for a TTL, or lost its data), Redis
+                // unreachable before, or beats far apart (this process or Redis paused):
+                // every node's key may have expired alike; judge no one for a while.
+                let gap = last_ok.elapsed() > HEARTBEAT * 2;
+                if !was_up || had == 0 || gap {
+                    steady_since = Some(Instant::now());
+                    audit = true;
+                } else if steady_since.is_none() {
+                    steady_since = Some(Instant::now());
                 }
+                last_ok = Instant::now();
             }
             Err(e) => {
                 if was_up {
                     tracing::error!(cause = %e, "cluster: Redis unreachable; connections stay up, dispatches that need it fail");
                 }
                 cluster.redis_up.store(false, Ordering::Release);
+                steady_since = None;
                 continue;
             }
         }
-        if ticks.is_multiple_of(2) {
-            if let Err(e) = cluster.flush_seen(&app).await {
-                tracing::debug!(cause = %e, "presence: last_seen not written");
+        if audit {
+            if let Err(e) = cluster.audit_presence(&app).await {
+                tracing::debug!(cause = %e, "presence: audit not done");
             }
         }
-        let (up, lost) = match cluster.others().await {
-            Ok(x) => x,
+        let may_judge = steady_since.is_some_and(|t| t.elapsed() >= JUDGE_AFTER);
+        if may_judge {
+            match cluster.lost_nodes().await {
+                Ok(lost) => {
+                    for (node, last_beat) in &lost {
+                        if let Err(e) = cluster.reap(&app, node, last_beat).await {
+                            tracing::warn!(node, cause = %e, "could not clean up after a lost node");
+                        }
+                    }
+                }
+                Err(_) => continue,
+            }
+        }
+        let up = match cluster.up_nodes().await {
+            Ok(up) => up,
             Err(_) => continue,
         };
-        for node in &lost {
-            if let Err(e) = cluster.reap(&app, node).await {
-                tracing::warn!(node, cause = %e, "could not clean up after a lost node");
-            }
-        }
         // Requesters here hear about sessions that ran on a node now gone (lost, or
-        // left at shutdown).
+        // left at shutdown): only once the cluster has judged it (a node that merely
+        // missed beats in a Redis outage is still running them).
         let up: HashSet<String> = up.into_iter().collect();
-        for node in known.difference(&up) {
-            cluster.node_lost_here(&app, node);
+        if may_judge {
+            for node in known.difference(&up) {
+                cluster.node_lost_here(&app, node);
+            }
+            known = up;
+        } else {
+            known.extend(up);
         }
-        known = up;
     }
 }

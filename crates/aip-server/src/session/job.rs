@@ -246,20 +246,42 @@ impl SessionJob {
         publish::state(&self.manager.events, &self.record);
     }
 
-    /// Writes the record; if the store refuses, keeps it unsaved (reads show it) and
-    /// returns it for [`store_until_saved`].
-    async fn persist(&self) -> Option<Arc<SessionRecord>> {
+    /// Writes the record; if the store fails, keeps it unsaved (reads show it) and
+    /// returns it for [`store_until_saved`]. If the store refuses it by its own rule (the
+    /// stored session has ended, or this node was fenced), what the store holds stands:
+    /// nothing is kept, and a live session stops (its end then adopts the stored one).
+    async fn persist(&self) -> Persisted {
         let manager = &self.manager;
         match manager.store.upsert(self.record.clone()).await {
             Ok(()) => {
                 manager.unsaved.forget(&self.record.session_id);
-                None
+                Persisted::Saved
+            }
+            Err(e) if e.refusal().is_some() => {
+                tracing::warn!(session_id = %self.record.session_id, cause = %e, "session write refused by the store; its stored record stands");
+                manager.unsaved.forget(&self.record.session_id);
+                if !self.record.state.is_terminal() {
+                    self.handle.cancel(CancelReason::NodeLost);
+                }
+                Persisted::Refused
             }
             Err(e) => {
                 tracing::error!(session_id = %self.record.session_id, cause = %e, "could not store session; kept in memory, retrying");
                 let kept = Arc::new(self.record.clone());
                 manager.unsaved.keep(kept.clone());
-                Some(kept)
+                Persisted::Unsaved(kept)
+            }
+        }
+    }
+
+    /// The stored record of this session if it has ended (after a refused write).
+    async fn stored_end(&self) -> Option<Arc<SessionRecord>> {
+        match self.manager.store.get(&self.record.session_id).await {
+            Ok(Some(r)) if r.state.is_terminal() => Some(r),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(session_id = %self.record.session_id, cause = %e, "could not read the stored end of a session");
+                None
             }
         }
     }
@@ -439,7 +461,7 @@ impl SessionJob {
             result,
             error.clone(),
         );
-        let end_json = end.to_json();
+        let mut end_json = end.to_json();
         self.record.state = state;
         self.record.reason = reason;
         self.record.error = error;
@@ -453,9 +475,29 @@ impl SessionJob {
                 .to_std()
                 .unwrap_or_default(),
         );
-        // Stored before anyone is told; if the store refuses, the final state is kept in
-        // memory (reads show it), everyone is told, and the write is retried below.
-        let unsaved = self.persist().await;
+        // Stored before anyone is told; if the store fails, the final state is kept in
+        // memory (reads show it), everyone is told, and the write is retried below. If the
+        // store refuses it because the session has ended there already (another node
+        // ended it), the stored end is what everyone is told: a result is never
+        // contradicted later.
+        let unsaved = match self.persist().await {
+            Persisted::Saved => None,
+            Persisted::Unsaved(r) => Some(r),
+            Persisted::Refused => {
+                if let Some(stored) = self.stored_end().await {
+                    end_json = ServerMessage::task_end(
+                        &sid,
+                        &stored.task_name,
+                        stored.state == SessionState::Completed,
+                        stored.result.as_deref().cloned(),
+                        stored.error.clone(),
+                    )
+                    .to_json();
+                    self.record = SessionRecord::clone(&stored);
+                }
+                None
+            }
+        };
         publish::ended(&self.manager.events, &self.record);
         self.manager.release(&sid);
         self.manager.unindex(&self.handle);
@@ -494,6 +536,15 @@ impl SessionJob {
             store_until_saved(&self.manager, record).await;
         }
     }
+}
+
+/// What became of a write of a session's record.
+enum Persisted {
+    Saved,
+    /// The store failed; kept in memory, to retry.
+    Unsaved(Arc<SessionRecord>),
+    /// The store refused it by its own rule; its stored record stands.
+    Refused,
 }
 
 impl Parked for SessionJob {

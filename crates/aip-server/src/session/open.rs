@@ -208,7 +208,7 @@ impl SessionManager {
         let stored = if new.generated_id {
             self.store.insert_generated(record.clone()).await
         } else {
-            self.store.upsert(record.clone()).await
+            self.store.insert_new(record.clone()).await
         };
         if let Err(e) = stored {
             self.release(&record.session_id);

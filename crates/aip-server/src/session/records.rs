@@ -106,6 +106,12 @@ pub(super) async fn store_until_saved(manager: &SessionManager, record: Arc<Sess
                 tracing::info!(session_id = %record.session_id, attempts, "session stored after retrying");
                 return;
             }
+            Err(e) if e.refusal().is_some() => {
+                // The store's own rule: no retry can land it; what it holds stands.
+                manager.unsaved.saved(&record);
+                tracing::warn!(session_id = %record.session_id, cause = %e, attempts, "session not stored: the store keeps its own record of it");
+                return;
+            }
             Err(e) => {
                 tracing::debug!(session_id = %record.session_id, cause = %e, attempts, "store still refuses the session");
             }

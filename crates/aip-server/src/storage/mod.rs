@@ -74,6 +74,9 @@ pub enum EndReason {
     ServerRestarted,
     /// Cluster mode: the node that owned the session stopped heartbeating.
     NodeLost,
+    /// Cluster mode: the store says a node owns the session live, but that node does not
+    /// run it (its write landed while the node saw it fail, or the node forgot it).
+    LostInFlight,
 }
 
 impl EndReason {
@@ -88,6 +91,7 @@ impl EndReason {
             Self::Cancelled => "cancelled",
             Self::ServerRestarted => "server_restarted",
             Self::NodeLost => "node_lost",
+            Self::LostInFlight => "lost_in_flight",
         }
     }
 
@@ -102,6 +106,7 @@ impl EndReason {
             "cancelled" => Self::Cancelled,
             "server_restarted" => Self::ServerRestarted,
             "node_lost" => Self::NodeLost,
+            "lost_in_flight" => Self::LostInFlight,
             _ => return None,
         })
     }
@@ -186,13 +191,56 @@ pub enum StoreError {
     Database(String),
     #[error("the store is closed")]
     Closed,
+    /// The store refused the write by one of its own rules; retrying cannot land it.
+    #[error("write refused: {0}")]
+    Refused(Refusal),
+}
+
+/// Why the store refused a write ([`StoreError::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The stored session has ended: an ended session is final, no write changes it.
+    Ended,
+    /// Cluster mode: the writing node was declared lost (fenced); its writes are refused.
+    Fenced,
+    /// Cluster mode: the node that asked for this session gave up on it and voided its
+    /// id before the session was stored (the asker answered that it was not opened).
+    Voided,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ended => "the session has ended; an ended session is final",
+            Self::Fenced => "this node was declared lost by the cluster",
+            Self::Voided => "the node that asked for this session gave up on it",
+        })
+    }
+}
+
+impl StoreError {
+    /// The store's own refusal, if this is one (no retry can land the write).
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::Refused(r) => Some(*r),
+            _ => None,
+        }
+    }
 }
 
 /// Durable session records.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Inserts or replaces the record with this `session_id`; durable when it returns.
+    /// A stored record that has ended is final: writing over it is refused
+    /// ([`Refusal::Ended`]), whoever writes.
     async fn upsert(&self, record: SessionRecord) -> Result<(), StoreError>;
+    /// Stores the first record of a new run of a session: an ended record of the same
+    /// id (a retained result whose owner runs the id again, protocol.md §4.5) is
+    /// replaced; a live one is updated.
+    async fn insert_new(&self, record: SessionRecord) -> Result<(), StoreError> {
+        self.upsert(record).await
+    }
     /// Stores a record whose `session_id` the server has just generated, so that no stored
     /// record can have it: an [`upsert`](Self::upsert) that need not look for one.
     async fn insert_generated(&self, record: SessionRecord) -> Result<(), StoreError> {

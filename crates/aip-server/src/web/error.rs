@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::fleet::JobError;
 use crate::session::CreateError;
-use crate::storage::StoreError;
+use crate::storage::{Refusal, StoreError};
 
 /// An error answer: `{"detail": "<text>"}` with a status code.
 #[derive(Debug)]
@@ -59,6 +59,10 @@ impl From<CreateError> for ApiError {
             }
             CreateError::Live { .. } => Self::new(StatusCode::CONFLICT, detail::SESSION_ID_IN_USE),
             CreateError::ExecutorGone => Self::not_found(detail::CLIENT_NOT_ONLINE),
+            // An ended session of this id stored meanwhile (its result is final).
+            CreateError::Store(StoreError::Refused(Refusal::Ended)) => {
+                Self::new(StatusCode::CONFLICT, detail::SESSION_ID_IN_USE)
+            }
             CreateError::Store(e) => e.into(),
         }
     }

@@ -57,7 +57,8 @@ pub(super) fn end_reason_schema() -> RefOr<Schema> {
         | Shutdown
         | Cancelled
         | ServerRestarted
-        | NodeLost => r.as_str(),
+        | NodeLost
+        | LostInFlight => r.as_str(),
     };
     let all = [
         Timeout,
@@ -68,6 +69,7 @@ pub(super) fn end_reason_schema() -> RefOr<Schema> {
         Cancelled,
         ServerRestarted,
         NodeLost,
+        LostInFlight,
     ];
     one_of_strings(&all.map(listed), true)
 }

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    EndReason, Origin, SessionFilter, SessionRecord, SessionState, SessionStore, StoreError,
+    EndReason, Origin, Refusal, SessionFilter, SessionRecord, SessionState, SessionStore,
+    StoreError,
 };
 
 pub mod conn;
@@ -167,6 +168,86 @@ impl RedisStore {
             .map_err(redis_err)
     }
 
+    /// Gives up on session `session_id`, asked of another node: `true` if it is stored
+    /// (it stands), else its id is voided so that no late write stores it
+    /// ([`scripts::VOID`]).
+    pub async fn stored_or_void(&self, session_id: &str) -> Result<bool, StoreError> {
+        let stored: i64 = scripts::VOID
+            .key(record_key(session_id))
+            .arg(session_id)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(stored == 1)
+    }
+
+    /// Lifts the void of `session_id` (a client retries a dispatch with its own id).
+    pub async fn unvoid(&self, session_id: &str) -> Result<(), StoreError> {
+        redis::cmd("DEL")
+            .arg(format!("{{aip}}:void:{session_id}"))
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(redis_err)
+    }
+
+    /// Live session ids the store says `node` owns.
+    pub async fn live_ids_of(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        let live: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(LIVE)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(live
+            .into_iter()
+            .filter(|(_, owner)| owner == node)
+            .map(|(sid, _)| sid)
+            .collect())
+    }
+
+    /// Fails live session `session_id` with `reason`, only if `node` still owns it live
+    /// (an end stored meanwhile stays). Returns the record failed.
+    pub async fn fail_one_if_live(
+        &self,
+        session_id: &str,
+        node: &str,
+        reason: EndReason,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let Some(r) = self.get(session_id).await? else {
+            return Ok(None);
+        };
+        self.fail_if_live(SessionRecord::clone(&r), node, reason, error, now)
+            .await
+    }
+
+    async fn fail_if_live(
+        &self,
+        mut r: SessionRecord,
+        node: &str,
+        reason: EndReason,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let now = now.trunc_subsecs(6);
+        r.state = SessionState::Failed;
+        r.reason = Some(reason);
+        r.error = Some(error.to_owned());
+        r.finished_at = Some(now);
+        let done: i64 = scripts::FAIL_IF_LIVE
+            .key(record_key(&r.session_id))
+            .key(meta_key(&r.session_id))
+            .arg(&r.session_id)
+            .arg(node)
+            .arg(to_json(&r)?)
+            .arg(micros(now))
+            .arg(reason.as_str())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok((done == 1).then_some(r))
+    }
+
     /// Every live session of `node`, with its record.
     pub async fn live_of(&self, node: &str) -> Result<Vec<SessionRecord>, StoreError> {
         let live: Vec<(String, String)> = redis::cmd("HGETALL")
@@ -195,25 +276,9 @@ impl RedisStore {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<SessionRecord>, StoreError> {
-        let now = now.trunc_subsecs(6);
         let mut failed = Vec::new();
-        for mut r in self.live_of(node).await? {
-            r.state = SessionState::Failed;
-            r.reason = Some(reason);
-            r.error = Some(error.to_owned());
-            r.finished_at = Some(now);
-            let done: i64 = scripts::FAIL_IF_LIVE
-                .key(record_key(&r.session_id))
-                .key(meta_key(&r.session_id))
-                .arg(&r.session_id)
-                .arg(node)
-                .arg(to_json(&r)?)
-                .arg(micros(now))
-                .arg(reason.as_str())
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(redis_err)?;
-            if done == 1 {
+        for r in self.live_of(node).await? {
+            if let Some(r) = self.fail_if_live(r, node, reason, error, now).await? {
                 failed.push(r);
             }
         }
@@ -246,10 +311,10 @@ impl RedisStore {
     }
 }
 
-#[async_trait]
-impl SessionStore for RedisStore {
-    async fn upsert(&self, record: SessionRecord) -> Result<(), StoreError> {
-        let r = &record;
+impl RedisStore {
+    /// Writes `r` ([`scripts::UPSERT`]); `new_run`: its first record (an ended record of
+    /// its id is replaced, not refused).
+    async fn write(&self, r: &SessionRecord, new_run: bool) -> Result<(), StoreError> {
         let written: i64 = scripts::UPSERT
             .key(record_key(&r.session_id))
             .key(meta_key(&r.session_id))
@@ -266,13 +331,27 @@ impl SessionStore for RedisStore {
             })
             .arg(&self.node)
             .arg(r.reason.map_or("", EndReason::as_str))
+            .arg(if new_run { "1" } else { "" })
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
-        if written == 0 {
-            tracing::warn!(session_id = %r.session_id, "not stored: the cluster failed this session when it declared this node lost");
+        match written {
+            1 => Ok(()),
+            -1 => Err(StoreError::Refused(Refusal::Ended)),
+            -2 => Err(StoreError::Refused(Refusal::Fenced)),
+            _ => Err(StoreError::Refused(Refusal::Voided)),
         }
-        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn upsert(&self, record: SessionRecord) -> Result<(), StoreError> {
+        self.write(&record, false).await
+    }
+
+    async fn insert_new(&self, record: SessionRecord) -> Result<(), StoreError> {
+        self.write(&record, true).await
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {

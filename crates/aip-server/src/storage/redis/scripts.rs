@@ -8,17 +8,26 @@ use redis::Script;
 
 /// Stores a record and updates its indexes.
 /// KEYS: record, meta. ARGV: session_id, record JSON, created (µs), task_name,
-/// requester ('' for none), executor, finished (µs, '' while live), node, reason ('' none).
-/// Returns 0 (not written) when the cluster failed this session as its node's
-/// (`node_lost`) and the write comes from that node: a node declared lost does not
-/// resurrect what was failed.
+/// requester ('' for none), executor, finished (µs, '' while live), node, reason ('' none),
+/// '1' for the first record of a new run of the session (it replaces an ended record of
+/// its id, protocol.md §4.5) or ''.
+/// Returns 1 when written, else the rule that refused it, checked here, atomically with
+/// the write, whichever node writes:
+/// - -1: the stored session has ended (an ended session is final) and this is not a new
+///   run of it;
+/// - -2: the writing node is marked lost (`{aip}:lost:<node>`): a fenced node's writes
+///   are refused, not merely avoided;
+/// - -3: a new record whose id the node that asked for it voided (`{aip}:void:<id>`:
+///   it gave up on its open and answered that the session was not opened).
 pub static UPSERT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local p = '{aip}:'
 local sid = ARGV[1]
+if redis.call('EXISTS', p..'lost:'..ARGV[8]) == 1 then return -2 end
+if ARGV[10] ~= '1' and redis.call('ZSCORE', p..'finished', sid) then return -1 end
 local old = redis.call('HMGET', KEYS[2], 't', 'r', 'e', 'n', 'x')
-if old[5] == 'node_lost' and old[4] == ARGV[8] then return 0 end
+if not old[1] and redis.call('EXISTS', p..'void:'..sid) == 1 then return -3 end
 if old[1] and old[1] ~= ARGV[4] then redis.call('ZREM', p..'t:'..old[1], sid) end
 if old[2] and old[2] ~= '' and old[2] ~= ARGV[5] then redis.call('ZREM', p..'c:'..old[2], sid) end
 if old[3] and old[3] ~= ARGV[6] then redis.call('ZREM', p..'c:'..old[3], sid) end
@@ -30,12 +39,25 @@ if ARGV[5] ~= '' then redis.call('ZADD', p..'c:'..ARGV[5], ARGV[3], sid) end
 redis.call('ZADD', p..'c:'..ARGV[6], ARGV[3], sid)
 if ARGV[7] == '' then
   redis.call('HSET', p..'live', sid, ARGV[8])
-  redis.call('ZREM', p..'finished', sid)
 else
   redis.call('HDEL', p..'live', sid)
   redis.call('ZADD', p..'finished', ARGV[7], sid)
 end
 return 1
+"#,
+    )
+});
+
+/// The asking node gives up on a session it asked another node to open: if the session
+/// is stored, it stands (returns 1); if not, its id is voided for a minute (returns 0),
+/// so that the owner's late write of it is refused ([`UPSERT`] -3) and the session never
+/// runs. KEYS: record. ARGV: session_id.
+pub static VOID: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+redis.call('SET', '{aip}:void:'..ARGV[1], '1', 'PX', 60000)
+return 0
 "#,
     )
 });

@@ -237,12 +237,17 @@ fn poisoned() -> StoreError {
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn upsert(&self, record: SessionRecord) -> Result<(), StoreError> {
-        let row = to_row(record, false)?;
+        let row = to_row(record, false, false)?;
+        self.write(WriteOp::Upsert(Box::new(row))).await.map(|_| ())
+    }
+
+    async fn insert_new(&self, record: SessionRecord) -> Result<(), StoreError> {
+        let row = to_row(record, false, true)?;
         self.write(WriteOp::Upsert(Box::new(row))).await.map(|_| ())
     }
 
     async fn insert_generated(&self, record: SessionRecord) -> Result<(), StoreError> {
-        let row = to_row(record, true)?;
+        let row = to_row(record, true, true)?;
         self.write(WriteOp::Upsert(Box::new(row))).await.map(|_| ())
     }
 

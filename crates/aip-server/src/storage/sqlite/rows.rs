@@ -17,6 +17,10 @@ pub(super) struct Row {
     /// The session id was generated for this record: no stored record can have it, so
     /// neither table is searched for an older one.
     pub(super) generated_id: bool,
+    /// The first record of a new run of its session ([`crate::storage::SessionStore::insert_new`]): it
+    /// replaces an ended record of the same id. Any other write over an ended record is
+    /// refused.
+    pub(super) new_run: bool,
 }
 
 impl Row {
@@ -26,7 +30,11 @@ impl Row {
     }
 }
 
-pub(super) fn to_row(mut r: SessionRecord, generated_id: bool) -> Result<Row, StoreError> {
+pub(super) fn to_row(
+    mut r: SessionRecord,
+    generated_id: bool,
+    new_run: bool,
+) -> Result<Row, StoreError> {
     // Times are stored to the microsecond; the record kept in memory says what a read from
     // the file would.
     r.created_at = r.created_at.trunc_subsecs(6);
@@ -40,6 +48,7 @@ pub(super) fn to_row(mut r: SessionRecord, generated_id: bool) -> Result<Row, St
         result,
         record: Arc::new(r),
         generated_id,
+        new_run,
     })
 }
 

@@ -77,13 +77,14 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTE
 
 pub(super) const COLUMNS: &str = columns!();
 
+/// An ended record is final: writing one over it changes nothing (0 rows; the writer
+/// reports the refusal).
 pub(super) const UPSERT_SQL: &str = concat!(
     "INSERT INTO sessions (",
     columns!(),
     ") ",
     values!(),
-    " ",
-    on_conflict_replace!()
+    " ON CONFLICT(session_id) DO NOTHING"
 );
 
 pub(super) const INSERT_LIVE_SQL: &str = concat!("INSERT INTO live (", columns!(), ") ", values!());

@@ -10,7 +10,7 @@ use super::memory::{IndexChange, LiveEntry, LiveView, Memory};
 use super::migrate;
 use super::rows::Row;
 use super::sql::{ENDED, INSERT_LIVE_SQL, INTERRUPT_LIVE_SQL, UPDATE_LIVE_SQL, UPSERT_SQL};
-use crate::storage::{EndReason, SessionState, StoreError};
+use crate::storage::{EndReason, Refusal, SessionState, StoreError};
 
 /// Capacity of the queue in front of the writer thread.
 pub(super) const QUEUE_CAPACITY: usize = 4096;
@@ -82,6 +82,10 @@ fn run_batch(
             let mut replies = Vec::with_capacity(batch.len());
             let mut ended = Vec::new();
             for (WriteRequest { op, reply }, result) in batch.drain(..).zip(results) {
+                let result = match (&op, result) {
+                    (WriteOp::Upsert(_), Ok(0)) => Err(StoreError::Refused(Refusal::Ended)),
+                    (_, r) => r,
+                };
                 if let (Ok(_), WriteOp::Upsert(row)) = (&result, op) {
                     if !row.live() {
                         let weight = super::memory::weight(&row.record, row.result.as_deref());
@@ -189,7 +193,8 @@ fn apply(conn: &Connection, op: &WriteOp, live: &LiveView<'_>) -> rusqlite::Resu
 }
 
 /// An ended record goes into `sessions` (and out of `live`); a live one is appended to
-/// `live`, or updated where it is.
+/// `live`, or updated where it is. An ended record already stored is final: nothing is
+/// written over it (0 rows, which `run_batch` reports as [`Refusal::Ended`]).
 fn upsert(
     conn: &Connection,
     r: &Row,
@@ -223,6 +228,9 @@ fn upsert(
     ];
     if !r.live() {
         let n = conn.prepare_cached(UPSERT_SQL)?.execute(values)?;
+        if n == 0 {
+            return Ok(0);
+        }
         if let Some(id) = rowid {
             conn.prepare_cached("DELETE FROM live WHERE id = ?1")?
                 .execute([id])?;
@@ -239,10 +247,17 @@ fn upsert(
             id
         }
         None => {
-            // New (an ended record of the same id, if any, is replaced).
-            if !r.generated_id {
+            // Not live yet. A new run of its id replaces an ended record of that id;
+            // any other write over an ended record is refused (an ended session is final).
+            if r.new_run && !r.generated_id {
                 conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
                     .execute([&rec.session_id])?;
+            } else if !r.generated_id
+                && conn
+                    .prepare_cached("SELECT 1 FROM sessions WHERE session_id = ?1")?
+                    .exists([&rec.session_id])?
+            {
+                return Ok(0);
             }
             conn.prepare_cached(INSERT_LIVE_SQL)?.execute(values)?;
             conn.last_insert_rowid()

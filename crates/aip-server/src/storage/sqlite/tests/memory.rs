@@ -2,6 +2,7 @@
 //! the v1 migration, bad stored values and batching.
 
 use super::*;
+use crate::storage::Refusal;
 
 /// Makes every insert of `session_id` into `table` fail, behind the store's back.
 fn refuse_inserts(dir: &Path, table: &str, session_id: &str) {
@@ -80,15 +81,26 @@ async fn every_write_keeps_the_recent_records_exact() {
     store.upsert(ended.clone()).await.unwrap();
     assert_eq!(store.get("s").await.unwrap().as_deref(), Some(&ended));
 
-    // Replaced by an ended record of the same id.
+    // An ended record is final: another end of it, or a live state written over it, is
+    // refused and changes nothing, in memory or on disk.
     let mut failed = rec("s", "t", SessionState::Failed, 1);
     failed.error = Some("boom".into());
-    store.upsert(failed.clone()).await.unwrap();
-    assert_eq!(store.get("s").await.unwrap().as_deref(), Some(&failed));
+    let refused = store.upsert(failed.clone()).await.unwrap_err();
+    assert_eq!(refused.refusal(), Some(Refusal::Ended), "{refused}");
+    let late = rec("s", "t", SessionState::Running, 1);
+    assert_eq!(
+        store.upsert(late).await.unwrap_err().refusal(),
+        Some(Refusal::Ended)
+    );
+    assert_eq!(store.get("s").await.unwrap().as_deref(), Some(&ended));
+    drop(store);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.get("s").await.unwrap().as_deref(), Some(&ended));
 
-    // Reused by a live session: the ended record is gone from memory and disk.
+    // Reused by a new run of its id (protocol.md §4.5): the ended record is gone from
+    // memory and disk.
     let running = rec("s", "t", SessionState::Running, 2);
-    store.upsert(running.clone()).await.unwrap();
+    store.insert_new(running.clone()).await.unwrap();
     assert_eq!(store.get("s").await.unwrap().as_deref(), Some(&running));
 
     // Deleted after it ended.
