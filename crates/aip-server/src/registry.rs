@@ -65,6 +65,9 @@ pub struct ClientEntry {
     /// Live sessions this client executes.
     pub as_executor: Mutex<IdSet<Arc<str>>>,
     pending_echo: Mutex<VecDeque<PendingEcho>>,
+    /// Its registration was acknowledged: only then is it listed and routable (a WebSocket
+    /// registration is held, not ready, while its id is claimed across the cluster).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl ClientEntry {
@@ -109,7 +112,25 @@ impl ClientEntry {
             as_requester: Mutex::new(IdSet::default()),
             as_executor: Mutex::new(IdSet::default()),
             pending_echo: Mutex::new(VecDeque::new()),
+            ready: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// The same entry, held (not listed, not routable) until [`ClientEntry::set_ready`]:
+    /// a registration whose acknowledgement has not been sent yet.
+    pub fn held(self) -> Self {
+        self.ready.store(false, Ordering::Release);
+        self
+    }
+
+    /// Its registration was acknowledged: from now on it is listed and routable.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether its registration was acknowledged.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     /// The same entry, registered under `grant`.
@@ -203,15 +224,21 @@ impl Registry {
             .map(|(_, e)| e)
     }
 
-    /// The entry for `client_id`.
+    /// The entry for `client_id`, once its registration is acknowledged.
     pub fn get(&self, client_id: &str) -> Option<Arc<ClientEntry>> {
+        self.get_held(client_id).filter(|e| e.is_ready())
+    }
+
+    /// The entry holding `client_id`, acknowledged or not yet (a registration in progress
+    /// holds its id).
+    pub fn get_held(&self, client_id: &str) -> Option<Arc<ClientEntry>> {
         self.clients.get(client_id).map(|e| e.clone())
     }
 
     /// The entry for `client_id` if it is still connection `conn_id` (a remote requester's
     /// stand-in included).
     pub fn get_conn(&self, client_id: &str, conn_id: u64) -> Option<Arc<ClientEntry>> {
-        self.get(client_id)
+        self.get_held(client_id)
             .filter(|e| e.conn.id() == conn_id)
             .or_else(|| {
                 self.remote
@@ -255,8 +282,15 @@ impl Registry {
         self.get(client_id).filter(|e| e.role == ClientType::Device)
     }
 
-    /// Every client, oldest registration first.
+    /// Every client whose registration is acknowledged, oldest registration first.
     pub fn list(&self) -> Vec<Arc<ClientEntry>> {
+        let mut all = self.list_held();
+        all.retain(|e| e.is_ready());
+        all
+    }
+
+    /// Every client, registrations in progress included, oldest first.
+    pub fn list_held(&self) -> Vec<Arc<ClientEntry>> {
         let mut all: Vec<_> = self.clients.iter().map(|e| e.value().clone()).collect();
         all.sort_by_key(|e| e.seq);
         all

@@ -15,6 +15,11 @@
 //!   What one node sends another goes through an outbox (`outbox.rs`) that puts
 //!   everything waiting in one entry.
 //!
+//! `sweep.rs` checks, every few seconds, what the store says against what this node
+//! knows: live sessions stored as this node's that it does not run are ended
+//! (`lost_in_flight`), and sessions its requesters opened elsewhere whose end is stored
+//! but whose `task_end` never came are ended for them from the store.
+//!
 //! `watch.rs` beats this node's heartbeat and notices the others' ending: the sessions
 //! of a lost node are failed (`node_lost`), its clients dropped from presence, and a
 //! node declared lost that comes back is fenced (its writes to those sessions refused;
@@ -40,6 +45,7 @@ mod outbox;
 mod presence;
 mod route;
 mod serve;
+mod sweep;
 mod watch;
 
 pub use inbox::{Outcome, RemoteCancel};
@@ -59,6 +65,8 @@ struct RemoteSession {
     client_id: String,
     conn_id: u64,
     node: String,
+    /// When it was opened (the sweep reads the store for those open a while).
+    since: std::time::Instant,
 }
 
 /// Where a remote requester's stand-in came from.
@@ -89,6 +97,9 @@ pub struct Cluster {
     outboxes: IdDashMap<String, outbox::Outbox>,
     /// The last heartbeat reached Redis.
     redis_up: AtomicBool,
+    /// Live sessions the store says this node owns but it does not run, as of the last
+    /// sweep (`sweep.rs`): ended if still so at the next.
+    orphans: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -125,6 +136,7 @@ impl Cluster {
             outboxes: IdDashMap::default(),
             inbox_from: parking_lot::Mutex::new("0-0".to_owned()),
             redis_up: AtomicBool::new(true),
+            orphans: parking_lot::Mutex::default(),
         });
         cluster.join().await.context("joining the cluster")?;
         Ok(cluster)
@@ -154,9 +166,10 @@ impl Cluster {
         self.redis.clone()
     }
 
-    /// Starts the heartbeat, the watch of other nodes and the inbox reader.
+    /// Starts the heartbeat, the watch of other nodes, the sweep and the inbox reader.
     pub fn start(self: &Arc<Self>, app: Arc<crate::AppState>) {
         tokio::spawn(watch::run(Arc::clone(self), Arc::clone(&app)));
+        tokio::spawn(sweep::run(Arc::clone(self), Arc::clone(&app)));
         tokio::spawn(inbox::run(Arc::clone(self), app));
     }
 

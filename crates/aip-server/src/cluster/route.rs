@@ -97,46 +97,70 @@ impl Cluster {
     }
 
     /// Opens a session on `device`'s node for the HTTP API. `Ok(None)`: that node did
-    /// not answer in time.
+    /// not open it (it did not answer, and the session is not stored: see
+    /// [`Cluster::settle`]).
     pub async fn open_remote(
         &self,
         device: &RemoteDevice,
         open: RemoteOpen,
     ) -> Result<Option<Outcome>, StoreError> {
         let sid = open.session_id.clone();
-        let outcome = self
+        let answer = self
             .call(&device.node, |req| self.open_msg(req, device, open, None))
-            .await?;
-        Ok(self.opened_anyway(outcome, &sid, device, None).await)
+            .await;
+        self.settle(answer, &sid, device, None).await
     }
 
-    /// A node that did not answer in time may still have stored the session before it
-    /// went silent (it was killed between storing it and answering, or is slow): then
-    /// the session exists, its node owns it, and the loss of that node ends it like any
-    /// other of its sessions, so the dispatch counts as accepted. `requester`: the
-    /// client that asked, `None` for the HTTP API.
-    async fn opened_anyway(
+    /// What an open asked of another node came to. An answer is taken as it is. Without
+    /// one (the node did not answer in time, or the request could not be handed to Redis
+    /// and may or may not have reached it), the store decides, atomically: a session
+    /// stored for this executor and requester stands (the node was killed between
+    /// storing and answering, or is slow; its loss, if that is why, ends the session
+    /// like its others); one not stored is voided, so that the node's late write of it is
+    /// refused and it never runs. So a `503` always means "not run". `requester`: the
+    /// client that asked, `None` for the HTTP API. `Err`: Redis could not say (the
+    /// outcome is unknown).
+    async fn settle(
         &self,
-        outcome: Option<Outcome>,
+        answer: Result<Option<Outcome>, StoreError>,
         session_id: &str,
         device: &RemoteDevice,
         requester: Option<&str>,
-    ) -> Option<Outcome> {
-        if outcome.is_some() {
-            return outcome;
+    ) -> Result<Option<Outcome>, StoreError> {
+        let why = match answer {
+            Ok(Some(outcome)) => return Ok(Some(outcome)),
+            Ok(None) => "did not answer in time".to_owned(),
+            Err(e) => format!("could not be asked ({e})"),
+        };
+        let mut wait = Duration::from_millis(100);
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let stored = loop {
+            match self.store.stored_or_void(session_id).await {
+                Ok(stored) => break stored,
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::error!(session_id, node = %device.node, cause = %e, "could not settle whether another node opened a session");
+                    return Err(e);
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+            }
+        };
+        if !stored {
+            tracing::warn!(session_id, node = %device.node, why, "the device's node did not open the session; its id is voided (not run)");
+            return Ok(None);
         }
-        match self.store.get(session_id).await {
-            Ok(Some(r))
-                if r.executor == device.client_id && r.requester.as_deref() == requester =>
-            {
-                tracing::warn!(session_id, node = %device.node, "the device's node stored the session but did not answer; counted as accepted");
-                Some(Outcome::Ok)
+        match self.store.get(session_id).await? {
+            Some(r) if r.executor == device.client_id && r.requester.as_deref() == requester => {
+                tracing::warn!(session_id, node = %device.node, why, "the device's node stored the session but did not answer; counted as accepted");
+                Ok(Some(Outcome::Ok))
             }
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(session_id, cause = %e, "could not check whether a silent node stored the session");
-                None
-            }
+            // Another session of this id (a client's reused id): this open did not happen.
+            _ => Ok(Some(Outcome::Refused {
+                status: 409,
+                detail: aip_protocol::errors::http::SESSION_ID_IN_USE.to_owned(),
+            })),
         }
     }
 
@@ -181,22 +205,23 @@ impl Cluster {
                 client_id: requester.client_id.clone(),
                 conn_id: requester.conn.id(),
                 node: device.node.clone(),
+                since: Instant::now(),
             },
         );
         let asker = RemoteRequester {
             client_id: requester.client_id.clone(),
             conn_id: requester.conn.id(),
         };
-        let outcome = self
+        let answer = self
             .call(&device.node, |req| {
                 self.open_msg(req, device, open, Some(asker))
             })
             .await;
-        let outcome = match outcome {
-            Ok(o) => {
-                self.opened_anyway(o, &sid, device, Some(&requester.client_id))
-                    .await
-            }
+        let outcome = match self
+            .settle(answer, &sid, device, Some(&requester.client_id))
+            .await
+        {
+            Ok(o) => o,
             Err(e) => {
                 self.remote_sessions.remove(&sid);
                 return Err(e);
@@ -327,8 +352,10 @@ impl Cluster {
             );
             return;
         }
-        if peek.kind.as_deref() == Some("task_end") {
-            self.remote_sessions.remove(sid);
+        // A `task_end` is delivered once: by whoever takes the session out, this or the
+        // sweep that reads ends from the store.
+        if peek.kind.as_deref() == Some("task_end") && self.remote_sessions.remove(sid).is_none() {
+            return;
         }
         if let Some(e) = app.registry.get_conn(client_id, conn_id) {
             let _ = e.send_text(text);

@@ -58,7 +58,9 @@ pub(super) async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg
             from,
             client_id,
         } => {
-            let alive = match app.registry.get(&client_id) {
+            let alive = match app.registry.get_held(&client_id) {
+                // A registration in progress here holds the id: the asker refuses its own.
+                Some(holder) if !holder.is_ready() => true,
                 Some(holder) => {
                     let alive = crate::web::ws::probe_alive(app, &holder).await;
                     if !alive {

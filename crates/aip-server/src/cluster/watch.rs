@@ -240,7 +240,7 @@ impl Cluster {
         for h in app.sessions.all() {
             h.cancel(CancelReason::NodeLost);
         }
-        for e in app.registry.list() {
+        for e in app.registry.list_held() {
             e.conn.kill(crate::conn::close::GOING_AWAY);
         }
         let _ = query::<()>(

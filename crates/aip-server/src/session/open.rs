@@ -211,8 +211,19 @@ impl SessionManager {
             self.store.insert_new(record.clone()).await
         };
         if let Err(e) = stored {
-            self.release(&record.session_id);
-            return Err(e.into());
+            // An error need not mean the write was lost (the connection broke before the
+            // reply): what the store holds decides. A stored first record of this run
+            // stands, and the session goes on.
+            let landed = e.refusal().is_none()
+                && matches!(
+                    self.store.get(&record.session_id).await,
+                    Ok(Some(r)) if r.created_at.timestamp_micros() == record.created_at.timestamp_micros()
+                );
+            if !landed {
+                self.release(&record.session_id);
+                return Err(e.into());
+            }
+            tracing::warn!(session_id = %record.session_id, cause = %e, "the store reported an error but holds the new session; it goes on");
         }
         // An earlier session of this id whose end is not stored yet stops retrying.
         self.unsaved.forget(&record.session_id);

@@ -68,6 +68,12 @@ impl SessionManager {
         Ok(list)
     }
 
+    /// Whether this node holds a state of `session_id` that the store has not taken yet
+    /// (its write is being retried).
+    pub fn is_unsaved(&self, session_id: &str) -> bool {
+        self.unsaved.get(session_id).is_some()
+    }
+
     /// Number of sessions whose latest state the store has not taken yet.
     pub fn unsaved(&self) -> usize {
         self.unsaved.len()

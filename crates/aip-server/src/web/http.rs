@@ -171,14 +171,10 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
         ));
     };
     let valid = fields.validate()?;
-    if !valid.generated_id
-        && (app.sessions.get(&valid.session_id).is_some()
-            || app.sessions.record(&valid.session_id).await?.is_some())
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            detail::SESSION_ID_IN_USE,
-        ));
+    if !valid.generated_id {
+        if let Some(same) = known_session(&app, &valid).await? {
+            return Ok(same);
+        }
     }
     let Some(device) = app.registry.get(&valid.target) else {
         return dispatch_elsewhere(&app, valid).await;
@@ -212,6 +208,29 @@ pub async fn dispatch(State(app): State<Arc<AppState>>, body: Bytes) -> Result<R
     Ok(Dispatched::new(&handle.session_id, &handle.task_name, &device.client_id).into_response())
 }
 
+/// A dispatch naming a `session_id` that is known (live, or a retained result): the
+/// same dispatch again (an HTTP session of the same target and request, and task name if
+/// one is given) is a retry and gets the answer the first one got, on any node, whatever
+/// the session's state; anything else is `409`. `None`: not known.
+async fn known_session(
+    app: &AppState,
+    valid: &ValidDispatch,
+) -> Result<Option<Response>, ApiError> {
+    let in_use = || ApiError::new(StatusCode::CONFLICT, detail::SESSION_ID_IN_USE);
+    match app.sessions.record(&valid.session_id).await? {
+        Some(r) if valid.is_retry_of(&r) => {
+            tracing::info!(session_id = %r.session_id, "dispatch retried: answered as the first time");
+            Ok(Some(
+                Dispatched::new(&r.session_id, &r.task_name, &r.executor).into_response(),
+            ))
+        }
+        Some(_) => Err(in_use()),
+        // Live here but not stored yet: a retry racing the first attempt.
+        None if app.sessions.get(&valid.session_id).is_some() => Err(in_use()),
+        None => Ok(None),
+    }
+}
+
 /// Cluster mode: a dispatch for a device connected to another node, which opens and
 /// runs the session; answered 200 only once that node has stored it.
 async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Response, ApiError> {
@@ -223,12 +242,17 @@ async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Resp
             detail::SHUTTING_DOWN,
         ));
     }
+    if !valid.generated_id {
+        // A retry of a dispatch whose earlier attempt was answered 503 (its id voided,
+        // `Cluster::settle`) is a new attempt.
+        cluster.store().unvoid(&valid.session_id).await?;
+    }
     let open = RemoteOpen {
         session_id: valid.session_id.clone(),
         generated_id: valid.generated_id,
         task_name: valid.task_name.clone(),
-        request: valid.request,
-        commands: valid.commands,
+        request: valid.request.clone(),
+        commands: valid.commands.clone(),
         job_id: None,
     };
     let (device, outcome) = cluster
@@ -242,6 +266,12 @@ async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Resp
         Some(Outcome::Ok) => {}
         Some(Outcome::Busy) => return Ok(device_busy()),
         Some(Outcome::Refused { status, detail }) => {
+            if status == 409 && !valid.generated_id {
+                // A retry racing its first attempt, which the device's node runs.
+                if let Some(same) = known_session(app, &valid).await? {
+                    return Ok(same);
+                }
+            }
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return Err(ApiError::new(status, detail));
         }
@@ -282,9 +312,9 @@ impl DispatchFields<'_> {
             }
             (Some(a), _) | (None, Some(a)) => a.to_owned(),
         };
-        let task_name = match &self.task_name {
-            Field::Absent => uuid::Uuid::new_v4().to_string(),
-            Field::Given(n) if is_valid_http_task_name(n) => n.to_string(),
+        let (task_name, task_name_given) = match &self.task_name {
+            Field::Absent => (uuid::Uuid::new_v4().to_string(), false),
+            Field::Given(n) if is_valid_http_task_name(n) => (n.to_string(), true),
             _ => return Err(ApiError::bad_request(detail::INVALID_TASK_NAME)),
         };
         // A generated UUID cannot be in use; only a client-supplied id needs the store lookup.
@@ -304,9 +334,22 @@ impl DispatchFields<'_> {
             session_id,
             generated_id,
             task_name,
+            task_name_given,
             request,
             commands,
         })
+    }
+}
+
+impl ValidDispatch {
+    /// Whether this dispatch repeats the one that made `r`: an HTTP session of the same
+    /// target and request (and task name, if this one names it).
+    fn is_retry_of(&self, r: &SessionRecord) -> bool {
+        r.origin == crate::storage::Origin::Http
+            && r.requester.is_none()
+            && r.executor == self.target
+            && r.request == self.request
+            && (!self.task_name_given || r.task_name == self.task_name)
     }
 }
 
@@ -316,6 +359,8 @@ struct ValidDispatch {
     session_id: String,
     generated_id: bool,
     task_name: String,
+    /// `task_name` was given (not generated).
+    task_name_given: bool,
     request: String,
     commands: Option<Vec<aip_protocol::Command>>,
 }

@@ -237,6 +237,7 @@ async fn register(
             scope.clone(),
         )
         .with_grant(grant.clone())
+        .held()
     };
     let entry = match insert(app, &client_id, grant, new).await {
         Ok(entry) => entry,
@@ -248,6 +249,8 @@ async fn register(
         disconnect(app, &client_id, conn.id());
         return Err(None);
     }
+    // Routable only now: no task, dispatch or target reaches it before its acknowledgement.
+    entry.set_ready();
     crate::metrics::registered(role.as_str());
     tracing::info!(client_id = %client_id, role = role.as_str(), key = %grant.name(), platform = entry.platform.as_deref().unwrap_or(""), "client registered");
     super::events::client_connected(&app.sessions.events, &entry);

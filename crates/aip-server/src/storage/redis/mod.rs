@@ -297,7 +297,7 @@ impl RedisStore {
     }
 
     /// Records by id, in the order given, skipping ids with no record.
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<SessionRecord>, StoreError> {
+    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<SessionRecord>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }

@@ -1,0 +1,123 @@
+//! What the store says, checked against what this node knows, every few seconds:
+//! - a session stored live as this node's that this node does not run (its first write
+//!   landed while the node saw it fail and dropped it, or anything else that left it
+//!   behind) is ended `failed` / `lost_in_flight` once seen so twice in a row; nothing
+//!   stays `created` or `running` forever under a healthy node;
+//! - a session a requester here opened on another node whose end is stored, but whose
+//!   `task_end` never arrived (forwarding gave up in a Redis outage), is ended for the
+//!   requester from the stored record: every acknowledged task gets its `task_end`
+//!   while its connection lives.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use aip_protocol::ServerMessage;
+
+use super::Cluster;
+use crate::state::AppState;
+use crate::storage::{EndReason, SessionState};
+
+/// How often the sweep runs.
+pub(super) const EVERY: Duration = Duration::from_secs(5);
+/// A session opened elsewhere is looked up in the store only after this long.
+const REMOTE_GRACE: Duration = Duration::from_secs(3);
+
+/// The error of a session ended `lost_in_flight`.
+pub const LOST_IN_FLIGHT: &str =
+    "The server node owning this task no longer ran it (lost in flight)";
+
+impl Cluster {
+    /// One sweep (see the module docs).
+    pub(super) async fn sweep(&self, app: &AppState) {
+        self.end_orphans(app).await;
+        self.end_remote_from_store(app).await;
+    }
+
+    async fn end_orphans(&self, app: &AppState) {
+        let live = match self.store.live_ids_of(&self.node).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::debug!(cause = %e, "sweep: live sessions not read");
+                return;
+            }
+        };
+        let now: HashSet<String> = live
+            .into_iter()
+            .filter(|sid| app.sessions.get(sid).is_none() && !app.sessions.is_unsaved(sid))
+            .collect();
+        let before = std::mem::replace(&mut *self.orphans.lock(), now.clone());
+        for sid in now.intersection(&before) {
+            match self
+                .store
+                .fail_one_if_live(
+                    sid,
+                    &self.node,
+                    EndReason::LostInFlight,
+                    LOST_IN_FLIGHT,
+                    chrono::Utc::now(),
+                )
+                .await
+            {
+                Ok(Some(_)) => {
+                    tracing::warn!(session_id = %sid, "a session stored as this node's but not run here was ended (lost_in_flight)");
+                    self.orphans.lock().remove(sid);
+                }
+                Ok(None) => {
+                    self.orphans.lock().remove(sid);
+                }
+                Err(e) => {
+                    tracing::warn!(session_id = %sid, cause = %e, "sweep: could not end a session lost in flight")
+                }
+            }
+        }
+    }
+
+    async fn end_remote_from_store(&self, app: &AppState) {
+        let waiting: Vec<String> = self
+            .remote_sessions
+            .iter()
+            .filter(|s| s.since.elapsed() >= REMOTE_GRACE)
+            .map(|s| s.key().clone())
+            .collect();
+        for chunk in waiting.chunks(500) {
+            let records = match self.store.get_many(chunk).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(cause = %e, "sweep: remote sessions not read");
+                    return;
+                }
+            };
+            for r in records.iter().filter(|r| r.state.is_terminal()) {
+                let Some((sid, s)) = self.remote_sessions.remove(&r.session_id) else {
+                    continue;
+                };
+                tracing::warn!(session_id = %sid, node = %s.node, "the end of a session opened on another node never arrived; sent from the store");
+                if let Some(e) = app.registry.get_conn(&s.client_id, s.conn_id) {
+                    let end = ServerMessage::task_end(
+                        &sid,
+                        &r.task_name,
+                        r.state == SessionState::Completed,
+                        r.result.as_deref().cloned(),
+                        r.error.clone(),
+                    );
+                    let _ = e.send(&end);
+                }
+            }
+        }
+    }
+}
+
+/// Sweeps every [`EVERY`] while Redis answers, until shutdown.
+pub(super) async fn run(cluster: std::sync::Arc<Cluster>, app: std::sync::Arc<AppState>) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        if cluster.redis_up() {
+            cluster.sweep(&app).await;
+        }
+    }
+}
