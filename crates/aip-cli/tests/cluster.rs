@@ -950,3 +950,260 @@ async fn a_job_node_declared_lost_that_comes_back_does_not_overwrite_its_ended_j
     );
     assert_eq!(after["finished_at"], lost["finished_at"], "{after}");
 }
+
+/// `redis-cli KEYS pattern`, one per line.
+fn redis_keys(redis: &RedisServer, pattern: &str) -> String {
+    redis.cli(&["KEYS", pattern]).trim().to_owned()
+}
+
+/// Issue 23 (1): a Redis outage longer than the node TTL expires every heartbeat key at
+/// once; when Redis comes back no node is declared lost, a session that finished during
+/// the outage is stored `completed` with its output, and no connection is dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_longer_than_the_node_ttl_declares_no_node_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut redis, a, b) = two_nodes(tmp.path());
+    let _dev = b.device("dev", &[]);
+    wait_client(&a, "dev", Some("b")).await;
+    let before = ran(&a, "dev", "echo before").await;
+    assert_eq!(stdout_of(&before), "before\n");
+    // Runs across the outage: it ends while Redis is down.
+    let across = started(&a, "dev", "sleep 2; echo across").await;
+    wait_result(&a, &across, |v| v["state"] == "running").await;
+
+    redis.kill9();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    redis.restart();
+
+    let url = format!("{}/api/task_result/{across}", a.url());
+    let done = poll(&url, None, Duration::from_secs(30), |v| {
+        v["status"] == "done"
+    })
+    .await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(stdout_of(&done), "across\n");
+    // Past the time a node may judge another (a TTL and a beat after Redis is back).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        redis_keys(&redis, "{aip}:lost:*"),
+        "",
+        "a node was declared lost"
+    );
+    for srv in [&a, &b] {
+        let same = wait_result(srv, &across, |v| v["status"] == "done").await;
+        assert_eq!(same["state"], "completed", "{same}");
+        let kept = wait_result(srv, before["session_id"].as_str().unwrap(), |v| {
+            v["status"] == "done"
+        })
+        .await;
+        assert_eq!(kept["state"], "completed", "{kept}");
+    }
+    assert!(
+        !b.proc.output().contains("declared lost"),
+        "{}",
+        b.proc.output()
+    );
+    wait_client(&a, "dev", Some("b")).await;
+    let again = ran(&a, "dev", "echo again").await;
+    assert_eq!(stdout_of(&again), "again\n");
+}
+
+/// A device `dev` on `srv` (node `node`; raw WebSocket) running a session dispatched
+/// through `via`:
+/// the device holds the command (never reports). The device and the session id.
+async fn held_session(srv: &Server, node: &str, via: &Server) -> (Ws, String) {
+    let mut dev = device_ws(srv, "dev").await;
+    wait_client(via, "dev", Some(node)).await;
+    let sid = started(via, "dev", "held").await;
+    let task = dev.recv().await;
+    assert_eq!(task["type"], "task", "{task}");
+    dev.send(
+        json!({"type": "task", "status": "continue", "client_type": "device",
+        "client_id": "dev", "session_id": sid, "task_name": task["task_name"],
+        "request": "held"}),
+    )
+    .await;
+    let _ack = dev.recv().await;
+    let cmd = dev.recv().await;
+    assert_eq!(cmd["type"], "command", "{cmd}");
+    (dev, sid)
+}
+
+/// Issue 23 (6): the clean-up lock names the lost incarnation, so a node killed again
+/// soon after its restart is reaped as promptly as the first time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_lost_twice_within_half_a_minute_is_reaped_promptly_both_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (redis, a, b) = two_nodes(tmp.path());
+    let mut b = b;
+    for round in 0..2 {
+        let (_dev, sid) = held_session(&b, "b", &a).await;
+        let killed = Instant::now();
+        signal(b.proc.pid(), "-9");
+        let failed = wait_result(&a, &sid, |v| v["state"] == "failed").await;
+        assert_eq!(failed["reason"], "node_lost", "{failed}");
+        let took = killed.elapsed();
+        eprintln!("round {round}: node lost, sessions failed after {took:?}");
+        assert!(took < Duration::from_secs(12), "round {round}: {took:?}");
+        if round == 0 {
+            b = node(&redis.url(), "b", tmp.path(), &[]);
+        }
+    }
+}
+
+/// Issue 23 (2): a client connected to a node is never missing from the fleet view for
+/// long, whatever removed its entry (here: removed behind the nodes' backs).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connected_device_missing_from_presence_is_published_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (redis, a, b) = two_nodes(tmp.path());
+    let _dev = device_ws(&b, "dev").await;
+    wait_client(&a, "dev", Some("b")).await;
+    redis.cli(&["HDEL", "{aip}:owner", "dev"]);
+    redis.cli(&["HDEL", "{aip}:clients", "dev"]);
+    let gone = Instant::now();
+    wait_client(&a, "dev", Some("b")).await;
+    assert!(
+        gone.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        gone.elapsed()
+    );
+    let (status, d) = dispatch(&a, plan("dev", "x")).await;
+    assert_eq!(status, 200, "{d}");
+}
+
+/// Issue 23 (3): a registration is not routable before it is acknowledged: while its id
+/// is claimed across the cluster (the holder on the other node is probed), no task
+/// reaches the new connection, whose first frame is its acknowledgement.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_being_claimed_gets_its_acknowledgement_before_any_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, a, b) = two_nodes(tmp.path());
+    // The holder on A stops reading: the probe waits --duplicate-probe-timeout (5 s).
+    let first = device_ws(&a, "twin").await;
+    wait_client(&b, "twin", Some("a")).await;
+    let mut second = Ws::connect(&b.ws()).await;
+    second
+        .send(json!({"type": "register", "status": "ok", "client_type": "device", "client_id": "twin"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Meanwhile, B's clients and dispatches do not see the newcomer.
+    let (_, v) = get(&format!("{}/api/clients", b.url())).await;
+    let listed: Vec<&Value> = v["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["client_id"] == "twin")
+        .collect();
+    assert!(listed.iter().all(|c| c["node"] == "a"), "{v}");
+    let _ = dispatch(&b, plan("twin", "echo early")).await;
+    let first_frame = second.next_text(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(first_frame["type"], "heartbeat", "{first_frame}");
+    assert_eq!(first_frame["status"], "ok", "{first_frame}");
+    drop(first);
+}
+
+/// Issue 23 ("an answer is true"): a dispatch repeating a known `session_id` with the
+/// same target and request is a retry, answered as the first time on any node; another
+/// request under that id is `409`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_dispatch_with_its_session_id_is_answered_as_the_first_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, a, b) = two_nodes(tmp.path());
+    let _dev = b.device("dev", &[]);
+    wait_client(&a, "dev", Some("b")).await;
+    let mut body = plan("dev", "echo once");
+    body["session_id"] = json!("retry-1");
+    let (status, first) = dispatch(&a, body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    for srv in [&a, &b, &a] {
+        let (status, again) = dispatch(srv, body.clone()).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again, first);
+    }
+    let done = wait_result(&a, "retry-1", |v| v["status"] == "done").await;
+    assert_eq!(stdout_of(&done), "once\n");
+    let (status, again) = dispatch(&b, body.clone()).await;
+    assert_eq!((status, &again), (200, &first));
+    body["request"] = json!("another request");
+    let (status, v) = dispatch(&a, body).await;
+    assert_eq!(status, 409, "{v}");
+    // It ran once.
+    let (_, list) = get(&format!("{}/api/sessions?client_id=dev", a.url())).await;
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 1, "{list}");
+}
+
+/// Issue 23 (5): a session the store holds live under a healthy node that does not run
+/// it (its write landed while the node saw it fail) is ended `lost_in_flight`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_stored_live_under_a_node_that_does_not_run_it_ends_lost_in_flight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (redis, a, _b) = two_nodes(tmp.path());
+    let now = chrono::Utc::now().timestamp_micros();
+    let record = json!({"session_id": "orphan", "task_name": "orphan", "request": "x",
+        "origin": "http", "requester": null, "executor": "dev", "platform": "linux",
+        "state": "running", "reason": null, "error": null, "result": null,
+        "created_at": now, "started_at": now, "finished_at": null, "echo_received": true});
+    redis.cli(&["SET", "{aip}:s:orphan", &record.to_string()]);
+    redis.cli(&[
+        "HSET",
+        "{aip}:m:orphan",
+        "t",
+        "orphan",
+        "r",
+        "",
+        "e",
+        "dev",
+        "n",
+        "b",
+        "x",
+        "",
+    ]);
+    redis.cli(&["ZADD", "{aip}:created", &now.to_string(), "orphan"]);
+    redis.cli(&["HSET", "{aip}:live", "orphan", "b"]);
+    let url = format!("{}/api/task_result/orphan", a.url());
+    let ended = poll(&url, None, Duration::from_secs(20), |v| {
+        v["status"] == "done"
+    })
+    .await;
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert_eq!(ended["reason"], "lost_in_flight", "{ended}");
+}
+
+/// Issue 23 (7): the `task_end` of a session a constellation opened on another node
+/// reaches it even when forwarding failed in a Redis outage (here Redis stops for 8 s
+/// as the session ends), and says what the store says.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acknowledged_remote_task_gets_its_task_end_after_a_redis_outage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (redis, a, b) = two_nodes(tmp.path());
+    let mut dev = device_ws(&b, "dev").await;
+    wait_client(&a, "dev", Some("b")).await;
+    let mut k = constellation(&a, "galaxy", None).await;
+    k.send(
+        json!({"type": "task", "status": "continue", "client_type": "constellation",
+        "session_id": "k-1", "task_name": "t", "client_id": "galaxy", "target_id": "dev",
+        "request": "x", "metadata": {"commands": [{"tool_name": "execute_command",
+        "tool_type": "action", "parameters": {"command": "echo x"}}]}}),
+    )
+    .await;
+    assert_eq!(k.recv().await["session_id"], "k-1");
+    let cmd = dev.recv().await;
+    assert_eq!(cmd["type"], "command", "{cmd}");
+
+    redis.pause();
+    dev.send(results_for(&cmd, "dev")).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    redis.resume();
+
+    let end = loop {
+        let f = k.next_text(Duration::from_secs(25)).await.unwrap();
+        if f["type"] == "task_end" {
+            break f;
+        }
+    };
+    assert_eq!(end["session_id"], "k-1", "{end}");
+    assert_eq!(end["status"], "completed", "{end}");
+    let stored = wait_result(&a, "k-1", |v| v["status"] == "done").await;
+    assert_eq!(stored["state"], "completed", "{stored}");
+}
