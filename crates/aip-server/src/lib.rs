@@ -50,6 +50,7 @@ pub mod fleet;
 pub mod hangup;
 pub mod keys;
 pub mod limits;
+pub mod link;
 pub mod logsafe;
 pub mod metrics;
 pub mod registry;

@@ -62,10 +62,10 @@ pub(super) async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg
                 // A registration in progress here holds the id: the asker refuses its own.
                 Some(holder) if !holder.is_ready() => true,
                 Some(holder) => {
-                    let alive = crate::web::ws::probe_alive(app, &holder).await;
+                    let alive = crate::link::probe_alive(app, &holder).await;
                     if !alive {
                         tracing::warn!(client_id, node = %from, "a holder another node asked about is dead; dropping it");
-                        crate::web::ws::disconnect(app, &client_id, holder.conn.id());
+                        crate::link::disconnect(app, &client_id, holder.conn.id());
                         holder.conn.kill(crate::conn::close::GOING_AWAY);
                     }
                     alive

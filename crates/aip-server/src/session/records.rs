@@ -98,8 +98,9 @@ fn matches(r: &SessionRecord, filter: &SessionFilter) -> bool {
             .is_none_or(|c| r.executor == c || r.requester.as_deref() == Some(c))
 }
 
-/// Retries writing `record`, backing off up to 5 s, until it lands or is superseded (a
-/// newer write of it, or a new session of its id).
+/// Retries writing `record`, backing off up to 1 s (a store back from an outage gets the
+/// held states within a second: other nodes read them from it), until it lands or is
+/// superseded (a newer write of it, or a new session of its id).
 pub(super) async fn store_until_saved(manager: &SessionManager, record: Arc<SessionRecord>) {
     let mut wait = std::time::Duration::from_millis(100);
     let mut attempts = 1u32;
@@ -122,6 +123,6 @@ pub(super) async fn store_until_saved(manager: &SessionManager, record: Arc<Sess
                 tracing::debug!(session_id = %record.session_id, cause = %e, attempts, "store still refuses the session");
             }
         }
-        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+        wait = (wait * 2).min(std::time::Duration::from_secs(1));
     }
 }

@@ -189,13 +189,3 @@ pub fn client_connected(bus: &EventBus, entry: &ClientEntry) {
         })
     });
 }
-
-/// `client_disconnected`.
-pub fn client_disconnected(bus: &EventBus, entry: &ClientEntry) {
-    bus.publish(EventKind::ClientDisconnected, || {
-        json!({
-            "client_id": entry.client_id,
-            "client_type": entry.role.as_str(),
-        })
-    });
-}

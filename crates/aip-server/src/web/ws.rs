@@ -1,5 +1,6 @@
 //! The `/ws` endpoint: upgrade checks, registration handshake, the per-connection
-//! reader/writer pair, liveness, and the disconnect procedure (protocol.md §1, §3.1–3.3, §5).
+//! reader/writer pair and liveness (protocol.md §1, §3.1–3.3, §5); the disconnect
+//! procedure and the liveness probe are connection-level actions (`crate::link`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,8 +26,8 @@ use super::error::ApiError;
 use super::handlers::ClientConn;
 use crate::conn::{close, ConnHandle, Outgoing, QueueLimits};
 use crate::keys::Grant;
+use crate::link::{disconnect, probe_alive};
 use crate::registry::ClientEntry;
-use crate::session::CancelReason;
 use crate::state::AppState;
 
 /// Initial read buffer per connection (tungstenite's default is 128 KiB).
@@ -352,29 +353,6 @@ async fn claimed(app: &AppState, e: Arc<ClientEntry>) -> Result<Arc<ClientEntry>
     Ok(e)
 }
 
-/// Pings the holder of a `client_id` and waits for any inbound frame (protocol.md §4.2).
-pub(crate) async fn probe_alive(app: &AppState, existing: &ClientEntry) -> bool {
-    let before = existing.conn.last_seen_micros();
-    if existing.conn.send_raw(Outgoing::Ping).is_err() {
-        return false;
-    }
-    let deadline = Instant::now() + app.config.duplicate_probe_timeout;
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if existing.conn.last_seen_micros() > before {
-            return true;
-        }
-        if app
-            .registry
-            .get_conn(&existing.client_id, existing.conn.id())
-            .is_none()
-        {
-            return false;
-        }
-    }
-    false
-}
-
 /// Reads and dispatches messages until the connection ends; returns the close code.
 async fn message_loop(
     app: &Arc<AppState>,
@@ -430,35 +408,6 @@ async fn message_loop(
                     let _ = conn.send_raw(Outgoing::Ping);
                 }
             }
-        }
-    }
-}
-
-/// The disconnect procedure (server.md §7), run once per connection: whoever removes
-/// the registry entry cancels its sessions.
-pub fn disconnect(app: &AppState, client_id: &str, conn_id: u64) {
-    let Some(entry) = app.registry.remove_if_conn(client_id, conn_id) else {
-        return;
-    };
-    let (sessions, reason) = match entry.role {
-        ClientType::Device => (
-            std::mem::take(&mut *entry.as_executor.lock()),
-            CancelReason::DeviceDisconnected,
-        ),
-        ClientType::Constellation => (
-            std::mem::take(&mut *entry.as_requester.lock()),
-            CancelReason::RequesterDisconnected,
-        ),
-    };
-    tracing::info!(client_id, sessions = sessions.len(), "client disconnected");
-    super::events::client_disconnected(&app.sessions.events, &entry);
-    if let Some(cluster) = &app.cluster {
-        cluster.release(client_id, conn_id);
-        cluster.client_gone(client_id, conn_id);
-    }
-    for sid in sessions {
-        if let Some(h) = app.sessions.get(&sid) {
-            h.cancel(reason);
         }
     }
 }
