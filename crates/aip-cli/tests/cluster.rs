@@ -679,21 +679,8 @@ async fn a_killed_node_s_sessions_fail_node_lost_and_its_devices_fail_over() {
 async fn a_node_declared_lost_that_comes_back_does_not_resurrect_its_sessions() {
     let tmp = tempfile::tempdir().unwrap();
     let (_redis, a, b) = two_nodes(tmp.path());
-    let mut dev = device_ws(&b, "dev").await;
-    wait_client(&a, "dev", Some("b")).await;
-    let sid = started(&a, "dev", "anything").await;
     // The device echoes; the session runs; its command waits for results.
-    let task = dev.recv().await;
-    assert_eq!(task["type"], "task", "{task}");
-    dev.send(
-        json!({"type": "task", "status": "continue", "client_type": "device",
-        "client_id": "dev", "session_id": sid, "task_name": task["task_name"],
-        "request": "anything"}),
-    )
-    .await;
-    let _ack = dev.recv().await;
-    let cmd = dev.recv().await;
-    assert_eq!(cmd["type"], "command", "{cmd}");
+    let (mut dev, sid, cmd) = held_session(&b, "b", &a).await;
 
     // B stops (a partition, as the others see it) long enough to be declared lost.
     signal(b.proc.pid(), "-STOP");
@@ -1009,9 +996,9 @@ async fn a_redis_outage_longer_than_the_node_ttl_declares_no_node_lost() {
 }
 
 /// A device `dev` on `srv` (node `node`; raw WebSocket) running a session dispatched
-/// through `via`:
-/// the device holds the command (never reports). The device and the session id.
-async fn held_session(srv: &Server, node: &str, via: &Server) -> (Ws, String) {
+/// through `via`: the device holds the command (never reports). The device, the session
+/// id and the command.
+async fn held_session(srv: &Server, node: &str, via: &Server) -> (Ws, String, Value) {
     let mut dev = device_ws(srv, "dev").await;
     wait_client(via, "dev", Some(node)).await;
     let sid = started(via, "dev", "held").await;
@@ -1026,7 +1013,7 @@ async fn held_session(srv: &Server, node: &str, via: &Server) -> (Ws, String) {
     let _ack = dev.recv().await;
     let cmd = dev.recv().await;
     assert_eq!(cmd["type"], "command", "{cmd}");
-    (dev, sid)
+    (dev, sid, cmd)
 }
 
 /// Issue 23 (6): the clean-up lock names the lost incarnation, so a node killed again
@@ -1037,7 +1024,7 @@ async fn a_node_lost_twice_within_half_a_minute_is_reaped_promptly_both_times() 
     let (redis, a, b) = two_nodes(tmp.path());
     let mut b = b;
     for round in 0..2 {
-        let (_dev, sid) = held_session(&b, "b", &a).await;
+        let (_dev, sid, _) = held_session(&b, "b", &a).await;
         let killed = Instant::now();
         signal(b.proc.pid(), "-9");
         let failed = wait_result(&a, &sid, |v| v["state"] == "failed").await;
