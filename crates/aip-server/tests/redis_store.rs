@@ -250,7 +250,8 @@ async fn an_ended_session_is_final_for_every_node() {
 }
 
 /// A fenced node's writes are refused by the store while the cluster has it marked lost,
-/// and an id the asking node voided is never stored by a late open.
+/// so are an earlier incarnation's, and an id the asking node voided is never stored by a
+/// late open.
 #[tokio::test]
 async fn a_fenced_node_s_writes_and_a_voided_id_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -264,6 +265,28 @@ async fn a_fenced_node_s_writes_and_a_voided_id_are_refused() {
         .unwrap_err();
     assert_eq!(e.refusal(), Some(Refusal::Fenced), "{e}");
     assert!(b.get("x").await.unwrap().is_none());
+
+    // An earlier incarnation of a node (a process replaced under the same id) is fenced
+    // by the store too.
+    let old = store(&redis, "c").await;
+    let new = store(&redis, "c").await;
+    assert_eq!(old.new_incarnation().await.unwrap(), 1);
+    old.upsert(rec("c1", "t", SessionState::Running, 1))
+        .await
+        .unwrap();
+    assert_eq!(new.new_incarnation().await.unwrap(), 2);
+    let e = old
+        .upsert(rec("c1", "t", SessionState::Completed, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.refusal(), Some(Refusal::Fenced), "{e}");
+    new.upsert(rec("c2", "t", SessionState::Running, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.get("c1").await.unwrap().unwrap().state,
+        SessionState::Running
+    );
 
     // Voided before it was stored: the owner's late first write is refused.
     assert!(!b.stored_or_void("v").await.unwrap());

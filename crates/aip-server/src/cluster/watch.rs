@@ -82,7 +82,9 @@ const JUDGE_AFTER: Duration = Duration::from_millis(NODE_TTL.as_millis() as u64 
 
 impl Cluster {
     /// Joins the cluster: clears the marks an earlier run under this id may have left (a
-    /// new process has nothing to resurrect), makes the inbox, beats once.
+    /// new process has nothing to resurrect), starts a new incarnation (an earlier
+    /// process under this id, if still running somewhere, has its writes refused), makes
+    /// the inbox, beats once.
     pub(super) async fn join(&self) -> redis::RedisResult<()> {
         query::<()>(
             &mut self.conn(),
@@ -92,6 +94,13 @@ impl Cluster {
         )
         .await?;
         *self.inbox_from.lock() = inbox_start(self).await?;
+        if let Err(e) = self.store.new_incarnation().await {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "starting this node's incarnation",
+                e.to_string(),
+            )));
+        }
         self.beat().await.map(drop)
     }
 
@@ -242,6 +251,10 @@ impl Cluster {
         }
         for e in app.registry.list_held() {
             e.conn.kill(crate::conn::close::GOING_AWAY);
+        }
+        // A new incarnation: whatever the old one still writes is refused by the store.
+        if let Err(e) = self.store.new_incarnation().await {
+            tracing::warn!(cause = %e, "could not start a new incarnation after fencing");
         }
         let _ = query::<()>(
             &mut self.conn(),

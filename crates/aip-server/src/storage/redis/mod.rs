@@ -138,6 +138,10 @@ fn from_json(text: &str) -> Result<SessionRecord, StoreError> {
 pub struct RedisStore {
     redis: Redis,
     node: String,
+    /// This node's incarnation (`{aip}:epoch:<node>`, bumped when the node joins or is
+    /// fenced): writes of an older incarnation are refused. 0: not checked (a store used
+    /// outside a cluster node, in tests).
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -151,7 +155,24 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// The store on `redis`, writing as node `node` (the owner of the sessions it starts).
     pub fn new(redis: Redis, node: String) -> Self {
-        Self { redis, node }
+        Self {
+            redis,
+            node,
+            epoch: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Starts a new incarnation of this node: from now on, writes carrying an earlier
+    /// one (a process that was replaced, or this one before it was fenced) are refused.
+    pub async fn new_incarnation(&self) -> Result<u64, StoreError> {
+        let epoch: u64 = redis::cmd("INCR")
+            .arg(format!("{{aip}}:epoch:{}", self.node))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
+        Ok(epoch)
     }
 
     fn conn(&self) -> Redis {
@@ -332,6 +353,7 @@ impl RedisStore {
             .arg(&self.node)
             .arg(r.reason.map_or("", EndReason::as_str))
             .arg(if new_run { "1" } else { "" })
+            .arg(self.epoch.load(std::sync::atomic::Ordering::Acquire))
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;

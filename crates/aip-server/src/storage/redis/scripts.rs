@@ -10,13 +10,14 @@ use redis::Script;
 /// KEYS: record, meta. ARGV: session_id, record JSON, created (µs), task_name,
 /// requester ('' for none), executor, finished (µs, '' while live), node, reason ('' none),
 /// '1' for the first record of a new run of the session (it replaces an ended record of
-/// its id, protocol.md §4.5) or ''.
+/// its id, protocol.md §4.5) or '', the writing node's incarnation ('0': unchecked).
 /// Returns 1 when written, else the rule that refused it, checked here, atomically with
 /// the write, whichever node writes:
 /// - -1: the stored session has ended (an ended session is final) and this is not a new
 ///   run of it;
-/// - -2: the writing node is marked lost (`{aip}:lost:<node>`): a fenced node's writes
-///   are refused, not merely avoided;
+/// - -2: the writing node is marked lost (`{aip}:lost:<node>`), or the write comes from
+///   an earlier incarnation of it (`{aip}:epoch:<node>` has moved on): a fenced or
+///   replaced node's writes are refused, not merely avoided;
 /// - -3: a new record whose id the node that asked for it voided (`{aip}:void:<id>`:
 ///   it gave up on its open and answered that the session was not opened).
 pub static UPSERT: LazyLock<Script> = LazyLock::new(|| {
@@ -25,6 +26,11 @@ pub static UPSERT: LazyLock<Script> = LazyLock::new(|| {
 local p = '{aip}:'
 local sid = ARGV[1]
 if redis.call('EXISTS', p..'lost:'..ARGV[8]) == 1 then return -2 end
+if ARGV[11] ~= '0' then
+  local e = redis.call('GET', p..'epoch:'..ARGV[8])
+  if not e then redis.call('SET', p..'epoch:'..ARGV[8], ARGV[11])
+  elseif e ~= ARGV[11] then return -2 end
+end
 if ARGV[10] ~= '1' and redis.call('ZSCORE', p..'finished', sid) then return -1 end
 local old = redis.call('HMGET', KEYS[2], 't', 'r', 'e', 'n', 'x')
 if not old[1] and redis.call('EXISTS', p..'void:'..sid) == 1 then return -3 end
