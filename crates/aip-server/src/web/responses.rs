@@ -59,7 +59,9 @@ pub enum StoreFailed {
 #[derive(IntoResponses)]
 pub enum DispatchResponses {
     /// The session exists (state `created`) and the task is queued on the device's
-    /// connection; the device has not necessarily accepted it yet.
+    /// connection; the device has not necessarily accepted it yet. A dispatch repeating a
+    /// known `session_id` with the same target and request (and `task_name`, if given) is
+    /// a retry: it gets this answer again, on any node, and runs nothing.
     #[response(status = 200)]
     Dispatched(Dispatched),
     /// A field is missing, empty or invalid, or the target is a constellation.
@@ -79,15 +81,17 @@ pub enum DispatchResponses {
     /// The target is not connected (or went away while the task was queued).
     #[response(status = 404, example = json!({"detail": detail::CLIENT_NOT_ONLINE}))]
     NotOnline(ErrorBody),
-    /// `session_id` is already in use by a live or retained session.
+    /// `session_id` is already in use by a live or retained session of another target or
+    /// request.
     #[response(status = 409, example = json!({"detail": detail::SESSION_ID_IN_USE}))]
     InUse(ErrorBody),
     /// The body is not a JSON object.
     #[response(status = 422, example = json!({"detail": detail::BODY_NOT_OBJECT}))]
     NotAnObject(ErrorBody),
-    /// Too many active sessions, shutting down, the store refused the write, or the
-    /// device is busy (its outgoing queue is full: no session was created; retry after
-    /// `Retry-After` seconds).
+    /// Too many active sessions, shutting down, the store refused the write, the device
+    /// is busy (its outgoing queue is full: no session was created; retry after
+    /// `Retry-After` seconds), or (cluster mode) the device's node did not answer. In
+    /// every case nothing runs: retry, with the same `session_id` to be safe.
     #[response(status = 503,
         headers(("Retry-After" = String, description = "Seconds to wait; when the device is busy")),
         examples(
