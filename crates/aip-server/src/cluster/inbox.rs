@@ -11,6 +11,7 @@ use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::refusal::NodeRefusal;
 use super::{query, serve, Cluster, CALL_TIMEOUT};
 use crate::session::CancelReason;
 use crate::state::AppState;
@@ -142,11 +143,8 @@ pub(super) enum Msg {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     Ok,
-    /// Not done: an HTTP status and its detail (for a requester, the `error` text).
-    Refused {
-        status: u16,
-        detail: String,
-    },
+    /// Not done, and why.
+    Refused(NodeRefusal),
     /// The device's queue is above its high-water mark.
     Busy,
     Alive {

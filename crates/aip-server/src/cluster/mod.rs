@@ -43,12 +43,14 @@ use crate::IdDashMap;
 mod inbox;
 mod outbox;
 mod presence;
+mod refusal;
 mod route;
 mod serve;
 mod sweep;
 mod watch;
 
 pub use inbox::{Outcome, RemoteCancel};
+pub use refusal::NodeRefusal;
 pub use route::{RemoteDevice, RemoteOpen};
 
 /// How often a node renews its heartbeat key and looks for lost nodes.

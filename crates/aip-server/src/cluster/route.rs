@@ -10,7 +10,7 @@ use aip_protocol::{Command, ServerMessage};
 use serde::Deserialize;
 
 use super::inbox::{Msg, OpenAsk, RemoteCancel, RemoteRequester};
-use super::{Cluster, Outcome, RemoteSession, CALL_TIMEOUT};
+use super::{Cluster, NodeRefusal, Outcome, RemoteSession, CALL_TIMEOUT};
 use crate::registry::ClientEntry;
 use crate::state::AppState;
 use crate::storage::{SessionStore, StoreError};
@@ -83,7 +83,7 @@ impl Cluster {
             return Ok(Some((device, None)));
         }
         let outcome = self.open_remote(&device, open.clone()).await?;
-        if !matches!(outcome, Some(Outcome::Refused { status: 404, .. })) {
+        if !matches!(outcome, Some(Outcome::Refused(NodeRefusal::NotOnline))) {
             return Ok(Some((device, outcome)));
         }
         self.located.remove(client_id);
@@ -157,10 +157,7 @@ impl Cluster {
                 Ok(Some(Outcome::Ok))
             }
             // Another session of this id (a client's reused id): this open did not happen.
-            _ => Ok(Some(Outcome::Refused {
-                status: 409,
-                detail: aip_protocol::errors::http::SESSION_ID_IN_USE.to_owned(),
-            })),
+            _ => Ok(Some(Outcome::Refused(NodeRefusal::SessionIdInUse))),
         }
     }
 

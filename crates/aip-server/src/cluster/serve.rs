@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aip_protocol::errors::{self as text, http as detail};
 use aip_protocol::ClientType;
 
 use super::inbox::{Msg, OpenAsk, Outcome, RemoteCancel, RemoteRequester};
+use super::refusal::NodeRefusal;
 use super::{Cluster, ProxyOrigin};
 use crate::conn::{ConnHandle, Outgoing};
 use crate::registry::ClientEntry;
@@ -42,10 +42,7 @@ pub(super) async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg
                     let _ = tokio::time::timeout(Duration::from_secs(10), h.finished()).await;
                     Outcome::Ok
                 }
-                None => Outcome::Refused {
-                    status: 409,
-                    detail: detail::ALREADY_FINISHED.to_owned(),
-                },
+                None => Outcome::Refused(NodeRefusal::AlreadyFinished),
             };
             cluster.reply(&from, req, outcome).await;
         }
@@ -93,15 +90,11 @@ async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) ->
         ..
     } = ask;
     let from = from.as_str();
-    let refused = |status: u16, detail: &str| Outcome::Refused {
-        status,
-        detail: detail.to_owned(),
-    };
     let Some(device) = app.registry.device(&executor) else {
-        return refused(404, detail::CLIENT_NOT_ONLINE);
+        return Outcome::Refused(NodeRefusal::NotOnline);
     };
     if app.is_shutting_down() {
-        return refused(503, detail::SHUTTING_DOWN);
+        return Outcome::Refused(NodeRefusal::ShuttingDown);
     }
     if device.conn.is_busy() {
         crate::metrics::dispatch_busy();
@@ -128,24 +121,17 @@ async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) ->
             tracing::info!(session_id = %h.session_id, node = %from, executor = %h.executor, "task dispatched from another node");
             Outcome::Ok
         }
-        Err(e) => {
-            let (status, d) = match e {
-                CreateError::TooMany => (503, detail::TOO_MANY_SESSIONS.to_owned()),
-                CreateError::Live { .. } if is_remote_requester => {
-                    (409, text::session_active(&sid))
-                }
-                CreateError::Live { .. } => (409, detail::SESSION_ID_IN_USE.to_owned()),
-                CreateError::ExecutorGone => (404, detail::CLIENT_NOT_ONLINE.to_owned()),
-                CreateError::Store(StoreError::Refused(Refusal::Ended)) => {
-                    (409, detail::SESSION_ID_IN_USE.to_owned())
-                }
-                CreateError::Store(e) => {
-                    tracing::error!(cause = %e, "could not store a session another node asked for");
-                    (503, detail::STORAGE_UNAVAILABLE.to_owned())
-                }
-            };
-            Outcome::Refused { status, detail: d }
-        }
+        Err(e) => Outcome::Refused(match e {
+            CreateError::TooMany => NodeRefusal::TooManySessions,
+            CreateError::Live { .. } if is_remote_requester => NodeRefusal::SessionActive(sid),
+            CreateError::Live { .. } => NodeRefusal::SessionIdInUse,
+            CreateError::ExecutorGone => NodeRefusal::NotOnline,
+            CreateError::Store(StoreError::Refused(Refusal::Ended)) => NodeRefusal::SessionIdInUse,
+            CreateError::Store(e) => {
+                tracing::error!(cause = %e, "could not store a session another node asked for");
+                NodeRefusal::StorageUnavailable
+            }
+        }),
     }
 }
 

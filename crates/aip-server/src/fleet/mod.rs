@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub use selector::Selector;
 pub use spec::{Batch, JobSpec};
 
-use crate::cluster::{Cluster, Outcome};
+use crate::cluster::{Cluster, NodeRefusal, Outcome};
 use crate::registry::Registry;
 use crate::session::SessionManager;
 use crate::storage::{JobRecord, JobState, JobStore, MemberRecord, MemberState, StoreError};
@@ -258,24 +258,22 @@ impl JobManager {
                 tracing::info!(job_id, node = %node, "job cancelled over HTTP on its node");
                 Ok(())
             }
-            Some(Outcome::Refused { status: 404, .. }) => Err(JobError::NotFound),
-            Some(Outcome::Refused { status: 409, .. }) => Err(JobError::AlreadyFinished),
+            Some(Outcome::Refused(NodeRefusal::JobAlreadyFinished)) => {
+                Err(JobError::AlreadyFinished)
+            }
+            Some(Outcome::Refused(r)) if r.status() == 404 => Err(JobError::NotFound),
             Some(_) | None => Err(JobError::NodeUnavailable),
         }
     }
 
     /// Another node's request to cancel job `job_id`, which this node runs.
     pub async fn cancel_here(&self, job_id: &str) -> Outcome {
-        let refused = |status: u16, detail: &str| Outcome::Refused {
-            status,
-            detail: detail.to_owned(),
-        };
         let Some(job) = self.live.get(job_id).map(|j| Arc::clone(&j)) else {
-            return refused(409, aip_protocol::errors::http::JOB_ALREADY_FINISHED);
+            return Outcome::Refused(NodeRefusal::JobAlreadyFinished);
         };
         match self.cancel_live(&job).await {
             Ok(()) => Outcome::Ok,
-            Err(_) => refused(409, aip_protocol::errors::http::JOB_ALREADY_FINISHED),
+            Err(_) => Outcome::Refused(NodeRefusal::JobAlreadyFinished),
         }
     }
 

@@ -29,7 +29,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use super::outcome::Outcome;
 use super::spec::JobSpec;
 use super::LiveJob;
-use crate::cluster::{Cluster, Outcome as RemoteOutcome, RemoteCancel, RemoteOpen};
+use crate::cluster::{Cluster, NodeRefusal, Outcome as RemoteOutcome, RemoteCancel, RemoteOpen};
 use crate::registry::Registry;
 use crate::session::{CancelReason, CreateError, OpenRequest, SessionHandle, SessionManager};
 use crate::storage::{JobReason, JobState, JobStore, MemberState};
@@ -264,11 +264,9 @@ impl Runner {
         match outcome {
             Some(RemoteOutcome::Ok) => {}
             Some(RemoteOutcome::Busy) => return failed(detail::DEVICE_BUSY),
-            Some(RemoteOutcome::Refused { status: 404, .. }) => return offline(),
-            Some(RemoteOutcome::Refused { detail: d, .. }) if d == detail::TOO_MANY_SESSIONS => {
-                return Started::Later
-            }
-            Some(RemoteOutcome::Refused { detail: d, .. }) => return failed(&d),
+            Some(RemoteOutcome::Refused(NodeRefusal::NotOnline)) => return offline(),
+            Some(RemoteOutcome::Refused(NodeRefusal::TooManySessions)) => return Started::Later,
+            Some(RemoteOutcome::Refused(r)) => return failed(&r.detail()),
             Some(RemoteOutcome::Alive { .. }) | None => return failed(detail::NODE_UNAVAILABLE),
         }
         self.started(seq, session_id.clone());

@@ -248,7 +248,7 @@ impl ClientConn {
                 crate::metrics::dispatch_busy();
                 self.refuse(text::DEVICE_BUSY);
             }
-            Some(Outcome::Refused { detail, .. }) => self.refuse(detail),
+            Some(Outcome::Refused(r)) => self.refuse(r.detail()),
             Some(Outcome::Alive { .. }) | None => self.refuse(text::NODE_UNAVAILABLE),
         }
     }

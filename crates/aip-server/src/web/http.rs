@@ -265,15 +265,16 @@ async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Resp
     match outcome {
         Some(Outcome::Ok) => {}
         Some(Outcome::Busy) => return Ok(device_busy()),
-        Some(Outcome::Refused { status, detail }) => {
-            if status == 409 && !valid.generated_id {
+        Some(Outcome::Refused(r)) => {
+            if r.status() == 409 && !valid.generated_id {
                 // A retry racing its first attempt, which the device's node runs.
                 if let Some(same) = known_session(app, &valid).await? {
                     return Ok(same);
                 }
             }
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return Err(ApiError::new(status, detail));
+            let status =
+                StatusCode::from_u16(r.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return Err(ApiError::new(status, r.detail()));
         }
         Some(Outcome::Alive { .. }) | None => {
             return Err(ApiError::new(
@@ -531,7 +532,7 @@ pub async fn cancel_session(
                     tracing::info!(session_id = %id, "session on another node cancelled over HTTP");
                     return Ok(Json(SessionView(&record, None)).into_response());
                 }
-                Some(Some(Outcome::Refused { .. })) => {
+                Some(Some(Outcome::Refused(_))) => {
                     return Err(ApiError::new(
                         StatusCode::CONFLICT,
                         detail::ALREADY_FINISHED,
