@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use aip_protocol::Command;
 use futures_util::future::join_all;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -119,9 +120,11 @@ pub(super) enum Msg {
         from: String,
         client_id: String,
     },
+    /// The answer to request `req`, as the call's own reply type ([`OpenReply`],
+    /// [`CancelReply`], [`ProbeReply`]) reads it.
     Reply {
         req: u64,
-        outcome: Outcome,
+        outcome: serde_json::Value,
     },
     /// A frame for a requester connected to the receiving node.
     Frame {
@@ -138,18 +141,33 @@ pub(super) enum Msg {
     },
 }
 
-/// The answer to a call.
+/// The answer to an open (a dispatch, a constellation's `task`, a job member).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Outcome {
+pub enum OpenReply {
+    /// Stored and started.
+    Ok,
+    /// The device's queue is above its high-water mark: nothing was created.
+    Busy,
+    /// Not done, and why.
+    Refused(NodeRefusal),
+}
+
+/// The answer to a cancel (of a session, or of a fleet job).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CancelReply {
+    /// Cancelled; its end is stored.
     Ok,
     /// Not done, and why.
     Refused(NodeRefusal),
-    /// The device's queue is above its high-water mark.
-    Busy,
-    Alive {
-        alive: bool,
-    },
+}
+
+/// The answer to a probe of a client's holder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ProbeReply {
+    Alive { alive: bool },
 }
 
 impl Cluster {
@@ -162,23 +180,24 @@ impl Cluster {
     }
 
     /// Sends the message `make` builds (given a request number) to `node` and waits for
-    /// its answer. `Ok(None)`: not answered within `CALL_TIMEOUT`; `Err`: Redis did not
+    /// its answer, of the call's reply type `R`. `Ok(None)`: not answered within
+    /// `CALL_TIMEOUT` (or answered with something `R` cannot read); `Err`: Redis did not
     /// take the message.
-    pub(super) async fn call(
+    pub(super) async fn call<R: DeserializeOwned>(
         &self,
         node: &str,
         make: impl FnOnce(u64) -> Msg,
-    ) -> Result<Option<Outcome>, StoreError> {
+    ) -> Result<Option<R>, StoreError> {
         self.call_within(node, CALL_TIMEOUT, make).await
     }
 
     /// [`Cluster::call`] waiting up to `wait`.
-    pub(super) async fn call_within(
+    pub(super) async fn call_within<R: DeserializeOwned>(
         &self,
         node: &str,
         wait: Duration,
         make: impl FnOnce(u64) -> Msg,
-    ) -> Result<Option<Outcome>, StoreError> {
+    ) -> Result<Option<R>, StoreError> {
         let req = self.next_req();
         let (tx, rx) = oneshot::channel();
         self.pending.insert(req, tx);
@@ -194,10 +213,23 @@ impl Cluster {
             }
         };
         self.pending.remove(&req);
-        answer
+        Ok(answer?.and_then(|v| match serde_json::from_value(v) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(node, cause = %e, "unreadable answer of another node");
+                None
+            }
+        }))
     }
 
-    pub(super) async fn reply(&self, node: &str, req: u64, outcome: Outcome) {
+    pub(super) async fn reply(&self, node: &str, req: u64, outcome: &impl Serialize) {
+        let outcome = match serde_json::to_value(outcome) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(cause = %e, "could not encode an answer to another node");
+                return;
+            }
+        };
         if let Err(e) = self.send(node, &Msg::Reply { req, outcome }).await {
             tracing::warn!(node, cause = %e, "could not answer another node");
         }

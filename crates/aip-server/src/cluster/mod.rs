@@ -49,7 +49,7 @@ mod serve;
 mod sweep;
 mod watch;
 
-pub use inbox::{Outcome, RemoteCancel};
+pub use inbox::{CancelReply, OpenReply, ProbeReply, RemoteCancel};
 pub use refusal::NodeRefusal;
 pub use route::{RemoteDevice, RemoteOpen};
 
@@ -88,7 +88,7 @@ pub struct Cluster {
     redis: Redis,
     store: Arc<RedisStore>,
     next_req: AtomicU64,
-    pending: IdDashMap<u64, oneshot::Sender<Outcome>>,
+    pending: IdDashMap<u64, oneshot::Sender<serde_json::Value>>,
     remote_sessions: IdDashMap<String, RemoteSession>,
     proxies: IdDashMap<String, ProxyOrigin>,
     /// Where clients on other nodes were found lately (`route.rs`).

@@ -192,7 +192,7 @@ impl Cluster {
                     .ok()
                     .flatten();
                 match answer {
-                    Some(super::Outcome::Alive { alive: false }) => {}
+                    Some(super::ProbeReply::Alive { alive: false }) => {}
                     // No answer from a node that has stopped heartbeating meanwhile: gone.
                     None if !self.node_alive(&node).await => {}
                     _ => {

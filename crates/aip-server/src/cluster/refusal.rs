@@ -150,7 +150,7 @@ impl<'de> Deserialize<'de> for NodeRefusal {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::cluster::Outcome;
+    use crate::cluster::{CancelReply, OpenReply, ProbeReply};
     use serde_json::json;
 
     #[test]
@@ -169,13 +169,37 @@ mod tests {
                 detail: "a newer reason".into(),
             },
         ] {
-            let wire = serde_json::to_value(Outcome::Refused(r.clone())).unwrap();
+            let wire = serde_json::to_value(OpenReply::Refused(r.clone())).unwrap();
             assert_eq!(wire["outcome"], "refused", "{wire}");
             assert_eq!(wire["status"], r.status(), "{wire}");
             assert_eq!(wire["detail"], r.detail(), "{wire}");
-            let back: Outcome = serde_json::from_value(wire).unwrap();
-            assert!(matches!(back, Outcome::Refused(b) if b == r));
+            let back: OpenReply = serde_json::from_value(wire.clone()).unwrap();
+            assert!(matches!(back, OpenReply::Refused(b) if b == r));
+            let back: CancelReply = serde_json::from_value(wire).unwrap();
+            assert!(matches!(back, CancelReply::Refused(b) if b == r));
         }
+    }
+
+    #[test]
+    fn each_call_reads_its_own_reply_as_nodes_before_these_types_sent_it() {
+        let ok = json!({"outcome": "ok"});
+        assert!(matches!(
+            serde_json::from_value(ok.clone()),
+            Ok(OpenReply::Ok)
+        ));
+        assert!(matches!(serde_json::from_value(ok), Ok(CancelReply::Ok)));
+        let busy = json!({"outcome": "busy"});
+        assert!(matches!(
+            serde_json::from_value(busy.clone()),
+            Ok(OpenReply::Busy)
+        ));
+        // A cancel is never answered "busy": not read as one.
+        assert!(serde_json::from_value::<CancelReply>(busy).is_err());
+        let alive = json!({"outcome": "alive", "alive": false});
+        assert!(matches!(
+            serde_json::from_value(alive),
+            Ok(ProbeReply::Alive { alive: false })
+        ));
     }
 
     #[test]
@@ -183,7 +207,7 @@ mod tests {
         let old = |status: u16, d: &str| -> NodeRefusal {
             let wire = json!({"outcome": "refused", "status": status, "detail": d});
             match serde_json::from_value(wire).unwrap() {
-                Outcome::Refused(r) => r,
+                OpenReply::Refused(r) => r,
                 other => panic!("{other:?}"),
             }
         };

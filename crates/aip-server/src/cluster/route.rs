@@ -10,7 +10,7 @@ use aip_protocol::{Command, ServerMessage};
 use serde::Deserialize;
 
 use super::inbox::{Msg, OpenAsk, RemoteCancel, RemoteRequester};
-use super::{Cluster, NodeRefusal, Outcome, RemoteSession, CALL_TIMEOUT};
+use super::{CancelReply, Cluster, NodeRefusal, OpenReply, RemoteSession, CALL_TIMEOUT};
 use crate::registry::ClientEntry;
 use crate::state::AppState;
 use crate::storage::{SessionStore, StoreError};
@@ -75,7 +75,7 @@ impl Cluster {
         &self,
         client_id: &str,
         open: RemoteOpen,
-    ) -> Result<Option<(RemoteDevice, Option<Outcome>)>, StoreError> {
+    ) -> Result<Option<(RemoteDevice, Option<OpenReply>)>, StoreError> {
         let Some(device) = self.locate(client_id).await? else {
             return Ok(None);
         };
@@ -83,7 +83,7 @@ impl Cluster {
             return Ok(Some((device, None)));
         }
         let outcome = self.open_remote(&device, open.clone()).await?;
-        if !matches!(outcome, Some(Outcome::Refused(NodeRefusal::NotOnline))) {
+        if !matches!(outcome, Some(OpenReply::Refused(NodeRefusal::NotOnline))) {
             return Ok(Some((device, outcome)));
         }
         self.located.remove(client_id);
@@ -103,7 +103,7 @@ impl Cluster {
         &self,
         device: &RemoteDevice,
         open: RemoteOpen,
-    ) -> Result<Option<Outcome>, StoreError> {
+    ) -> Result<Option<OpenReply>, StoreError> {
         let sid = open.session_id.clone();
         let answer = self
             .call(&device.node, |req| self.open_msg(req, device, open, None))
@@ -122,11 +122,11 @@ impl Cluster {
     /// outcome is unknown).
     async fn settle(
         &self,
-        answer: Result<Option<Outcome>, StoreError>,
+        answer: Result<Option<OpenReply>, StoreError>,
         session_id: &str,
         device: &RemoteDevice,
         requester: Option<&str>,
-    ) -> Result<Option<Outcome>, StoreError> {
+    ) -> Result<Option<OpenReply>, StoreError> {
         let why = match answer {
             Ok(Some(outcome)) => return Ok(Some(outcome)),
             Ok(None) => "did not answer in time".to_owned(),
@@ -154,10 +154,10 @@ impl Cluster {
         match self.store.get(session_id).await? {
             Some(r) if r.executor == device.client_id && r.requester.as_deref() == requester => {
                 tracing::warn!(session_id, node = %device.node, why, "the device's node stored the session but did not answer; counted as accepted");
-                Ok(Some(Outcome::Ok))
+                Ok(Some(OpenReply::Ok))
             }
             // Another session of this id (a client's reused id): this open did not happen.
-            _ => Ok(Some(Outcome::Refused(NodeRefusal::SessionIdInUse))),
+            _ => Ok(Some(OpenReply::Refused(NodeRefusal::SessionIdInUse))),
         }
     }
 
@@ -192,7 +192,7 @@ impl Cluster {
         requester: &ClientEntry,
         device: &RemoteDevice,
         open: RemoteOpen,
-    ) -> Result<Option<Outcome>, StoreError> {
+    ) -> Result<Option<OpenReply>, StoreError> {
         let sid = open.session_id.clone();
         // Known before the node answers: its first frame may come before its answer.
         self.remote_sessions.insert(
@@ -224,7 +224,7 @@ impl Cluster {
                 return Err(e);
             }
         };
-        if !matches!(outcome, Some(Outcome::Ok)) {
+        if !matches!(outcome, Some(OpenReply::Ok)) {
             self.remote_sessions.remove(&sid);
         }
         Ok(outcome)
@@ -235,7 +235,7 @@ impl Cluster {
     pub async fn cancel_remote(
         &self,
         session_id: &str,
-    ) -> Result<Option<Option<Outcome>>, StoreError> {
+    ) -> Result<Option<Option<CancelReply>>, StoreError> {
         self.cancel_remote_as(session_id, None).await
     }
 
@@ -245,7 +245,7 @@ impl Cluster {
         &self,
         session_id: &str,
         why: Option<RemoteCancel>,
-    ) -> Result<Option<Option<Outcome>>, StoreError> {
+    ) -> Result<Option<Option<CancelReply>>, StoreError> {
         let Some(owner) = self.store.owner(session_id).await? else {
             return Ok(None);
         };
@@ -269,7 +269,7 @@ impl Cluster {
         &self,
         node: &str,
         job_id: &str,
-    ) -> Result<Option<Outcome>, StoreError> {
+    ) -> Result<Option<CancelReply>, StoreError> {
         self.call_within(node, CALL_TIMEOUT + Duration::from_secs(10), |req| {
             Msg::CancelJob {
                 req,

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use aip_protocol::ClientType;
 
-use super::inbox::{Msg, OpenAsk, Outcome, RemoteCancel, RemoteRequester};
+use super::inbox::{
+    CancelReply, Msg, OpenAsk, OpenReply, ProbeReply, RemoteCancel, RemoteRequester,
+};
 use super::refusal::NodeRefusal;
 use super::{Cluster, ProxyOrigin};
 use crate::conn::{ConnHandle, Outgoing};
@@ -27,7 +29,7 @@ pub(super) async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg
             }
             let (from, req) = (ask.from.clone(), ask.req);
             let outcome = open_here(cluster, app, *ask).await;
-            cluster.reply(&from, req, outcome).await;
+            cluster.reply(&from, req, &outcome).await;
         }
         Msg::Cancel {
             req,
@@ -40,15 +42,15 @@ pub(super) async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg
                 Some(h) => {
                     h.cancel(why.map_or(CancelReason::Api, RemoteCancel::reason));
                     let _ = tokio::time::timeout(Duration::from_secs(10), h.finished()).await;
-                    Outcome::Ok
+                    CancelReply::Ok
                 }
-                None => Outcome::Refused(NodeRefusal::AlreadyFinished),
+                None => CancelReply::Refused(NodeRefusal::AlreadyFinished),
             };
-            cluster.reply(&from, req, outcome).await;
+            cluster.reply(&from, req, &outcome).await;
         }
         Msg::CancelJob { req, from, job_id } => {
             let outcome = app.jobs.cancel_here(&job_id).await;
-            cluster.reply(&from, req, outcome).await;
+            cluster.reply(&from, req, &outcome).await;
         }
         Msg::Probe {
             req,
@@ -69,14 +71,16 @@ pub(super) async fn answer(cluster: &Arc<Cluster>, app: &Arc<AppState>, msg: Msg
                 }
                 None => false,
             };
-            cluster.reply(&from, req, Outcome::Alive { alive }).await;
+            cluster
+                .reply(&from, req, &ProbeReply::Alive { alive })
+                .await;
         }
         Msg::Reply { .. } | Msg::Frame { .. } | Msg::Gone { .. } => {}
     }
 }
 
 /// Opens a session another node asked for on a device of this node.
-async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) -> Outcome {
+async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) -> OpenReply {
     let OpenAsk {
         from,
         session_id,
@@ -91,14 +95,14 @@ async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) ->
     } = ask;
     let from = from.as_str();
     let Some(device) = app.registry.device(&executor) else {
-        return Outcome::Refused(NodeRefusal::NotOnline);
+        return OpenReply::Refused(NodeRefusal::NotOnline);
     };
     if app.is_shutting_down() {
-        return Outcome::Refused(NodeRefusal::ShuttingDown);
+        return OpenReply::Refused(NodeRefusal::ShuttingDown);
     }
     if device.conn.is_busy() {
         crate::metrics::dispatch_busy();
-        return Outcome::Busy;
+        return OpenReply::Busy;
     }
     let is_remote_requester = requester.is_some();
     let requester = requester.map(|r| cluster.proxy(app, from, r));
@@ -119,9 +123,9 @@ async fn open_here(cluster: &Arc<Cluster>, app: &Arc<AppState>, ask: OpenAsk) ->
     {
         Ok(h) => {
             tracing::info!(session_id = %h.session_id, node = %from, executor = %h.executor, "task dispatched from another node");
-            Outcome::Ok
+            OpenReply::Ok
         }
-        Err(e) => Outcome::Refused(match e {
+        Err(e) => OpenReply::Refused(match e {
             CreateError::TooMany => NodeRefusal::TooManySessions,
             CreateError::Live { .. } if is_remote_requester => NodeRefusal::SessionActive(sid),
             CreateError::Live { .. } => NodeRefusal::SessionIdInUse,

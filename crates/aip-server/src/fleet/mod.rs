@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub use selector::Selector;
 pub use spec::{Batch, JobSpec};
 
-use crate::cluster::{Cluster, NodeRefusal, Outcome};
+use crate::cluster::{CancelReply, Cluster, NodeRefusal};
 use crate::registry::Registry;
 use crate::session::SessionManager;
 use crate::storage::{JobRecord, JobState, JobStore, MemberRecord, MemberState, StoreError};
@@ -254,26 +254,26 @@ impl JobManager {
             return Err(JobError::AlreadyFinished);
         };
         match cluster.cancel_job_remote(&node, job_id).await? {
-            Some(Outcome::Ok) => {
+            Some(CancelReply::Ok) => {
                 tracing::info!(job_id, node = %node, "job cancelled over HTTP on its node");
                 Ok(())
             }
-            Some(Outcome::Refused(NodeRefusal::JobAlreadyFinished)) => {
+            Some(CancelReply::Refused(NodeRefusal::JobAlreadyFinished)) => {
                 Err(JobError::AlreadyFinished)
             }
-            Some(Outcome::Refused(r)) if r.status() == 404 => Err(JobError::NotFound),
+            Some(CancelReply::Refused(r)) if r.status() == 404 => Err(JobError::NotFound),
             Some(_) | None => Err(JobError::NodeUnavailable),
         }
     }
 
     /// Another node's request to cancel job `job_id`, which this node runs.
-    pub async fn cancel_here(&self, job_id: &str) -> Outcome {
+    pub async fn cancel_here(&self, job_id: &str) -> CancelReply {
         let Some(job) = self.live.get(job_id).map(|j| Arc::clone(&j)) else {
-            return Outcome::Refused(NodeRefusal::JobAlreadyFinished);
+            return CancelReply::Refused(NodeRefusal::JobAlreadyFinished);
         };
         match self.cancel_live(&job).await {
-            Ok(()) => Outcome::Ok,
-            Err(_) => Outcome::Refused(NodeRefusal::JobAlreadyFinished),
+            Ok(()) => CancelReply::Ok,
+            Err(_) => CancelReply::Refused(NodeRefusal::JobAlreadyFinished),
         }
     }
 

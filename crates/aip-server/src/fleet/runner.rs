@@ -29,7 +29,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use super::outcome::Outcome;
 use super::spec::JobSpec;
 use super::LiveJob;
-use crate::cluster::{Cluster, NodeRefusal, Outcome as RemoteOutcome, RemoteCancel, RemoteOpen};
+use crate::cluster::{Cluster, NodeRefusal, OpenReply, RemoteCancel, RemoteOpen};
 use crate::registry::Registry;
 use crate::session::{CancelReason, CreateError, OpenRequest, SessionHandle, SessionManager};
 use crate::storage::{JobReason, JobState, JobStore, MemberState};
@@ -262,12 +262,12 @@ impl Runner {
             }
         };
         match outcome {
-            Some(RemoteOutcome::Ok) => {}
-            Some(RemoteOutcome::Busy) => return failed(detail::DEVICE_BUSY),
-            Some(RemoteOutcome::Refused(NodeRefusal::NotOnline)) => return offline(),
-            Some(RemoteOutcome::Refused(NodeRefusal::TooManySessions)) => return Started::Later,
-            Some(RemoteOutcome::Refused(r)) => return failed(&r.detail()),
-            Some(RemoteOutcome::Alive { .. }) | None => return failed(detail::NODE_UNAVAILABLE),
+            Some(OpenReply::Ok) => {}
+            Some(OpenReply::Busy) => return failed(detail::DEVICE_BUSY),
+            Some(OpenReply::Refused(NodeRefusal::NotOnline)) => return offline(),
+            Some(OpenReply::Refused(NodeRefusal::TooManySessions)) => return Started::Later,
+            Some(OpenReply::Refused(r)) => return failed(&r.detail()),
+            None => return failed(detail::NODE_UNAVAILABLE),
         }
         self.started(seq, session_id.clone());
         Started::Remote(session_id)

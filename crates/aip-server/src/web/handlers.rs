@@ -14,7 +14,7 @@ use aip_protocol::{
 };
 use serde_json::{json, Value};
 
-use crate::cluster::{Outcome, RemoteDevice, RemoteOpen};
+use crate::cluster::{OpenReply, RemoteDevice, RemoteOpen};
 use crate::logsafe::{Clip, Throttle};
 use crate::registry::ClientEntry;
 use crate::session::{ClientEnd, CreateError, OpenRequest, ReportedResults, SessionEvent};
@@ -241,15 +241,15 @@ impl ClientConn {
             }
         };
         match outcome {
-            Some(Outcome::Ok) => {
+            Some(OpenReply::Ok) => {
                 tracing::info!(session_id = %sid, client_id = %self.id(), executor = %device.client_id, node = %device.node, "task accepted for a device on another node");
             }
-            Some(Outcome::Busy) => {
+            Some(OpenReply::Busy) => {
                 crate::metrics::dispatch_busy();
                 self.refuse(text::DEVICE_BUSY);
             }
-            Some(Outcome::Refused(r)) => self.refuse(r.detail()),
-            Some(Outcome::Alive { .. }) | None => self.refuse(text::NODE_UNAVAILABLE),
+            Some(OpenReply::Refused(r)) => self.refuse(r.detail()),
+            None => self.refuse(text::NODE_UNAVAILABLE),
         }
     }
 

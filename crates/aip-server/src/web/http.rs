@@ -25,7 +25,7 @@ use super::responses::{
 };
 use super::schema::{DispatchRequest, SessionQuery};
 use super::view::SessionView;
-use crate::cluster::{Outcome, RemoteOpen};
+use crate::cluster::{CancelReply, OpenReply, RemoteOpen};
 use crate::session::{CancelReason, OpenRequest};
 use crate::state::AppState;
 use crate::storage::{SessionFilter, SessionRecord, SessionState};
@@ -263,9 +263,9 @@ async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Resp
         return Err(ApiError::bad_request(detail::TARGET_NOT_DEVICE));
     }
     match outcome {
-        Some(Outcome::Ok) => {}
-        Some(Outcome::Busy) => return Ok(device_busy()),
-        Some(Outcome::Refused(r)) => {
+        Some(OpenReply::Ok) => {}
+        Some(OpenReply::Busy) => return Ok(device_busy()),
+        Some(OpenReply::Refused(r)) => {
             if r.status() == 409 && !valid.generated_id {
                 // A retry racing its first attempt, which the device's node runs.
                 if let Some(same) = known_session(app, &valid).await? {
@@ -276,7 +276,7 @@ async fn dispatch_elsewhere(app: &AppState, valid: ValidDispatch) -> Result<Resp
                 StatusCode::from_u16(r.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return Err(ApiError::new(status, r.detail()));
         }
-        Some(Outcome::Alive { .. }) | None => {
+        None => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 detail::NODE_UNAVAILABLE,
@@ -523,7 +523,7 @@ pub async fn cancel_session(
         if let Some(cluster) = &app.cluster {
             match cluster.cancel_remote(&id).await? {
                 None => {}
-                Some(Some(Outcome::Ok)) => {
+                Some(Some(CancelReply::Ok)) => {
                     let record = app
                         .sessions
                         .record(&id)
@@ -532,7 +532,7 @@ pub async fn cancel_session(
                     tracing::info!(session_id = %id, "session on another node cancelled over HTTP");
                     return Ok(Json(SessionView(&record, None)).into_response());
                 }
-                Some(Some(Outcome::Refused(_))) => {
+                Some(Some(CancelReply::Refused(_))) => {
                     return Err(ApiError::new(
                         StatusCode::CONFLICT,
                         detail::ALREADY_FINISHED,
