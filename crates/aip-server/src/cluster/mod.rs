@@ -69,6 +69,9 @@ struct RemoteSession {
     node: String,
     /// When it was opened (the sweep reads the store for those open a while).
     since: std::time::Instant,
+    /// Whether it was opened is not known yet (Redis could not say when it was asked):
+    /// the sweep settles it once Redis answers.
+    unsettled: bool,
 }
 
 /// Where a remote requester's stand-in came from.

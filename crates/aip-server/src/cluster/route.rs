@@ -203,6 +203,7 @@ impl Cluster {
                 conn_id: requester.conn.id(),
                 node: device.node.clone(),
                 since: Instant::now(),
+                unsettled: false,
             },
         );
         let asker = RemoteRequester {
@@ -220,8 +221,15 @@ impl Cluster {
         {
             Ok(o) => o,
             Err(e) => {
-                self.remote_sessions.remove(&sid);
-                return Err(e);
+                // Not known whether the device's node opened it: if it did, the requester
+                // has its acknowledgement from there already, and must not be told
+                // otherwise. The session stays known here; the sweep settles it once
+                // Redis answers (its end, or an `error` if it was never opened).
+                tracing::warn!(session_id = %sid, node = %device.node, cause = %e, "whether another node opened a session is not known yet; settled when Redis answers");
+                if let Some(mut s) = self.remote_sessions.get_mut(&sid) {
+                    s.unsettled = true;
+                }
+                return Ok(Some(OpenReply::Ok));
             }
         };
         if !matches!(outcome, Some(OpenReply::Ok)) {

@@ -3,6 +3,9 @@
 //!   landed while the node saw it fail and dropped it, or anything else that left it
 //!   behind) is ended `failed` / `lost_in_flight` once seen so twice in a row; nothing
 //!   stays `created` or `running` forever under a healthy node;
+//! - a session a requester here asked another node to open, when Redis could not say
+//!   whether it was opened, is settled once Redis answers: stored, it runs (and ends as
+//!   below); not stored, its id is voided and the requester gets an `error`;
 //! - a session a requester here opened on another node whose end is stored, but whose
 //!   `task_end` never arrived (forwarding gave up in a Redis outage), is ended for the
 //!   requester from the stored record: every acknowledged task gets its `task_end`
@@ -30,6 +33,7 @@ impl Cluster {
     /// One sweep (see the module docs).
     pub(super) async fn sweep(&self, app: &AppState) {
         self.end_orphans(app).await;
+        self.settle_unknown(app).await;
         self.end_remote_from_store(app).await;
     }
 
@@ -67,6 +71,41 @@ impl Cluster {
                 }
                 Err(e) => {
                     tracing::warn!(session_id = %sid, cause = %e, "sweep: could not end a session lost in flight")
+                }
+            }
+        }
+    }
+
+    /// Opens whose outcome Redis could not tell when they were made: stored (they run;
+    /// their end comes as any other), or voided now (never run: the requester is told).
+    async fn settle_unknown(&self, app: &AppState) {
+        let unknown: Vec<String> = self
+            .remote_sessions
+            .iter()
+            .filter(|s| s.unsettled)
+            .map(|s| s.key().clone())
+            .collect();
+        for sid in unknown {
+            match self.store.stored_or_void(&sid).await {
+                Ok(true) => {
+                    if let Some(mut s) = self.remote_sessions.get_mut(&sid) {
+                        s.unsettled = false;
+                    }
+                }
+                Ok(false) => {
+                    let Some((sid, s)) = self.remote_sessions.remove(&sid) else {
+                        continue;
+                    };
+                    tracing::warn!(session_id = %sid, node = %s.node, "a session whose opening was not known was never opened; its requester is told");
+                    if let Some(e) = app.registry.get_conn(&s.client_id, s.conn_id) {
+                        let _ = e.send(&ServerMessage::error(
+                            aip_protocol::errors::NODE_UNAVAILABLE.to_owned(),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(session_id = %sid, cause = %e, "sweep: an unknown open not settled yet");
+                    return;
                 }
             }
         }
