@@ -48,7 +48,7 @@ import websockets
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TERMINAL = ("completed", "failed", "cancelled")
-NODE_TTL = 5.0  # the cluster's node heartbeat TTL (README "Running several nodes")
+NODE_TTL = 5.0  # the cluster's node heartbeat TTL (docs/src/cluster.md)
 ACCEPT_TIMEOUT = 5  # aip serve --accept-timeout used here
 COMMAND_TIMEOUT = 10  # aip serve --command-timeout used here
 PRESENCE_BOUND = 5.0  # a connected device must be listed everywhere this long after heal

@@ -1,4 +1,4 @@
-//! How `aip` ends: the exit codes scripts can branch on (README, "Exit codes"), and the
+//! How `aip` ends: the exit codes scripts can branch on (docs/src/cli.md, "Exit codes"), and the
 //! error that means "the command line was wrong" (exit 2, like clap's own refusals).
 
 use std::process::ExitCode;

@@ -305,11 +305,11 @@ mod tests {
 
     use super::*;
 
-    /// The README's `aip serve` table shows every option's default as `--help` does,
-    /// which takes them from `ServerConfig::default()`.
+    /// The book's `aip serve` table (docs/src/configuration.md) shows every option's
+    /// default as `--help` does, which takes them from `ServerConfig::default()`.
     #[test]
-    fn the_readme_table_shows_the_defaults_of_the_config_type() {
-        let readme = include_str!("../../../README.md");
+    fn the_book_s_table_shows_the_defaults_of_the_config_type() {
+        let readme = include_str!("../../../docs/src/configuration.md");
         let cmd = ServeArgs::augment_args(Command::new("serve"));
         let mut checked = 0;
         for arg in cmd.get_arguments() {
@@ -324,11 +324,11 @@ mod tests {
             let row = readme
                 .lines()
                 .find(|l| l.starts_with(&format!("| `--{long}` |")))
-                .unwrap_or_else(|| panic!("no README row for --{long}"));
+                .unwrap_or_else(|| panic!("no row in docs/src/configuration.md for --{long}"));
             let cell = row.split('|').nth(2).unwrap_or("").trim().trim_matches('`');
             assert_eq!(
                 cell, default,
-                "--{long}: README says {cell}, --help {default}"
+                "--{long}: the book says {cell}, --help {default}"
             );
             checked += 1;
         }

@@ -1,6 +1,6 @@
 //! The client commands as users run them: the real `aip` binary against a real `aip
 //! serve` and the real device agent `aip device`, all child processes on real sockets.
-//! What is printed, the exit codes (README, "Exit codes"), waiting, cancelling, listing;
+//! What is printed, the exit codes (docs/src/cli.md, "Exit codes"), waiting, cancelling, listing;
 //! usage errors; completions and manual pages.
 
 #![allow(clippy::unwrap_used)]

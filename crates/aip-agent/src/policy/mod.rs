@@ -23,7 +23,7 @@
 //! # The command policy
 //!
 //! The example policy, `crates/aip-agent/examples/command-policy.toml` (the tests load
-//! it and the README shows it), allows `ls`, `cat`, `echo`, `df`, `uname`, `grep`, `git`
+//! it and the book shows it, docs/src/device-agent.md), allows `ls`, `cat`, `echo`, `df`, `uname`, `grep`, `git`
 //! and `sleep`, denies `rm`, `shutdown`, `reboot`, `mkfs*` and `dd`, refuses the patterns
 //! `rm -rf /` and the fork bomb, and lets `git` run only `status`, `log` and `diff`. Its
 //! keys: `allowed_commands`, `denied_commands`, `allow_shell_operators` (when false,

@@ -20,7 +20,7 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| (*x).to_owned()).collect()
 }
 
-/// The example policy file (also shown in the README).
+/// The example policy file (also shown in the book, docs/src/device-agent.md).
 const EXAMPLE: &str = include_str!("../../examples/command-policy.toml");
 
 fn example() -> CommandPolicy {
@@ -479,10 +479,10 @@ fn nesting_limit() {
 }
 
 #[test]
-fn the_readme_shows_the_example_policy_file_as_it_is() {
-    let readme = include_str!("../../../../README.md");
+fn the_book_shows_the_example_policy_file_as_it_is() {
+    let chapter = include_str!("../../../../docs/src/device-agent.md");
     assert!(
-        readme.contains(EXAMPLE),
-        "README.md's command policy differs from examples/command-policy.toml"
+        chapter.contains(EXAMPLE),
+        "docs/src/device-agent.md's command policy differs from examples/command-policy.toml"
     );
 }

@@ -16,7 +16,7 @@
 //! Fleet jobs live beside the sessions, under the same tag (`jobs.rs`).
 //!
 //! A write is one Lua script (record and indexes together); a write is durable when it
-//! returns as far as Redis's persistence makes it (README: "Running several nodes").
+//! returns as far as Redis's persistence makes it (docs/src/cluster.md).
 
 use std::sync::Arc;
 
