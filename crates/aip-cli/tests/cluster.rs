@@ -153,6 +153,14 @@ async fn constellation(srv: &Server, id: &str, target: Option<&str>) -> Ws {
     ws
 }
 
+/// Constellation `from`'s `task` `sid` for the device `dev`: one `execute_command`.
+fn command_task(from: &str, sid: &str, command: &str) -> Value {
+    json!({"type": "task", "status": "continue", "client_type": "constellation",
+        "session_id": sid, "task_name": "t", "client_id": from, "target_id": "dev",
+        "request": command, "metadata": {"commands": [{"tool_name": "execute_command",
+        "tool_type": "action", "parameters": {"command": command}}]}})
+}
+
 async fn device_ws(srv: &Server, id: &str) -> Ws {
     let mut ws = Ws::connect(&srv.ws()).await;
     ws.send(
@@ -637,13 +645,7 @@ async fn a_killed_node_s_sessions_fail_node_lost_and_its_devices_fail_over() {
     let running = started(&a, "dev", "sleep 60").await;
     wait_result(&a, &running, |v| v["state"] == "running").await;
     let mut k = constellation(&a, "galaxy", None).await;
-    k.send(
-        json!({"type": "task", "status": "continue", "client_type": "constellation",
-        "session_id": "k-1", "task_name": "t", "client_id": "galaxy", "target_id": "dev",
-        "request": "sleep", "metadata": {"commands": [{"tool_name": "execute_command",
-        "tool_type": "action", "parameters": {"command": "sleep 60"}}]}}),
-    )
-    .await;
+    k.send(command_task("galaxy", "k-1", "sleep 60")).await;
     assert_eq!(k.recv().await["session_id"], "k-1");
 
     let killed = Instant::now();
@@ -1168,13 +1170,7 @@ async fn an_acknowledged_remote_task_gets_its_task_end_after_a_redis_outage() {
     let mut dev = device_ws(&b, "dev").await;
     wait_client(&a, "dev", Some("b")).await;
     let mut k = constellation(&a, "galaxy", None).await;
-    k.send(
-        json!({"type": "task", "status": "continue", "client_type": "constellation",
-        "session_id": "k-1", "task_name": "t", "client_id": "galaxy", "target_id": "dev",
-        "request": "x", "metadata": {"commands": [{"tool_name": "execute_command",
-        "tool_type": "action", "parameters": {"command": "echo x"}}]}}),
-    )
-    .await;
+    k.send(command_task("galaxy", "k-1", "echo x")).await;
     assert_eq!(k.recv().await["session_id"], "k-1");
     let cmd = dev.recv().await;
     assert_eq!(cmd["type"], "command", "{cmd}");

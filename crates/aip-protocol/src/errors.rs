@@ -51,6 +51,9 @@ pub const DEVICE_BUSY: &str =
 pub const CANCELLED_OVER_HTTP: &str = "Task was cancelled through the HTTP API";
 /// Cluster mode: the node that ran the session stopped heartbeating.
 pub const NODE_LOST: &str = "The server node running this task was lost";
+/// Cluster mode: the store held the session live under a node that no longer ran it.
+pub const LOST_IN_FLIGHT: &str =
+    "The server node owning this task no longer ran it (lost in flight)";
 /// Cluster mode: the device's node did not answer in time.
 pub const NODE_UNAVAILABLE: &str =
     "The server node holding this device did not answer; try again later";

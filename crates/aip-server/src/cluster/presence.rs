@@ -111,8 +111,8 @@ return had
 });
 
 /// Writes the last frame time of this node's clients that it holds in presence, and
-/// returns the ids of those missing from presence (to be claimed again). KEYS: owner.
-/// ARGV: node, then (client id, conn id, last seen µs) triples.
+/// returns the positions (from 0) of those missing from presence (to be claimed again).
+/// KEYS: owner. ARGV: node, then (client id, conn id, last seen µs) triples.
 static AUDIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -122,7 +122,7 @@ for i = 2, #ARGV, 3 do
   if cur == ARGV[1] .. '|' .. ARGV[i + 1] then
     redis.call('HSET', '{aip}:seen', ARGV[i], ARGV[i + 2])
   elseif not cur then
-    missing[#missing + 1] = ARGV[i]
+    missing[#missing + 1] = (i - 2) / 3
   end
 end
 return missing
@@ -279,14 +279,11 @@ impl Cluster {
                     .arg(e.conn.id())
                     .arg(e.conn.last_seen_micros());
             }
-            let missing: Vec<String> = call
+            let missing: Vec<usize> = call
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(redis_err)?;
-            for id in missing {
-                let Some(e) = chunk.iter().find(|e| e.client_id == id) else {
-                    continue;
-                };
+            for e in missing.into_iter().filter_map(|i| chunk.get(i)) {
                 if app.registry.get_conn(&e.client_id, e.conn.id()).is_none() {
                     continue;
                 }

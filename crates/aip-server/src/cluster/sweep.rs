@@ -18,16 +18,12 @@ use aip_protocol::ServerMessage;
 
 use super::Cluster;
 use crate::state::AppState;
-use crate::storage::{EndReason, SessionState};
+use crate::storage::EndReason;
 
 /// How often the sweep runs.
 pub(super) const EVERY: Duration = Duration::from_secs(5);
 /// A session opened elsewhere is looked up in the store only after this long.
 const REMOTE_GRACE: Duration = Duration::from_secs(3);
-
-/// The error of a session ended `lost_in_flight`.
-pub const LOST_IN_FLIGHT: &str =
-    "The server node owning this task no longer ran it (lost in flight)";
 
 impl Cluster {
     /// One sweep (see the module docs).
@@ -57,7 +53,7 @@ impl Cluster {
                     sid,
                     &self.node,
                     EndReason::LostInFlight,
-                    LOST_IN_FLIGHT,
+                    aip_protocol::errors::LOST_IN_FLIGHT,
                     chrono::Utc::now(),
                 )
                 .await
@@ -132,14 +128,7 @@ impl Cluster {
                 };
                 tracing::warn!(session_id = %sid, node = %s.node, "the end of a session opened on another node never arrived; sent from the store");
                 if let Some(e) = app.registry.get_conn(&s.client_id, s.conn_id) {
-                    let end = ServerMessage::task_end(
-                        &sid,
-                        &r.task_name,
-                        r.state == SessionState::Completed,
-                        r.result.as_deref().cloned(),
-                        r.error.clone(),
-                    );
-                    let _ = e.send(&end);
+                    let _ = e.send(&r.task_end());
                 }
             }
         }

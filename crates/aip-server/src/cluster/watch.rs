@@ -18,30 +18,33 @@ use aip_protocol::errors as text;
 use super::inbox::{inbox_key, inbox_start, RemoteCancel};
 use redis::Script;
 
-use super::presence::{alive_key, left_key, lost_key, NODES};
+use super::presence::{left_key, lost_key, NODES};
 use super::{query, Cluster, HEARTBEAT, NODE_TTL};
 use crate::session::CancelReason;
 use crate::state::AppState;
 use crate::storage::redis::NODE_LOST;
 use crate::storage::{EndReason, JobReason};
 
-/// The lost nodes among the others in `{aip}:nodes`, read atomically with their
-/// heartbeat keys: each with its last beat (ms), which names the incarnation lost. A
-/// node that left gracefully is not among them. ARGV: this node.
-static LOST: LazyLock<Script> = LazyLock::new(|| {
+/// The other nodes in `{aip}:nodes`, read in one step with their heartbeat keys: those
+/// alive, and those lost, each lost one followed by its last beat (ms), which names the
+/// incarnation lost. A node that left gracefully is in neither. ARGV: this node.
+static OTHERS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local all = redis.call('HGETALL', '{aip}:nodes')
-local out = {}
+local up, lost = {}, {}
 for i = 1, #all, 2 do
   local n = all[i]
-  if n ~= ARGV[1] and redis.call('EXISTS', '{aip}:alive:' .. n) == 0
-     and redis.call('EXISTS', '{aip}:left:' .. n) == 0 then
-    out[#out + 1] = n
-    out[#out + 1] = all[i + 1]
+  if n ~= ARGV[1] then
+    if redis.call('EXISTS', '{aip}:alive:' .. n) == 1 then
+      up[#up + 1] = n
+    elseif redis.call('EXISTS', '{aip}:left:' .. n) == 0 then
+      lost[#lost + 1] = n
+      lost[#lost + 1] = all[i + 1]
+    end
   end
 end
-return out
+return {up, lost}
 "#,
     )
 });
@@ -119,28 +122,17 @@ impl Cluster {
         .await;
     }
 
-    /// The lost nodes among the others, each with its last beat.
-    async fn lost_nodes(&self) -> redis::RedisResult<Vec<(String, String)>> {
-        LOST.arg(&self.node).invoke_async(&mut self.conn()).await
-    }
-
-    /// The other nodes whose heartbeat key is there.
-    async fn up_nodes(&self) -> redis::RedisResult<Vec<String>> {
-        let nodes: Vec<String> = query(&mut self.conn(), redis::cmd("HKEYS").arg(NODES)).await?;
-        let nodes: Vec<String> = nodes.into_iter().filter(|n| *n != self.node).collect();
-        if nodes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for n in &nodes {
-            pipe.cmd("EXISTS").arg(alive_key(n));
-        }
-        let alive: Vec<bool> = pipe.query_async(&mut self.conn()).await?;
-        Ok(nodes
-            .into_iter()
-            .zip(alive)
-            .filter_map(|(n, a)| a.then_some(n))
-            .collect())
+    /// The other nodes: those alive, and those lost, each with its last beat.
+    async fn others(&self) -> redis::RedisResult<(Vec<String>, Vec<(String, String)>)> {
+        let (up, lost): (Vec<String>, Vec<String>) = OTHERS
+            .arg(&self.node)
+            .invoke_async(&mut self.conn())
+            .await?;
+        let lost = lost
+            .chunks_exact(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect();
+        Ok((up, lost))
     }
 
     /// Cleans up after `node`, lost since its beat `last_beat`, if no other node is doing
@@ -318,23 +310,18 @@ pub(super) async fn run(cluster: Arc<Cluster>, app: Arc<AppState>) {
                 tracing::debug!(cause = %e, "presence: audit not done");
             }
         }
-        let may_judge = steady_since.is_some_and(|t| t.elapsed() >= JUDGE_AFTER);
-        if may_judge {
-            match cluster.lost_nodes().await {
-                Ok(lost) => {
-                    for (node, last_beat) in &lost {
-                        if let Err(e) = cluster.reap(&app, node, last_beat).await {
-                            tracing::warn!(node, cause = %e, "could not clean up after a lost node");
-                        }
-                    }
-                }
-                Err(_) => continue,
-            }
-        }
-        let up = match cluster.up_nodes().await {
-            Ok(up) => up,
+        let (up, lost) = match cluster.others().await {
+            Ok(others) => others,
             Err(_) => continue,
         };
+        let may_judge = steady_since.is_some_and(|t| t.elapsed() >= JUDGE_AFTER);
+        if may_judge {
+            for (node, last_beat) in &lost {
+                if let Err(e) = cluster.reap(&app, node, last_beat).await {
+                    tracing::warn!(node, cause = %e, "could not clean up after a lost node");
+                }
+            }
+        }
         // Requesters here hear about sessions that ran on a node now gone (lost, or
         // left at shutdown): only once the cluster has judged it (a node that merely
         // missed beats in a Redis outage is still running them).

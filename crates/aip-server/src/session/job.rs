@@ -485,14 +485,7 @@ impl SessionJob {
             Persisted::Unsaved(r) => Some(r),
             Persisted::Refused => {
                 if let Some(stored) = self.stored_end().await {
-                    end_json = ServerMessage::task_end(
-                        &sid,
-                        &stored.task_name,
-                        stored.state == SessionState::Completed,
-                        stored.result.as_deref().cloned(),
-                        stored.error.clone(),
-                    )
-                    .to_json();
+                    end_json = stored.task_end().to_json();
                     self.record = SessionRecord::clone(&stored);
                 }
                 None

@@ -174,6 +174,20 @@ pub struct SessionRecord {
     pub job_id: Option<String>,
 }
 
+impl SessionRecord {
+    /// The `task_end` that tells this session's end as stored (its requester's, when
+    /// the frame that the session's own end sent was refused or lost).
+    pub fn task_end(&self) -> aip_protocol::ServerMessage {
+        aip_protocol::ServerMessage::task_end(
+            &self.session_id,
+            &self.task_name,
+            self.state == SessionState::Completed,
+            self.result.as_deref().cloned(),
+            self.error.clone(),
+        )
+    }
+}
+
 /// Selection for [`SessionStore::list`].
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {

@@ -271,20 +271,8 @@ impl RedisStore {
 
     /// Every live session of `node`, with its record.
     pub async fn live_of(&self, node: &str) -> Result<Vec<SessionRecord>, StoreError> {
-        let live: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(LIVE)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(redis_err)?;
-        let mut out = Vec::new();
-        for (sid, owner) in live {
-            if owner == node {
-                if let Some(r) = self.get(&sid).await? {
-                    out.push(SessionRecord::clone(&r));
-                }
-            }
-        }
-        Ok(out)
+        let ids = self.live_ids_of(node).await?;
+        self.get_many(&ids).await
     }
 
     /// Fails every live session of `node` with `reason`, each only if it is still live
